@@ -1,0 +1,32 @@
+"""smartsift: sift PyTorch training data online, so that only samples worth learning are trained.
+
+Example:
+    >>> import smartsift as ss
+    >>> ss.RelativeProbabilistic(beta=1.0).expected_keep
+    0.5
+"""
+
+from smartsift.batching import BatchTransform, UnsupportedBatchError
+from smartsift.distributed import RemoteRankError
+from smartsift.history import LossHistory
+from smartsift.loader import SiftingDataLoader
+from smartsift.policies import Policy, QuantileThreshold, RelativeProbabilistic, TopK, Uniform
+from smartsift.scoring import LossFunctionError
+from smartsift.stats import SiftStats
+
+__all__ = [
+    "BatchTransform",
+    "LossFunctionError",
+    "LossHistory",
+    "Policy",
+    "QuantileThreshold",
+    "RelativeProbabilistic",
+    "RemoteRankError",
+    "SiftStats",
+    "SiftingDataLoader",
+    "TopK",
+    "Uniform",
+    "UnsupportedBatchError",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,282 @@
+"""Slicing and concatenating nested batches by sample.
+
+A batch is any nesting of tensors, NumPy arrays, dicts (any ``Mapping``), tuples, named tuples
+and lists. Tensors and arrays with at least one dimension are per-sample along dimension 0.
+A list whose items are all plain values (``str``, ``bytes``, numbers, ``None``) is a per-sample
+sequence, as ``default_collate`` builds for string fields; other lists, and all tuples, are
+structure. Scalars (0-d tensors, plain values) and tuples of plain values are metadata and pass
+through unchanged.
+
+Batches that do not fit this model are handled by a :class:`BatchTransform`.
+
+Example:
+    >>> import torch
+    >>> batch = {"x": torch.arange(4), "name": ["a", "b", "c", "d"], "lr": 0.1}
+    >>> picked = select(batch, torch.tensor([1, 3]))
+    >>> picked["x"].tolist(), picked["name"], picked["lr"]
+    ([1, 3], ['b', 'd'], 0.1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+__all__ = [
+    "BatchTransform",
+    "UnsupportedBatchError",
+    "batch_size_of",
+    "concat",
+    "narrow",
+    "select",
+    "to_device",
+    "to_plain",
+]
+
+_ATOMS = (str, bytes, int, float, bool, type(None))
+
+
+class UnsupportedBatchError(TypeError):
+    """A batch holds a value that smartsift cannot slice by sample."""
+
+
+@runtime_checkable
+class BatchTransform(Protocol):
+    """Turns a batch that cannot be sliced into one that can, and back.
+
+    ``transform`` maps a raw batch to a sliceable structure (tensors, dicts, tuples, lists) whose
+    per-sample entries have the batch size along dimension 0; ``reverse_transform`` maps a
+    sliceable structure of kept samples back to the batch type the training step expects.
+
+    Example:
+        >>> class PairTransform:
+        ...     def transform(self, batch):
+        ...         return {"x": batch.x, "y": batch.y}
+        ...     def reverse_transform(self, data):
+        ...         return MyBatch(data["x"], data["y"])  # doctest: +SKIP
+    """
+
+    def transform(self, batch: Any) -> Any:
+        """Returns the sliceable form of ``batch``."""
+        ...
+
+    def reverse_transform(self, data: Any) -> Any:
+        """Returns the batch rebuilt from the sliceable form ``data``."""
+        ...
+
+
+def _is_namedtuple(obj: Any) -> bool:
+    return isinstance(obj, tuple) and hasattr(obj, "_fields")
+
+
+def _is_sample_sequence(obj: Any) -> bool:
+    return isinstance(obj, list) and len(obj) > 0 and all(isinstance(item, _ATOMS) for item in obj)
+
+
+def _rebuild_mapping(template: Mapping[Any, Any], items: dict[Any, Any]) -> Any:
+    if type(template) is dict:
+        return items
+    try:
+        return type(template)(items)  # type: ignore[call-arg]
+    except Exception:  # a Mapping type that cannot be built from a dict
+        return items
+
+
+def _rebuild_sequence(template: Sequence[Any], items: list[Any]) -> Any:
+    if _is_namedtuple(template):
+        return type(template)(*items)
+    if isinstance(template, tuple):
+        return tuple(items) if type(template) is tuple else type(template)(items)
+    return items
+
+
+def _sizes(batch: Any, path: str, out: list[tuple[str, int]]) -> None:
+    if isinstance(batch, torch.Tensor | np.ndarray):
+        if batch.ndim > 0:
+            out.append((path, int(batch.shape[0])))
+    elif isinstance(batch, Mapping):
+        for key, value in batch.items():
+            _sizes(value, f"{path}[{key!r}]", out)
+    elif _is_sample_sequence(batch):
+        out.append((path, len(batch)))
+    elif isinstance(batch, (list, tuple)):
+        for i, value in enumerate(batch):
+            _sizes(value, f"{path}[{i}]", out)
+    elif not isinstance(batch, _ATOMS):
+        raise UnsupportedBatchError(
+            f"Cannot slice a batch entry of type {type(batch).__name__} at batch{path}. "
+            "smartsift slices tensors, NumPy arrays, dicts, tuples, named tuples and lists "
+            "automatically; for other types pass `transform=` a BatchTransform whose "
+            "transform(batch) returns a sliceable structure and whose reverse_transform(data) "
+            "rebuilds your batch."
+        )
+
+
+def batch_size_of(batch: Any) -> int:
+    """Returns the number of samples in ``batch``.
+
+    Raises:
+        UnsupportedBatchError: if the batch holds a type that cannot be sliced, or holds no
+            per-sample entry at all.
+        ValueError: if per-sample entries disagree on the number of samples.
+
+    Example:
+        >>> import torch
+        >>> batch_size_of((torch.zeros(8, 3), torch.zeros(8)))
+        8
+    """
+    sizes: list[tuple[str, int]] = []
+    _sizes(batch, "", sizes)
+    if not sizes:
+        raise UnsupportedBatchError(
+            f"The batch (type {type(batch).__name__}) holds no per-sample tensor, array or list, "
+            "so smartsift cannot tell its samples apart. Pass `transform=` a BatchTransform "
+            "that returns a sliceable structure."
+        )
+    first_path, n = sizes[0]
+    for path, size in sizes[1:]:
+        if size != n:
+            raise ValueError(
+                f"Per-sample entries of one batch have different lengths: batch{first_path or ''} "
+                f"has {n} samples but batch{path} has {size}. Every tensor with a batch "
+                "dimension must have the same size along dimension 0; wrap per-batch values "
+                "that are not per-sample in a 0-d tensor or a plain Python value."
+            )
+    return n
+
+
+def select(batch: Any, index: torch.Tensor) -> Any:
+    """Returns the samples of ``batch`` at ``index`` (a 1-D int64 CPU tensor), in that order."""
+    cache: dict[torch.device, torch.Tensor] = {}
+    index_np: list[np.ndarray] = []
+    index_list: list[list[int]] = []
+
+    def on(device: torch.device) -> torch.Tensor:
+        idx = cache.get(device)
+        if idx is None:
+            idx = cache[device] = index.to(device, non_blocking=True)
+        return idx
+
+    def go(obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            return obj.index_select(0, on(obj.device)) if obj.ndim > 0 else obj
+        if isinstance(obj, np.ndarray):
+            if obj.ndim == 0:
+                return obj
+            if not index_np:
+                index_np.append(index.numpy())
+            return obj[index_np[0]]
+        if isinstance(obj, Mapping):
+            return _rebuild_mapping(obj, {k: go(v) for k, v in obj.items()})
+        if _is_sample_sequence(obj):
+            if not index_list:
+                index_list.append(index.tolist())
+            return [obj[i] for i in index_list[0]]
+        if isinstance(obj, (list, tuple)):
+            return _rebuild_sequence(obj, [go(v) for v in obj])
+        return obj
+
+    return go(batch)
+
+
+def narrow(batch: Any, start: int, length: int) -> Any:
+    """Returns samples ``start`` to ``start + length`` of ``batch``; tensors are views."""
+
+    def go(obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor | np.ndarray):
+            return obj[start : start + length] if obj.ndim > 0 else obj
+        if isinstance(obj, Mapping):
+            return _rebuild_mapping(obj, {k: go(v) for k, v in obj.items()})
+        if _is_sample_sequence(obj):
+            return obj[start : start + length]
+        if isinstance(obj, (list, tuple)):
+            return _rebuild_sequence(obj, [go(v) for v in obj])
+        return obj
+
+    return go(batch)
+
+
+def concat(pieces: Sequence[Any]) -> Any:
+    """Joins batches of one structure along the sample dimension.
+
+    Container types and metadata are taken from the last piece, so pieces restored from a
+    checkpoint as plain containers regain the types of fresh batches.
+
+    Raises:
+        ValueError: if the pieces' structures or trailing shapes differ.
+    """
+    if len(pieces) == 1:
+        return pieces[0]
+    template = pieces[-1]
+
+    def go(parts: list[Any], tmpl: Any, path: str) -> Any:
+        if isinstance(tmpl, torch.Tensor):
+            if tmpl.ndim == 0:
+                return tmpl
+            try:
+                return torch.cat(parts, dim=0)
+            except (RuntimeError, TypeError) as err:
+                shapes = [tuple(p.shape) if isinstance(p, torch.Tensor) else type(p) for p in parts]
+                raise ValueError(
+                    f"Cannot join kept samples of batch{path} from different raw batches: shapes "
+                    f"{shapes}. Refined batches mix samples of several raw batches, so per-sample "
+                    "tensors need the same trailing shape in every batch (pad sequences to a "
+                    "fixed length, or pass a BatchTransform that does)."
+                ) from err
+        if isinstance(tmpl, np.ndarray):
+            return tmpl if tmpl.ndim == 0 else np.concatenate(parts, axis=0)
+        if isinstance(tmpl, Mapping):
+            return _rebuild_mapping(
+                tmpl, {k: go([p[k] for p in parts], v, f"{path}[{k!r}]") for k, v in tmpl.items()}
+            )
+        if _is_sample_sequence(tmpl):
+            return [item for p in parts for item in p]
+        if isinstance(tmpl, (list, tuple)):
+            if any(len(p) != len(tmpl) for p in parts):
+                raise ValueError(f"Batches differ in structure at batch{path}.")
+            return _rebuild_sequence(
+                tmpl, [go([p[i] for p in parts], v, f"{path}[{i}]") for i, v in enumerate(tmpl)]
+            )
+        return tmpl
+
+    return go(list(pieces), template, "")
+
+
+def to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    """Moves every tensor of ``batch`` to ``device``; other values are returned as they are."""
+
+    def go(obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            return obj.to(device, non_blocking=non_blocking)
+        if isinstance(obj, Mapping):
+            return _rebuild_mapping(obj, {k: go(v) for k, v in obj.items()})
+        if isinstance(obj, (list, tuple)) and not _is_sample_sequence(obj):
+            return _rebuild_sequence(obj, [go(v) for v in obj])
+        return obj
+
+    return go(batch)
+
+
+def to_plain(batch: Any) -> Any:
+    """Returns ``batch`` with CPU tensors and plain ``dict``/``list``/``tuple`` containers.
+
+    The result loads with ``torch.load(..., weights_only=True)``.
+    """
+
+    def go(obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            return obj.detach().cpu()
+        if isinstance(obj, np.ndarray):
+            return torch.from_numpy(np.ascontiguousarray(obj)) if obj.ndim > 0 else obj.item()
+        if isinstance(obj, Mapping):
+            return {k: go(v) for k, v in obj.items()}
+        if isinstance(obj, tuple):
+            return tuple(go(v) for v in obj)
+        if isinstance(obj, list):
+            return [go(v) for v in obj]
+        return obj
+
+    return go(batch)
