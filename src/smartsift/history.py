@@ -68,13 +68,13 @@ class LossHistory:
             self._next, self._count = 0, cap
             return
         evict = self._count + n - cap
+        kept = self._sorted
         if evict > 0:
             oldest = (self._next - self._count + np.arange(evict)) % cap
-            self._sorted = _remove_sorted(self._sorted, np.sort(self._ring[oldest]))
+            kept = _remove_sorted(kept, np.sort(self._ring[oldest]))
         slots = (self._next + np.arange(n)) % cap
         self._ring[slots] = losses
-        new = np.sort(losses)
-        self._sorted = np.insert(self._sorted, np.searchsorted(self._sorted, new), new)
+        self._sorted = _merge_sorted(kept, np.sort(losses))
         self._next = (self._next + n) % cap
         self._count = min(cap, self._count + n)
 
@@ -120,5 +120,19 @@ def _remove_sorted(sorted_values: np.ndarray, gone: np.ndarray) -> np.ndarray:
     """Removes the sorted values ``gone`` (each present, repeats allowed) from ``sorted_values``."""
     idx = np.searchsorted(sorted_values, gone, side="left")
     # Equal values in `gone` must remove distinct copies: shift each repeat one slot further.
-    idx = idx + (np.arange(gone.size) - np.searchsorted(gone, gone, side="left"))
-    return np.delete(sorted_values, idx)
+    idx += np.arange(gone.size) - np.searchsorted(gone, gone, side="left")
+    keep = np.ones(sorted_values.size, dtype=bool)
+    keep[idx] = False
+    return sorted_values[keep]
+
+
+def _merge_sorted(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Merges two sorted arrays in one O(len(a) + len(b)) pass."""
+    out = np.empty(a.size + b.size, dtype=np.float64)
+    # Each value of b lands after the values of a that are <= it and after the earlier b's.
+    pos = np.searchsorted(a, b, side="right") + np.arange(b.size)
+    from_a = np.ones(out.size, dtype=bool)
+    from_a[pos] = False
+    out[pos] = b
+    out[from_a] = a
+    return out

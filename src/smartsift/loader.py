@@ -84,6 +84,8 @@ class _LoaderState:
     buffer: list[Any] = field(default_factory=list)  # kept samples, in sliceable form
     buffer_sizes: list[int] = field(default_factory=list)
     ready: deque[tuple[bool, int, Any]] = field(default_factory=deque)  # (is_raw, size, batch)
+    # States of a plain wrapped loader's torch.Generators when this epoch's raw iterator began.
+    sampler_rng: list[torch.Tensor] = field(default_factory=list)
 
     @property
     def buffered(self) -> int:
@@ -236,7 +238,8 @@ class SiftingDataLoader:
                 "give your trainer a step count (e.g. max_steps) instead."
             ) from None
         st = self._state
-        done = 0 if self.repeat_delay_per_epoch else st.rounds_total - st.rounds_in_epoch
+        this_epoch = st.rounds_in_epoch if st.in_epoch else 0
+        done = 0 if self.repeat_delay_per_epoch else st.rounds_total - this_epoch
         delay = max(0, min(n_raw, self.sift_delay - done))
         raw_bs = getattr(self.dataloader, "batch_size", None) or st.batch_size
         bs = st.batch_size or self._configured_batch_size or raw_bs
@@ -296,6 +299,7 @@ class SiftingDataLoader:
             "ready": ready,
             "capacity": self._lockstep.capacity,
             "raw_loader": raw_state,
+            "sampler_rng": self._sampler_rng_to_save(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -340,7 +344,24 @@ class SiftingDataLoader:
         self._lockstep.capacity = int(state["capacity"])
         if state["raw_loader"] is not None and _is_stateful(self.dataloader):
             self.dataloader.load_state_dict(state["raw_loader"])  # type: ignore[attr-defined]
+        gens = _loader_generators(self.dataloader)
+        saved_rng = state.get("sampler_rng") or []
+        if len(saved_rng) == len(gens):  # the next iter() then draws the epoch's order again
+            for gen, rng in zip(gens, saved_rng, strict=True):
+                gen.set_state(rng)
+            st.sampler_rng = list(saved_rng)
         self._state = st
+
+    def _sampler_rng_to_save(self) -> list[torch.Tensor]:
+        """The wrapped loader's generator states that make its next ``iter()`` replay right.
+
+        Mid-epoch, the states at the epoch start (the epoch's raw batches are replayed on
+        resume); otherwise the current states (the next ``iter()`` starts a new epoch).
+        """
+        st = self._state
+        if st.in_epoch and not st.exhausted:
+            return list(st.sampler_rng)
+        return [gen.get_state() for gen in _loader_generators(self.dataloader)]
 
     # ----------------------------------------------------------------- iteration
     def _fresh_state(self) -> _LoaderState:
@@ -384,6 +405,7 @@ class SiftingDataLoader:
         st = self._state
         st.in_epoch, st.exhausted, st.flushed = True, False, False
         st.rounds_in_epoch = st.raw_in_epoch = 0
+        st.sampler_rng = [gen.get_state() for gen in _loader_generators(self.dataloader)]
 
     def _abandon_epoch(self) -> None:
         """Drops what an unfinished epoch left behind; it is counted, never carried over."""
@@ -622,6 +644,23 @@ def _is_stateful(obj: Any) -> bool:
     return callable(getattr(obj, "state_dict", None)) and callable(
         getattr(obj, "load_state_dict", None)
     )
+
+
+def _loader_generators(dataloader: Any) -> list[torch.Generator]:
+    """The distinct ``torch.Generator``s a plain data loader draws from when an epoch starts.
+
+    A stateful loader (torchdata's ``StatefulDataLoader``) restores its own: none are returned.
+    """
+    if _is_stateful(dataloader):
+        return []
+    found: list[torch.Generator] = []
+    batch_sampler = getattr(dataloader, "batch_sampler", None)
+    for owner in (dataloader, getattr(dataloader, "sampler", None), batch_sampler):
+        for obj in (owner, getattr(owner, "sampler", None)):
+            gen = getattr(obj, "generator", None)
+            if isinstance(gen, torch.Generator) and all(gen is not g for g in found):
+                found.append(gen)
+    return found
 
 
 def _annotate(err: BaseException, where: str) -> BaseException:

@@ -1,0 +1,329 @@
+"""SiftingDataLoader behaviour as a user relies on it."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import ce_loss
+from torch.utils.data import DataLoader, IterableDataset
+
+import smartsift as ss
+
+
+class IdLoss:
+    """A loss that is a fixed function of each sample's id, for exact control of selection."""
+
+    def __call__(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
+        return (batch["id"].float() * 7919 % 101) / 101.0
+
+
+def _id_data(n: int) -> list[dict]:
+    return [{"id": torch.tensor(i), "x": torch.randn(3), "name": f"n{i}"} for i in range(n)]
+
+
+def _ids(batches: list[dict]) -> list[int]:
+    return [i for b in batches for i in b["id"].tolist()]
+
+
+@pytest.mark.parametrize(
+    ("n", "raw_bs", "bs", "drop_last"),
+    [
+        (103, 10, 7, False),
+        (103, 10, 7, True),
+        (64, 16, 16, False),
+        (5, 8, 3, False),
+        (1, 4, 4, True),
+    ],
+)
+def test_every_sample_is_trained_once_or_counted(
+    n: int, raw_bs: int, bs: int, drop_last: bool
+) -> None:
+    loader = ss.SiftingDataLoader(
+        DataLoader(_id_data(n), batch_size=raw_bs),
+        torch.nn.Identity(),
+        IdLoss(),
+        policy=ss.RelativeProbabilistic(beta=1.0, history=50),
+        batch_size=bs,
+        drop_last=drop_last,
+        seed=0,
+    )
+    steps = 0
+    for epoch in range(2):
+        batches = list(loader)
+        sizes = [len(b["id"]) for b in batches]
+        assert all(s == bs for s in sizes[:-1])
+        assert (sizes[-1] == bs) if (drop_last and sizes) else (not sizes or 0 < sizes[-1] <= bs)
+        ids = _ids(batches)
+        assert len(ids) == len(set(ids))
+        for b in batches:  # samples stay whole: id, features and name travel together
+            assert b["name"] == [f"n{i}" for i in b["id"].tolist()]
+        s = loader.stats
+        assert s.samples_seen == n * (epoch + 1)
+        assert s.samples_seen == s.samples_kept + s.samples_sifted
+        assert s.samples_kept == s.samples_trained + s.samples_dropped + s.samples_buffered
+        assert s.samples_buffered == 0 and s.epochs == epoch + 1
+        assert s.steps == steps + len(batches)
+        steps = s.steps
+
+
+def test_topk_selects_the_highest_losses_of_each_batch() -> None:
+    loss = IdLoss()
+    loader = ss.SiftingDataLoader(
+        DataLoader(_id_data(40), batch_size=10), torch.nn.Identity(), loss,
+        policy=ss.TopK(keep=0.3), batch_size=3, seed=0,
+    )  # fmt: skip
+    kept = _ids(list(loader))
+    expected = []
+    for start in range(0, 40, 10):
+        ids = torch.arange(start, start + 10)
+        scores = loss(None, {"id": ids})  # type: ignore[arg-type]
+        expected += ids[scores.argsort(descending=True, stable=True)[:3]].sort().values.tolist()
+    assert kept == expected
+    assert loader.stats.samples_kept == 12
+
+
+def test_refined_batches_keep_the_order_of_arrival() -> None:
+    loader = ss.SiftingDataLoader(
+        DataLoader(_id_data(50), batch_size=10), torch.nn.Identity(), IdLoss(),
+        policy=ss.QuantileThreshold(exclude=0.5, history=20), seed=0,
+    )  # fmt: skip
+    ids = _ids(list(loader))
+    assert ids == sorted(ids) and len(ids) < 50
+
+
+def test_quantile_threshold_on_a_full_history_drops_the_bottom() -> None:
+    # history=10 holds exactly one raw batch, so each batch is ranked against itself.
+    loader = ss.SiftingDataLoader(
+        DataLoader(_id_data(30), batch_size=10), torch.nn.Identity(), IdLoss(),
+        policy=ss.QuantileThreshold(exclude=0.3, history=10), seed=0,
+    )  # fmt: skip
+    assert loader.stats.samples_kept == 0
+    list(loader)
+    assert loader.stats.samples_kept == 21 and loader.stats.samples_sifted == 9
+
+
+def test_sift_delay_passes_raw_batches_through_untouched() -> None:
+    raw = DataLoader(_id_data(60), batch_size=10)
+    calls = []
+
+    def loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+        calls.append(1)
+        return IdLoss()(model, batch)
+
+    loader = ss.SiftingDataLoader(
+        raw, torch.nn.Identity(), loss, policy=ss.TopK(keep=0.5), sift_delay=4, seed=0
+    )
+    first = list(loader)
+    assert _ids(first[:4]) == list(range(40))
+    assert len(calls) == 2  # only the two raw batches after the delay were scored
+    assert loader.stats.samples_kept == 40 + 10
+    second = list(loader)
+    assert len(calls) == 8 and len(_ids(second)) == 30  # no delay in epoch 2
+
+    repeat = ss.SiftingDataLoader(
+        raw, torch.nn.Identity(), IdLoss(), policy=ss.TopK(keep=0.5), sift_delay=4,
+        repeat_delay_per_epoch=True, seed=0,
+    )  # fmt: skip
+    assert [len(_ids(list(repeat))) for _ in range(2)] == [50, 50]
+
+
+def test_same_seed_same_selection_and_different_seed_differs() -> None:
+    batches = list(DataLoader(_id_data(200), batch_size=20))
+
+    def run(seed: int) -> list[int]:
+        loader = ss.SiftingDataLoader(
+            batches, torch.nn.Identity(), IdLoss(),
+            policy=ss.RelativeProbabilistic(beta=1.0, history=100), seed=seed,
+        )  # fmt: skip
+        return _ids(list(loader))
+
+    assert run(3) == run(3)
+    assert run(3) != run(4)
+    state = torch.random.get_rng_state()
+    run(5)
+    assert torch.equal(state, torch.random.get_rng_state())  # global RNG untouched
+
+
+def test_len_is_exact_without_sifting_and_estimates_with_it() -> None:
+    raw = DataLoader(_id_data(100), batch_size=10)
+    passthrough = ss.SiftingDataLoader(raw, torch.nn.Identity(), IdLoss(), sift_delay=10**6)
+    assert len(passthrough) == 10 == len(list(passthrough))
+    topk = ss.SiftingDataLoader(raw, torch.nn.Identity(), IdLoss(), policy=ss.TopK(keep=0.5))
+    assert len(topk) == 5 == len(list(topk))
+    delayed = ss.SiftingDataLoader(
+        raw, torch.nn.Identity(), IdLoss(), policy=ss.TopK(keep=0.5), sift_delay=4
+    )
+    assert len(delayed) == 4 + 3
+    assert len(list(delayed)) == 7
+    assert len(delayed) == 5  # the delay is over
+
+    class Endless(IterableDataset):
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            yield from _id_data(3)
+
+    with pytest.raises(TypeError, match="max_steps"):
+        len(
+            ss.SiftingDataLoader(DataLoader(Endless(), batch_size=2), torch.nn.Identity(), IdLoss())
+        )
+
+
+def test_workers_pin_memory_and_iterable_datasets() -> None:
+    class Stream(IterableDataset):
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            info = torch.utils.data.get_worker_info()
+            wid, nw = (info.id, info.num_workers) if info else (0, 1)
+            yield from _id_data(40)[wid::nw]
+
+    raw = DataLoader(Stream(), batch_size=6, num_workers=2, pin_memory=False)
+    loader = ss.SiftingDataLoader(
+        raw, torch.nn.Identity(), IdLoss(), policy=ss.Uniform(0.5), seed=1
+    )
+    ids = _ids(list(loader))
+    assert len(ids) == len(set(ids)) == loader.stats.samples_kept
+    assert loader.stats.samples_seen == 40
+
+
+def test_set_epoch_reaches_the_sampler() -> None:
+    class Sampler(torch.utils.data.Sampler[int]):
+        def __init__(self) -> None:
+            self.epoch = -1
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = epoch
+
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            return iter(range(10))
+
+        def __len__(self) -> int:
+            return 10
+
+    sampler = Sampler()
+    loader = ss.SiftingDataLoader(
+        DataLoader(_id_data(10), batch_size=5, sampler=sampler), torch.nn.Identity(), IdLoss()
+    )
+    loader.set_epoch(3)
+    assert sampler.epoch == 3
+
+
+def test_device_moves_raw_batches_once() -> None:
+    loader = ss.SiftingDataLoader(
+        DataLoader(_id_data(20), batch_size=5), torch.nn.Identity(), IdLoss(),
+        policy=ss.TopK(keep=1.0), device="cpu", seed=0,
+    )  # fmt: skip
+    assert all(b["x"].device.type == "cpu" for b in loader)
+
+
+class Custom:
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+
+class CustomTransform:
+    def transform(self, batch: Custom) -> dict:
+        return {"x": batch.x, "y": batch.y}
+
+    def reverse_transform(self, data: dict) -> Custom:
+        return Custom(data["x"], data["y"])
+
+
+def _custom_batches() -> list[Custom]:
+    return [Custom(torch.randn(8, 3), torch.arange(8) + 8 * i) for i in range(4)]
+
+
+def test_custom_batches_need_a_transform_and_work_with_one() -> None:
+    def loss(model: torch.nn.Module, batch: Custom) -> torch.Tensor:
+        return batch.y.float()
+
+    bare = ss.SiftingDataLoader(_custom_batches(), torch.nn.Identity(), loss, seed=0)
+    with pytest.raises(TypeError, match="transform="):
+        list(bare)
+    loader = ss.SiftingDataLoader(
+        _custom_batches(), torch.nn.Identity(), loss, policy=ss.TopK(0.5),
+        transform=CustomTransform(), seed=0,
+    )  # fmt: skip
+    out = list(loader)
+    assert all(isinstance(b, Custom) for b in out)
+    assert [b.y.tolist() for b in out] == [
+        [4, 5, 6, 7, 12, 13, 14, 15],
+        [20, 21, 22, 23, 28, 29, 30, 31],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"sift_delay": -1}, ValueError, "`sift_delay` to be a non-negative int.*got -1"),
+        ({"batch_size": 0}, ValueError, "`batch_size` to be a positive int or None, but got 0"),
+        ({"seed": "x"}, ValueError, "`seed`"),
+        ({"nonfinite": "ignore"}, ValueError, "`nonfinite`"),
+        ({"policy": "beta=1"}, TypeError, "`policy` to be a smartsift Policy"),
+        ({"transform": object()}, TypeError, "reverse_transform"),
+        ({"log_interval": 0}, ValueError, "`log_interval`"),
+        ({"world_size": 2}, ValueError, "init_process_group"),
+    ],
+)
+def test_invalid_arguments_fail_at_construction(kwargs: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        ss.SiftingDataLoader(DataLoader(_id_data(4)), torch.nn.Identity(), IdLoss(), **kwargs)
+
+
+def test_invalid_wrapped_objects() -> None:
+    raw = DataLoader(_id_data(4))
+    with pytest.raises(TypeError, match="one-shot iterator"):
+        ss.SiftingDataLoader(iter(raw), torch.nn.Identity(), IdLoss())
+    with pytest.raises(TypeError, match=r"torch\.nn\.Module"):
+        ss.SiftingDataLoader(raw, lambda x: x, IdLoss())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="loss_fn"):
+        ss.SiftingDataLoader(raw, torch.nn.Identity(), "ce")  # type: ignore[arg-type]
+
+
+def test_a_scalar_loss_fails_before_any_training_step() -> None:
+    loader = ss.SiftingDataLoader(
+        DataLoader(_id_data(8), batch_size=4), torch.nn.Identity(), lambda m, b: b["x"].sum()
+    )
+    with pytest.raises(ss.LossFunctionError, match=r"shape \(4,\).*reduction='none'"):
+        next(iter(loader))
+
+
+def test_stats_dict_quantiles_and_logging(caplog: pytest.LogCaptureFixture) -> None:
+    loader = ss.SiftingDataLoader(
+        DataLoader(_id_data(100), batch_size=10), torch.nn.Identity(), IdLoss(),
+        policy=ss.RelativeProbabilistic(beta=1.0, history=1000), log_interval=5, seed=0,
+    )  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="smartsift"):
+        list(loader)
+    assert sum("smartsift epoch 0" in r.message for r in caplog.records) == 2
+    d = loader.stats.as_dict()
+    assert d["samples_seen"] == 100 and 0 < d["keep_rate"] < 1
+    assert d["loss_p10"] <= d["loss_p50"] <= d["loss_p90"]
+    assert d["scoring_s"] > 0 and d["selection_s"] > 0
+    assert math.isfinite(d["recent_keep_rate"])
+
+
+def test_sifted_training_learns_a_real_task_with_fewer_backward_passes() -> None:
+    from smartsift.demo import ConvNet, evaluate, make_mnist1d
+
+    train, (x_test, y_test) = make_mnist1d(num_samples=4000, seed=1)
+    torch.manual_seed(0)
+    model = ConvNet(width=32)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    loader = ss.SiftingDataLoader(
+        DataLoader(train, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0)),
+        model, ce_loss, policy=ss.RelativeProbabilistic(beta=1.0, history=500),
+        sift_delay=50, seed=0,
+    )  # fmt: skip
+    backpropagated = 0
+    for _ in range(10):
+        for x, y in loader:
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            backpropagated += len(y)
+    accuracy = evaluate(model, x_test, y_test)
+    assert accuracy > 0.5  # chance is 0.1
+    assert backpropagated < 0.75 * loader.stats.samples_seen
+    assert backpropagated == loader.stats.samples_trained
