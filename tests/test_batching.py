@@ -26,7 +26,8 @@ def _nested(n: int, offset: int = 0) -> dict:
     return {
         "inputs": (ids.float().unsqueeze(1).repeat(1, 3), [f"s{i}" for i in ids.tolist()]),
         "pair": Pair(ids * 2, ids.numpy().copy()),
-        "meta": {"lr": 0.1, "scale": torch.tensor(2.0), "shape": (28, 28), "tag": "train"},
+        "meta": {"lr": 0.1, "scale": torch.tensor(2.0), "tag": "train"},
+        "tags": [tuple(f"a{i}" for i in ids.tolist()), tuple(f"b{i}" for i in ids.tolist())],
         "labels": ids,
     }
 
@@ -50,7 +51,7 @@ def test_select_keeps_structure_types_and_metadata() -> None:
     assert out["pair"].y.tolist() == [4, 1]
     assert isinstance(out["pair"].y, np.ndarray)
     assert out["meta"]["lr"] == 0.1
-    assert out["meta"]["shape"] == (28, 28)
+    assert out["tags"] == [("a4", "a1"), ("b4", "b1")]
     assert out["meta"]["scale"].item() == 2.0
     assert torch.equal(out["inputs"][0], batch["inputs"][0][[4, 1]])
 
@@ -71,6 +72,7 @@ def test_concat_and_narrow_round_trip() -> None:
     assert joined["pair"].y.tolist() == list(range(7))
     assert isinstance(joined["pair"], Pair)
     assert joined["meta"]["tag"] == "train"
+    assert joined["tags"][1] == tuple(f"b{i}" for i in range(7))
     part = narrow(joined, 2, 3)
     assert part["labels"].tolist() == [2, 3, 4]
     assert part["inputs"][1] == ["s2", "s3", "s4"]

@@ -6,6 +6,7 @@ Example:
     0.5
 """
 
+from smartsift.audit import EpochRecord, IndexedDataset, SiftAudit
 from smartsift.batching import BatchTransform, UnsupportedBatchError
 from smartsift.distributed import RemoteRankError
 from smartsift.history import LossHistory
@@ -16,12 +17,15 @@ from smartsift.stats import SiftStats
 
 __all__ = [
     "BatchTransform",
+    "EpochRecord",
+    "IndexedDataset",
     "LossFunctionError",
     "LossHistory",
     "Policy",
     "QuantileThreshold",
     "RelativeProbabilistic",
     "RemoteRankError",
+    "SiftAudit",
     "SiftStats",
     "SiftingDataLoader",
     "TopK",

@@ -2,10 +2,10 @@
 
 A batch is any nesting of tensors, NumPy arrays, dicts (any ``Mapping``), tuples, named tuples
 and lists. Tensors and arrays with at least one dimension are per-sample along dimension 0.
-A list whose items are all plain values (``str``, ``bytes``, numbers, ``None``) is a per-sample
-sequence, as ``default_collate`` builds for string fields; other lists, and all tuples, are
-structure. Scalars (0-d tensors, plain values) and tuples of plain values are metadata and pass
-through unchanged.
+A list or tuple whose items are all plain values (``str``, ``bytes``, numbers, ``None``) is a
+per-sample sequence, as ``default_collate`` builds for string fields (a list) and for per-sample
+lists of strings (a list of tuples); other lists and tuples, and named tuples, are structure.
+Scalars (0-d tensors, plain values) are metadata and pass through unchanged.
 
 Batches that do not fit this model are handled by a :class:`BatchTransform`.
 
@@ -73,7 +73,12 @@ def _is_namedtuple(obj: Any) -> bool:
 
 
 def _is_sample_sequence(obj: Any) -> bool:
-    return isinstance(obj, list) and len(obj) > 0 and all(isinstance(item, _ATOMS) for item in obj)
+    return (
+        isinstance(obj, (list, tuple))
+        and not _is_namedtuple(obj)
+        and len(obj) > 0
+        and all(isinstance(item, _ATOMS) for item in obj)
+    )
 
 
 def _rebuild_mapping(template: Mapping[Any, Any], items: dict[Any, Any]) -> Any:
@@ -174,7 +179,8 @@ def select(batch: Any, index: torch.Tensor) -> Any:
         if _is_sample_sequence(obj):
             if not index_list:
                 index_list.append(index.tolist())
-            return [obj[i] for i in index_list[0]]
+            picked = [obj[i] for i in index_list[0]]
+            return tuple(picked) if isinstance(obj, tuple) else picked
         if isinstance(obj, (list, tuple)):
             return _rebuild_sequence(obj, [go(v) for v in obj])
         return obj
@@ -233,7 +239,8 @@ def concat(pieces: Sequence[Any]) -> Any:
                 tmpl, {k: go([p[k] for p in parts], v, f"{path}[{k!r}]") for k, v in tmpl.items()}
             )
         if _is_sample_sequence(tmpl):
-            return [item for p in parts for item in p]
+            joined = [item for p in parts for item in p]
+            return tuple(joined) if isinstance(tmpl, tuple) else joined
         if isinstance(tmpl, (list, tuple)):
             if any(len(p) != len(tmpl) for p in parts):
                 raise ValueError(f"Batches differ in structure at batch{path}.")

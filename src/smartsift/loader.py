@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from smartsift.audit import SiftAudit
 from smartsift.batching import (
     BatchTransform,
     batch_size_of,
@@ -86,6 +87,7 @@ class _LoaderState:
     ready: deque[tuple[bool, int, Any]] = field(default_factory=deque)  # (is_raw, size, batch)
     # States of a plain wrapped loader's torch.Generators when this epoch's raw iterator began.
     sampler_rng: list[torch.Tensor] = field(default_factory=list)
+    interrupted: bool = False  # an exception escaped a round: the epoch is abandoned
 
     @property
     def buffered(self) -> int:
@@ -122,6 +124,8 @@ class SiftingDataLoader:
         log_interval: log ``stats`` through the ``smartsift`` logger every this many raw batches.
         rank, world_size, process_group: the distributed setting; detected from
             ``torch.distributed`` by default. ``world_size=1`` sifts each rank on its own.
+        audit: a :class:`~smartsift.SiftAudit` that records, per epoch, which sample ids were
+            kept, sifted (with their losses), passed through or dropped; off by default.
     """
 
     def __init__(
@@ -145,8 +149,11 @@ class SiftingDataLoader:
         rank: int | None = None,
         world_size: int | None = None,
         process_group: Any = None,
+        audit: SiftAudit | None = None,
     ) -> None:
         policy = RelativeProbabilistic() if policy is None else policy
+        if audit is not None and not isinstance(audit, SiftAudit):
+            raise TypeError(f"Expected `audit` to be a smartsift.SiftAudit or None, got {audit!r}.")
         _validate(dataloader, model, loss_fn, policy, sift_delay, batch_size, transform, seed)
         if nonfinite not in NONFINITE_MODES:
             raise ValueError(
@@ -169,9 +176,12 @@ class SiftingDataLoader:
         self.score_in_train_mode = bool(score_in_train_mode)
         self.autocast_dtype = autocast_dtype
         self.log_interval = log_interval
+        self.audit = audit
         self.ranks = resolve_ranks(rank, world_size, process_group)
         self._seed = secrets.randbits(62) if seed is None else int(seed)
         raw_bs = getattr(dataloader, "batch_size", None)
+        if batch_size is None and isinstance(raw_bs, int):
+            batch_size = raw_bs  # the wrapped loader's; else the first raw batch's size
         self._configured_batch_size = batch_size
         self._lockstep = Lockstep(self.ranks, capacity=raw_bs if isinstance(raw_bs, int) else 0)
         self._state = self._fresh_state()
@@ -204,10 +214,17 @@ class SiftingDataLoader:
         return tally.snapshot(self._quantiles())
 
     def global_stats(self) -> SiftStats:
-        """Stats summed over all ranks (a collective: call it on every rank)."""
+        """Stats summed over all ranks (a collective: call it on every rank).
+
+        ``recent_keep_rate`` is taken over every rank's recent raw batches, so all ranks agree.
+        """
         local = self.stats
-        sums = self._lockstep.sum([float(getattr(local, k)) for k in stats_fields()])
-        return from_sums(sums, local.recent_keep_rate, local.loss_quantiles)
+        recent = self._state.tally.recent
+        seen, kept = sum(s for s, _ in recent), sum(k for _, k in recent)
+        values = [float(getattr(local, k)) for k in stats_fields()] + [float(seen), float(kept)]
+        *sums, seen_all, kept_all = self._lockstep.sum(values)
+        rate = kept_all / seen_all if seen_all else float("nan")
+        return from_sums(sums, rate, local.loss_quantiles)
 
     def set_epoch(self, epoch: int) -> None:
         """Forwards ``epoch`` to the wrapped loader, its sampler or its dataset."""
@@ -285,6 +302,7 @@ class SiftingDataLoader:
             "batch_size": st.batch_size,
             "epoch": st.epoch,
             "in_epoch": st.in_epoch,
+            "interrupted": st.interrupted,
             "rounds_in_epoch": st.rounds_in_epoch,
             "rounds_total": st.rounds_total,
             "raw_in_epoch": st.raw_in_epoch,
@@ -300,6 +318,7 @@ class SiftingDataLoader:
             "capacity": self._lockstep.capacity,
             "raw_loader": raw_state,
             "sampler_rng": self._sampler_rng_to_save(),
+            "audit": self.audit.state_dict() if self.audit is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -340,10 +359,18 @@ class SiftingDataLoader:
         st.buffer = [move(chunk) for chunk in state["buffer"]]
         st.buffer_sizes = [int(n) for n in state["buffer_sizes"]]
         st.ready = deque((False, batch_size_of(b), move(b)) for b in state["ready"])
-        st.resume = st.in_epoch
+        # After an exception inside the loader the live loader starts a new epoch; so does this.
+        st.interrupted = bool(state.get("interrupted", False))
+        st.resume = st.in_epoch and not st.interrupted
+        if self.audit is not None and state.get("audit") is not None:
+            self.audit.load_state_dict(state["audit"])
         self._lockstep.capacity = int(state["capacity"])
         if state["raw_loader"] is not None and _is_stateful(self.dataloader):
             self.dataloader.load_state_dict(state["raw_loader"])  # type: ignore[attr-defined]
+            if st.in_epoch and st.interrupted and not st.exhausted:
+                # Its next iter() would finish the saved epoch, where the live loader's starts a
+                # new one: let that iterator go unused.
+                iter(self.dataloader)
         gens = _loader_generators(self.dataloader)
         saved_rng = state.get("sampler_rng") or []
         if len(saved_rng) == len(gens):  # the next iter() then draws the epoch's order again
@@ -359,7 +386,7 @@ class SiftingDataLoader:
         resume); otherwise the current states (the next ``iter()`` starts a new epoch).
         """
         st = self._state
-        if st.in_epoch and not st.exhausted:
+        if st.in_epoch and not st.exhausted and not st.interrupted:
             return list(st.sampler_rng)
         return [gen.get_state() for gen in _loader_generators(self.dataloader)]
 
@@ -395,7 +422,11 @@ class SiftingDataLoader:
                 continue
             if st.flushed:
                 break
-            self._round()
+            try:
+                self._round()
+            except BaseException:
+                st.interrupted = True  # a raw batch may be half done: the epoch is abandoned
+                raise
         self._raw_iter = None
         st.in_epoch = False
         st.epoch += 1
@@ -403,7 +434,7 @@ class SiftingDataLoader:
 
     def _start_epoch(self) -> None:
         st = self._state
-        st.in_epoch, st.exhausted, st.flushed = True, False, False
+        st.in_epoch, st.exhausted, st.flushed, st.interrupted = True, False, False, False
         st.rounds_in_epoch = st.raw_in_epoch = 0
         st.sampler_rng = [gen.get_state() for gen in _loader_generators(self.dataloader)]
 
@@ -412,6 +443,11 @@ class SiftingDataLoader:
         st = self._state
         left = st.buffered + sum(size for _, size, _ in st.ready)
         st.tally.add(samples_dropped=left)
+        if self.audit is not None:
+            tf = self.transform
+            ready = [(tf.transform(b) if raw and tf else b, n) for raw, n, b in st.ready]
+            buffered = zip(st.buffer, st.buffer_sizes, strict=True)
+            self.audit.record_dropped(st.epoch, [*buffered, *ready])
         st.buffer.clear()
         st.buffer_sizes.clear()
         st.ready.clear()
@@ -512,11 +548,14 @@ class SiftingDataLoader:
     def _pass_through(self, peers: list[PeerRound], raw: Any, sliceable: Any, size: int) -> None:
         st = self._state
         st.tally.add(samples_kept=size)
+        if self.audit is not None and size > 0:
+            self.audit.record_passed(st.epoch, sliceable, size)
         if all(p.size > 0 and p.buffered == 0 for p in peers):
             st.ready.append((True, size, raw))  # the fast path: the raw batch itself, untouched
             return
         # Ranks are uneven (some exhausted, or buffers not empty): go through the buffer.
-        self._push(sliceable, size)
+        if size > 0:  # an exhausted rank has nothing to add (and must not buffer a None)
+            self._push(sliceable, size)
         self._emit([p.buffered + p.size for p in peers])
 
     def _sift(self, peers: list[PeerRound], sliceable: Any, size: int, losses: np.ndarray) -> None:
@@ -529,6 +568,8 @@ class SiftingDataLoader:
             nonfinite = int((~np.isfinite(losses)).sum())
             st.tally.add(samples_kept=kept, samples_sifted=size - kept, samples_nonfinite=nonfinite)
             st.tally.recent.append((size, kept))
+            if self.audit is not None:
+                self.audit.record_scored(st.epoch, sliceable, losses, mask)
             if kept == size:
                 self._push(sliceable, size)
             elif kept:
@@ -603,6 +644,8 @@ class SiftingDataLoader:
     def _drop_buffer(self) -> None:
         st = self._state
         st.tally.add(samples_dropped=st.buffered)
+        if self.audit is not None:
+            self.audit.record_dropped(st.epoch, zip(st.buffer, st.buffer_sizes, strict=True))
         st.buffer.clear()
         st.buffer_sizes.clear()
 
@@ -610,7 +653,9 @@ class SiftingDataLoader:
         """Pools the ranks' leftovers and deals them out evenly (once per epoch at most)."""
         st = self._state
         world, rank = self.ranks.world_size, self.ranks.rank
-        mine = to_plain(self._take(st.buffered)) if st.buffered else None
+        # On the CPU for the transfer, but in the batch's own types (to_plain would turn named
+        # tuples and dict subclasses into plain containers in the rebalanced batches).
+        mine = to_device(self._take(st.buffered), torch.device("cpu")) if st.buffered else None
         pieces = self._lockstep.gather_objects(mine)
         total = sum(counts)
         owners = np.repeat(np.arange(world), counts)  # which rank each pooled sample came from
@@ -623,6 +668,9 @@ class SiftingDataLoader:
             n = -(-share[0] // bs) if share[-1] else 0
         used = sum(share) if n else 0
         st.tally.add(samples_dropped=int((owners[used:] == rank).sum()))
+        if self.audit is not None and mine is not None:  # what was dropped is the tail of mine
+            lost = int((owners[used:] == rank).sum())
+            self.audit.record_dropped(st.epoch, [(narrow(mine, counts[rank] - lost, lost), lost)])
         if not n:
             return
         pool = concat([p for p in pieces if p is not None])
@@ -655,11 +703,11 @@ def _loader_generators(dataloader: Any) -> list[torch.Generator]:
         return []
     found: list[torch.Generator] = []
     batch_sampler = getattr(dataloader, "batch_sampler", None)
-    for owner in (dataloader, getattr(dataloader, "sampler", None), batch_sampler):
-        for obj in (owner, getattr(owner, "sampler", None)):
-            gen = getattr(obj, "generator", None)
-            if isinstance(gen, torch.Generator) and all(gen is not g for g in found):
-                found.append(gen)
+    sampler = getattr(dataloader, "sampler", None)
+    for owner in (dataloader, sampler, batch_sampler, getattr(batch_sampler, "sampler", None)):
+        gen = getattr(owner, "generator", None)
+        if isinstance(gen, torch.Generator) and all(gen is not g for g in found):
+            found.append(gen)
     return found
 
 
