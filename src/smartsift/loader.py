@@ -209,7 +209,8 @@ class SiftingDataLoader:
         """A snapshot of this process's counters and timers."""
         st = self._state
         tally = st.tally
-        tally.counts["samples_buffered"] = st.buffered
+        # Batches formed but not yet handed out still count as buffered.
+        tally.counts["samples_buffered"] = st.buffered + sum(n for _, n, _ in st.ready)
         tally.times["comm_s"] = self._lockstep.seconds
         return tally.snapshot(self._quantiles())
 
