@@ -52,11 +52,21 @@ class BatchTransform(Protocol):
     sliceable structure of kept samples back to the batch type the training step expects.
 
     Example:
+        >>> import torch
+        >>> class Pair:
+        ...     def __init__(self, x, y):
+        ...         self.x, self.y = x, y
         >>> class PairTransform:
         ...     def transform(self, batch):
         ...         return {"x": batch.x, "y": batch.y}
         ...     def reverse_transform(self, data):
-        ...         return MyBatch(data["x"], data["y"])  # doctest: +SKIP
+        ...         return Pair(data["x"], data["y"])
+        >>> isinstance(PairTransform(), BatchTransform)
+        True
+        >>> t = PairTransform()
+        >>> t.reverse_transform(select(t.transform(Pair(torch.arange(3), torch.ones(3))),
+        ...                            torch.tensor([2]))).x
+        tensor([2])
     """
 
     def transform(self, batch: Any) -> Any:
