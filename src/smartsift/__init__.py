@@ -12,6 +12,7 @@ from smartsift.distributed import RemoteRankError
 from smartsift.history import LossHistory
 from smartsift.loader import SiftingDataLoader
 from smartsift.policies import Policy, QuantileThreshold, RelativeProbabilistic, TopK, Uniform
+from smartsift.profiling import ProfileReport, profile
 from smartsift.scoring import LossFunctionError
 from smartsift.stats import SiftStats
 
@@ -22,6 +23,7 @@ __all__ = [
     "LossFunctionError",
     "LossHistory",
     "Policy",
+    "ProfileReport",
     "QuantileThreshold",
     "RelativeProbabilistic",
     "RemoteRankError",
@@ -31,6 +33,7 @@ __all__ = [
     "TopK",
     "Uniform",
     "UnsupportedBatchError",
+    "profile",
 ]
 
 __version__ = "0.1.0"

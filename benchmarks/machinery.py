@@ -1,0 +1,190 @@
+"""Machinery benchmark: how many samples per second sifting itself handles, without a model.
+
+Two measurements, on one CPU thread, for loss histories of 500, 10 000 and 100 000 losses:
+
+- *internals*: the four stages of a sifted raw batch called directly (loss history update,
+  policy decision, slicing the kept samples, joining them into refined batches);
+- *loader*: a ``SiftingDataLoader`` driven end to end over pre-built raw batches, with an
+  identity-cost model: the loss function returns a loss column the batch already carries,
+  so the figure is everything the loader does per raw batch but the model.
+
+Run it directly (``python benchmarks/machinery.py [--smoke]``) or call :func:`run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import fmt_spread, markdown_table
+
+import smartsift as ss
+from smartsift.batching import concat, narrow, select
+
+__all__ = ["run"]
+
+HISTORIES = (500, 10_000, 100_000)
+BATCH = 128
+FEATURES = 40
+TARGET = 1e6  # samples per second at history 10 000
+
+
+class _Identity(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def _identity_loss(model: torch.nn.Module, batch: Any) -> torch.Tensor:
+    """The loss column the batch carries: no model cost at all."""
+    return batch[2]
+
+
+def _batches(n: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        (
+            torch.randn(BATCH, FEATURES, generator=g),
+            torch.randint(0, 10, (BATCH,), generator=g),
+            torch.rand(BATCH, generator=g, dtype=torch.float64),
+        )
+        for _ in range(n)
+    ]
+
+
+def _policy(history: int) -> ss.RelativeProbabilistic:
+    return ss.RelativeProbabilistic(beta=1.0, history=history)
+
+
+def internals_rate(history: int, n_batches: int) -> float:
+    """Samples per second through history + decision + slicing + joining, called directly."""
+    policy = _policy(history)
+    hist = policy.make_history()
+    assert hist is not None
+    gen = torch.Generator().manual_seed(0)
+    batches = _batches(n_batches)
+    warm = max(1, history // BATCH + 1)  # fill the history first: eviction is the slow path
+    for _, _, loss in _batches(warm, seed=1):
+        hist.extend(loss.numpy())
+    pieces: list[Any] = []
+    buffered = 0
+    start = time.process_time()
+    for x, y, loss in batches:
+        losses = loss.numpy()
+        hist.extend(losses)
+        mask = policy.keep_mask(losses, hist, gen)
+        kept = select((x, y), torch.from_numpy(np.flatnonzero(mask)))
+        n = int(mask.sum())
+        pieces.append(kept)
+        buffered += n
+        while buffered >= BATCH:  # take exactly BATCH samples, splitting the last piece
+            out, need = [], BATCH
+            while need:
+                size = len(pieces[0][1])
+                if size <= need:
+                    out.append(pieces.pop(0))
+                    need -= size
+                else:
+                    out.append(narrow(pieces[0], 0, need))
+                    pieces[0] = narrow(pieces[0], need, size - need)
+                    need = 0
+            concat(out)
+            buffered -= BATCH
+    return n_batches * BATCH / (time.process_time() - start)
+
+
+def loader_rate(history: int, n_batches: int) -> tuple[float, float]:
+    """Samples per second through a whole ``SiftingDataLoader`` epoch; and the keep rate."""
+    batches = _batches(n_batches)
+    warm = _batches(max(1, history // BATCH + 1), seed=1)
+    loader = ss.SiftingDataLoader(
+        warm, _Identity(), _identity_loss, policy=_policy(history), seed=0
+    )
+    for _ in loader:  # fills the history
+        pass
+    loader.dataloader = batches
+    start = time.process_time()
+    for _ in loader:
+        pass
+    elapsed = time.process_time() - start
+    stats = loader.stats
+    return n_batches * BATCH / elapsed, stats.keep_rate
+
+
+def measure(smoke: bool) -> list[dict[str, Any]]:
+    """Medians over repeats of both rates for every history length."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        n_batches, repeats = (20, 1) if smoke else (2000, 5)
+        rows = []
+        for history in HISTORIES:
+            internal, through, keep = [], [], []
+            for _ in range(repeats):
+                internal.append(internals_rate(history, n_batches))
+                rate, k = loader_rate(history, n_batches)
+                through.append(rate)
+                keep.append(k)
+            rows.append(
+                {"history": history, "internals": internal, "loader": through, "keep": keep}
+            )
+        return rows
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run(smoke: bool = False) -> str:
+    """Measures the machinery and returns a markdown section."""
+    rows = measure(smoke)
+    table = markdown_table(
+        ["history", "internals (samples/s)", "whole loader (samples/s)", "keep rate"],
+        [
+            [
+                f"{r['history']:,}",
+                fmt_spread(r["internals"], "{:,.0f}"),
+                fmt_spread(r["loader"], "{:,.0f}"),
+                f"{statistics.median(r['keep']):.2f}",
+            ]
+            for r in rows
+        ],
+    )
+    at_1e4 = next(r for r in rows if r["history"] == 10_000)
+    internals = statistics.median(at_1e4["internals"])
+    loader = statistics.median(at_1e4["loader"])
+    verdict = (
+        f"Target: at least {TARGET:,.0f} samples/s at history 10,000 on one core. "
+        f"Internals: {internals:,.0f} ({'met' if internals >= TARGET else 'not met'}); "
+        f"whole loader: {loader:,.0f} ({'met' if loader >= TARGET else 'not met'})."
+    )
+    return "\n\n".join(
+        [
+            "## Machinery: sifting without a model",
+            f"Raw batches of {BATCH} samples ({FEATURES} float features and a label), "
+            "`RelativeProbabilistic(beta=1)`, one CPU thread, the history full before timing. "
+            "*Internals* calls the history update, the policy decision, the slicing of the "
+            "kept samples and their joining into refined batches directly; *whole loader* "
+            "iterates a `SiftingDataLoader` over the same batches with a loss function that "
+            "returns a loss column the batch carries (no model cost). Median (min–max) of "
+            f"{'1' if smoke else '5'} repeat(s).",
+            table,
+            verdict,
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="a tiny, fast configuration")
+    print(run(parser.parse_args(argv).smoke))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""The ``smartsift`` command: ``smartsift demo`` and ``smartsift profile``.
+
+``smartsift demo`` trains a 1-D CNN on MNIST-1D twice, plain and sifted, side by side, prints a
+comparison table and saves a plot of test accuracy against training time.
+
+``smartsift profile`` runs :func:`smartsift.profile` on the demo model, or, with
+``--target module:function``, on your own: the function takes no arguments and returns
+``(model, dataloader, loss_fn, optimizer)``. ``module`` may also be a path to a ``.py`` file.
+
+Example:
+    >>> main(["profile", "--help"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    SystemExit: 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import importlib.util
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    Example:
+        >>> main(["--version"])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        SystemExit: 0
+    """
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args))
+    except _UsageError as err:
+        print(f"smartsift {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+class _UsageError(Exception):
+    """A problem with the command line that deserves a message, not a traceback."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    from smartsift import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="smartsift",
+        description="Sift PyTorch training data online: train only on samples worth learning.",
+    )
+    parser.add_argument("--version", action="version", version=f"smartsift {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,profile}")
+
+    from smartsift.demo import DemoConfig
+
+    d = DemoConfig()
+    demo = sub.add_parser(
+        "demo",
+        help="train a CNN on MNIST-1D plain and sifted, side by side",
+        description="Trains a 1-D CNN on MNIST-1D twice, plain and sifted with the reference "
+        "rule, interleaved, then prints a table and saves a plot of test accuracy against "
+        "training time.",
+    )
+    demo.add_argument("--out", default="smartsift-demo.png", help="PNG path (%(default)s)")
+    for flag, kind, text in (
+        ("--num-samples", int, "MNIST-1D samples, 80%% for training"),
+        ("--width", int, "CNN channels"),
+        ("--batch-size", int, "raw batch size of both runs"),
+        ("--refined-batch-size", int, "sifted run's refined batch size"),
+        ("--epochs", int, "epochs of each run"),
+        ("--lr", float, "AdamW learning rate"),
+        ("--beta", float, "RelativeProbabilistic beta: keeps about 1/(1+beta)"),
+        ("--history", int, "losses each one is ranked against"),
+        ("--sift-delay-epochs", int, "epochs trained unsifted first"),
+        ("--seed", int, "initialisation and data order"),
+    ):
+        default = getattr(d, flag[2:].replace("-", "_"))
+        demo.add_argument(flag, type=kind, default=None, help=f"{text} (default {default})")
+    demo.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads for PyTorch (%(default)s: steadier timings on a shared machine)",
+    )
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    demo.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
+    demo.set_defaults(func=_demo)
+
+    prof = sub.add_parser(
+        "profile",
+        help="predict whether sifting pays on a model (default: the demo model)",
+        description="Runs a short pilot of training steps and scoring passes, prints the cost "
+        "of each stage per sample, the predicted speedup and a recommendation.",
+    )
+    prof.add_argument(
+        "--target",
+        metavar="MODULE:FUNCTION",
+        help="a function returning (model, dataloader, loss_fn, optimizer); MODULE may be a "
+        "dotted name or a path to a .py file",
+    )
+    prof.add_argument("--steps", type=int, default=20, help="measured batches (%(default)s)")
+    prof.add_argument("--warmup", type=int, default=3, help="unmeasured batches (%(default)s)")
+    prof.add_argument("--device", default=None, help="move batches here (e.g. cuda)")
+    prof.add_argument("--json", action="store_true", help="print the figures as JSON")
+    prof.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
+    prof.set_defaults(func=_profile)
+    return parser
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from smartsift.demo import (
+        DemoConfig,
+        TrainingRun,
+        make_mnist1d,
+        plot_runs,
+        run_demo,
+        summary_table,
+    )
+
+    base = DemoConfig.smoke() if args.smoke else DemoConfig()
+    names = [f.name for f in dataclasses.fields(DemoConfig)]
+    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    config = dataclasses.replace(base, **given)
+    for name in ("num_samples", "width", "batch_size", "refined_batch_size", "epochs", "history"):
+        if getattr(config, name) is not None and getattr(config, name) < 1:
+            raise _UsageError(f"--{name.replace('_', '-')} must be positive.")
+    if config.sift_delay_epochs < 0 or not config.beta > 0 or not config.lr > 0:
+        raise _UsageError("--sift-delay-epochs must be >= 0, --beta and --lr positive.")
+    if args.threads < 1:
+        raise _UsageError("--threads must be at least 1.")
+    torch.set_num_threads(args.threads)
+    print(f"smartsift demo: {config.describe()}", flush=True)
+    print(
+        f"training plain and sifted side by side on {args.threads} CPU thread(s); times are "
+        "wall-clock seconds of training, evaluation excluded",
+        flush=True,
+    )
+    data = make_mnist1d(config.num_samples)
+    bar = _progress_bar(2 * config.epochs, disabled=args.no_progress)
+    latest: dict[str, float] = {}
+    epochs: dict[str, int] = {}
+
+    def on_segment(run: TrainingRun) -> None:
+        result = run.result
+        latest[result.name] = result.final_accuracy
+        epochs[result.name] = result.samples_seen // run.n_train
+        bar.update(sum(epochs.values()) - bar.n)
+        bar.set_postfix_str(" | ".join(f"{k} {v:.1%}" for k, v in latest.items()))
+
+    try:
+        plain, sifted = run_demo(config, data, on_segment)
+    finally:
+        bar.close()
+    print(summary_table(plain, sifted, config.tolerance))
+    out = plot_runs([plain, sifted], args.out, target=plain.final_accuracy - config.tolerance)
+    print(f"plot: {out}")
+    return 0
+
+
+def _progress_bar(total: int, disabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="epoch", desc="plain + sifted", disable=disabled, leave=True)
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from smartsift.profiling import profile
+
+    if args.steps < 1 or args.warmup < 0:
+        raise _UsageError("--steps must be at least 1 and --warmup at least 0.")
+    if args.target:
+        built = _call_target(args.target)
+        title = args.target
+    else:
+        built = _demo_target(smoke=args.smoke)
+        title = "the demo model (MNIST-1D ConvNet)"
+    model, dataloader, loss_fn, optimizer = built
+    report = profile(
+        model, dataloader, loss_fn, optimizer, args.steps, args.warmup, device=args.device
+    )
+    if args.json:
+        figures = {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in report.as_dict().items()
+        }
+        print(json.dumps({**figures, "recommendation": report.recommendation}, indent=2))
+    else:
+        print(f"profiling {title}")
+        print(report)
+    return 0
+
+
+def _demo_target(smoke: bool) -> tuple[Any, Any, Any, Any]:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from smartsift.demo import ConvNet, DemoConfig, cross_entropy_per_sample, make_mnist1d
+
+    config = DemoConfig.smoke() if smoke else DemoConfig()
+    train_set, _ = make_mnist1d(config.num_samples)
+    torch.manual_seed(config.seed)
+    model = ConvNet(width=config.width)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-2)
+    loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True)
+    return model, loader, cross_entropy_per_sample, optimizer
+
+
+def _call_target(spec: str) -> tuple[Any, Any, Any, Any]:
+    module_name, sep, func_name = spec.rpartition(":")
+    if not sep or not module_name or not func_name:
+        raise _UsageError(f"--target must look like module:function, got {spec!r}.")
+    if module_name.endswith(".py"):
+        path = Path(module_name)
+        if not path.is_file():
+            raise _UsageError(f"--target: no file {module_name!r}.")
+        spec_obj = importlib.util.spec_from_file_location(path.stem, path)
+        if spec_obj is None or spec_obj.loader is None:
+            raise _UsageError(f"--target: cannot import {module_name!r}.")
+        module = importlib.util.module_from_spec(spec_obj)
+        spec_obj.loader.exec_module(module)
+    else:
+        if "" not in sys.path:
+            sys.path.insert(0, "")  # like `python -m`: modules in the working directory
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            raise _UsageError(f"--target: cannot import module {module_name!r} ({err}).") from err
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise _UsageError(f"--target: {module_name!r} has no function {func_name!r}.")
+    built = func()
+    if not isinstance(built, (tuple, list)) or len(built) != 4:
+        raise _UsageError(
+            f"--target: {spec}() must return (model, dataloader, loss_fn, optimizer), "
+            f"got {type(built).__name__}."
+        )
+    return built[0], built[1], built[2], built[3]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,591 @@
+"""Know before you sift: a short pilot run that measures each pass and predicts the gain.
+
+:func:`profile` times, on your model and your data, the stages of a training step (data
+loading, forward, backward, optimizer step), the scoring pass that sifting adds, and the
+sifting machinery itself (decision, loss history, slicing, joining), all per sample. The
+:class:`ProfileReport` turns them into a predicted per-epoch speedup for any kept fraction.
+
+The cost model, per sample seen (``data``, ``scoring``, ``selection``, ``forward``, ``backward``
+and ``optimizer`` are the measured seconds per sample; ``keep`` is the kept fraction)::
+
+    T       = forward + backward + optimizer           # one plain training step
+    plain   = data + T
+    sifted  = data + scoring + selection + keep * T
+    predicted_speedup(keep) = plain / sifted
+    break_even_keep         = (T - scoring - selection) / T   # where plain == sifted
+
+It is a per-epoch figure: what sifting saves on the same number of epochs. Whether the model
+reaches a given accuracy sooner also depends on how much the dropped samples would have taught
+it, which a short pilot cannot measure; a model that still needs all of its data (early in
+training, or a language model in its first epochs) can lose more accuracy than it saves time.
+The report's ``loss_concentration`` is a hint: when the losses are spread evenly over the
+samples, the recommendation says so.
+
+Example:
+    >>> import torch
+    >>> from torch.utils.data import DataLoader, TensorDataset
+    >>> import smartsift as ss
+    >>> data = TensorDataset(torch.randn(256, 8), torch.randint(0, 2, (256,)))
+    >>> model = torch.nn.Linear(8, 2)
+    >>> def loss_fn(model, batch):
+    ...     x, y = batch
+    ...     return torch.nn.functional.cross_entropy(model(x), y, reduction="none")
+    >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> report = ss.profile(model, DataLoader(data, batch_size=32), loss_fn, optimizer, steps=4)
+    >>> report.predicted_speedup(1.0) < 1.0
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from smartsift.batching import BatchTransform, batch_size_of, concat, narrow, select, to_device
+from smartsift.policies import Policy, RelativeProbabilistic
+from smartsift.scoring import LossFn, score
+
+__all__ = ["ProfileReport", "loss_concentration", "profile"]
+
+TrainStep = Callable[[torch.nn.Module, Any], torch.Tensor]
+"""``train_step(model, batch) -> Tensor``: the scalar training loss of one batch."""
+
+_CANDIDATE_KEEPS = (0.5, 0.4, 1 / 3, 0.25)  # mildest first; 0.25 is beta 3
+_GOOD_SPEEDUP = 1.2  # the mildest keep predicted to save this much is recommended
+_MIN_SPEEDUP = 1.1  # below this at keep 0.25, sifting is not worth its risk to accuracy
+_EVEN_LOSSES = 0.7  # a loss concentration below this: losses too even for sifting to pay
+
+
+@dataclass(frozen=True)
+class ProfileReport:
+    """What a pilot run measured, per sample, and what it predicts.
+
+    All ``*_s`` figures are seconds per sample: the median over the measured steps of each
+    batch's time divided by its number of samples.
+
+    Attributes:
+        data_s: waiting for the next batch (and moving it to ``device``).
+        scoring_s: the scoring pass sifting adds: a gradient-free forward pass and the
+            per-sample loss, as the sifting loader runs it.
+        selection_s: the sifting machinery: decision, loss history, slicing and joining.
+        forward_s: the training forward pass and loss.
+        backward_s: the backward pass.
+        optimizer_s: ``optimizer.step()`` and ``optimizer.zero_grad()``.
+        batch_size: the median number of samples per batch.
+        steps: how many batches were measured (warm-up excluded).
+        device: where the batches were (``"cpu"``, ``"cuda:0"``, ...).
+        loss_concentration: the share of the total loss that the highest-loss half of the
+            scored samples carries: near 0.5 when losses are even (every sample still
+            teaches, so dropping samples costs accuracy), near 1 when a few samples carry
+            the loss (what sifting needs). NaN when unknown.
+
+    Example:
+        >>> report = ProfileReport(data_s=0.0, scoring_s=1.0, selection_s=0.0, forward_s=1.0,
+        ...                        backward_s=2.0, optimizer_s=1.0)
+        >>> report.predicted_speedup(0.5), report.break_even_keep
+        (1.3333333333333333, 0.75)
+    """
+
+    data_s: float
+    scoring_s: float
+    selection_s: float
+    forward_s: float
+    backward_s: float
+    optimizer_s: float
+    batch_size: int = 0
+    steps: int = 0
+    device: str = "cpu"
+    loss_concentration: float = math.nan
+
+    @property
+    def step_s(self) -> float:
+        """``T``: one plain training step per sample (forward + backward + optimizer)."""
+        return self.forward_s + self.backward_s + self.optimizer_s
+
+    @property
+    def step_to_scoring_ratio(self) -> float:
+        """How many scoring passes one training step costs (``T / scoring``)."""
+        return self.step_s / self.scoring_s if self.scoring_s > 0 else math.inf
+
+    def predicted_speedup(self, keep: float) -> float:
+        """Predicted per-epoch speedup of sifting that keeps the fraction ``keep`` of samples.
+
+        ``(data + T) / (data + scoring + selection + keep * T)``; below 1 sifting is slower.
+
+        Example:
+            >>> ProfileReport(0.0, 1.0, 0.0, 1.0, 2.0, 1.0).predicted_speedup(0.25)
+            2.0
+        """
+        if not isinstance(keep, (int, float)) or isinstance(keep, bool) or not 0 <= keep <= 1:
+            raise ValueError(f"Expected `keep` to be a float in [0, 1], but got {keep!r}.")
+        plain = self.data_s + self.step_s
+        sifted = self.data_s + self.scoring_s + self.selection_s + keep * self.step_s
+        return plain / sifted if sifted > 0 else math.inf
+
+    @property
+    def break_even_keep(self) -> float:
+        """The kept fraction below which sifting is faster per epoch (0 when it never is)."""
+        t = self.step_s
+        if t <= 0:
+            return 0.0
+        return min(1.0, max(0.0, (t - self.scoring_s - self.selection_s) / t))
+
+    @property
+    def recommended_keep(self) -> float | None:
+        """The mildest kept fraction predicted to pay well, or None when sifting does not pay.
+
+        It is the largest of 1/2, 2/5, 1/3 and 1/4 with a predicted speedup of at least 1.2,
+        else 1/4 when that still gives at least 1.1, else None.
+        """
+        for keep in _CANDIDATE_KEEPS:
+            if self.predicted_speedup(keep) >= _GOOD_SPEEDUP:
+                return keep
+        last = _CANDIDATE_KEEPS[-1]
+        return last if self.predicted_speedup(last) >= _MIN_SPEEDUP else None
+
+    @property
+    def recommended(self) -> bool:
+        """Whether sifting is predicted to pay on this model and data."""
+        return self.recommended_keep is not None
+
+    @property
+    def recommendation(self) -> str:
+        """The advice, in plain language, with a starting configuration when sifting pays."""
+        ratio = self.step_to_scoring_ratio
+        keep = self.recommended_keep
+        overhead = (self.scoring_s + self.selection_s) / self.step_s if self.step_s > 0 else 1.0
+        if keep is None:
+            best = self.predicted_speedup(_CANDIDATE_KEEPS[-1])
+            return (
+                f"Do not sift: the scoring pass and the sifting machinery cost {overhead:.0%} of a "
+                f"training step, so even keeping a quarter of the samples would be at most "
+                f"{best:.2f}x faster per epoch (break-even below keep {self.break_even_keep:.2f}). "
+                "Sifting pays when the backward pass and optimizer step dominate the forward pass."
+            )
+        beta = 1.0 / keep - 1.0
+        advice = (
+            f"Sift: a training step costs {ratio:.1f}x a scoring pass, so keeping {keep:.0%} of "
+            f"the samples is predicted {self.predicted_speedup(keep):.2f}x faster per epoch "
+            f"(break-even below keep {self.break_even_keep:.2f}). Start with "
+            f"ss.RelativeProbabilistic(beta={beta:.3g}) or ss.TopK(keep={keep:.3g}) and a "
+            "sift_delay of about one epoch, and compare the time to your target accuracy "
+            "against a plain run: a cheaper epoch gives a faster run only when the dropped "
+            "samples had little left to teach. If accuracy lags, refine to about "
+            f"{keep:.3g} x your batch size (SiftingDataLoader(..., batch_size=...)) to keep "
+            "the number of optimizer steps per epoch."
+        )
+        if self.loss_concentration < _EVEN_LOSSES:
+            advice += (
+                f" Caution: the losses are spread evenly (the higher-loss half of the samples "
+                f"carries {self.loss_concentration:.0%} of the loss), as early in training or "
+                "for a model that is still data-hungry (a language model in its first "
+                "epochs); then dropping samples usually costs more accuracy than it saves "
+                "time. Profile again after some training."
+            )
+        return advice
+
+    def as_dict(self) -> dict[str, Any]:
+        """Returns the measured figures and the derived ones as a flat dict."""
+        out = asdict(self)
+        out.update(
+            step_s=self.step_s,
+            break_even_keep=self.break_even_keep,
+            recommended=self.recommended,
+            recommended_keep=self.recommended_keep,
+            **{f"speedup_keep_{k:.2f}": self.predicted_speedup(k) for k in _TABLE_KEEPS},
+        )
+        return out
+
+    def __str__(self) -> str:
+        bs = max(1, self.batch_size)
+        rows = [
+            ("data loading", self.data_s),
+            ("scoring pass (added)", self.scoring_s),
+            ("sifting machinery (added)", self.selection_s),
+            ("training forward", self.forward_s),
+            ("training backward", self.backward_s),
+            ("optimizer step", self.optimizer_s),
+            ("training step T", self.step_s),
+        ]
+        lines = [
+            f"smartsift profile: {self.steps} steps, batch {self.batch_size}, {self.device}",
+            f"{'stage':<27}{'us/sample':>12}{'ms/batch':>12}",
+        ]
+        lines += [f"{name:<27}{s * 1e6:>12.2f}{s * bs * 1e3:>12.3f}" for name, s in rows]
+        lines.append(f"{'keep':<27}{'beta':>12}{'speedup':>12}")
+        for k in _TABLE_KEEPS:
+            beta = f"{1 / k - 1:.3g}" if k < 1 else "-"
+            lines.append(f"{k:<27.2f}{beta:>12}{self.predicted_speedup(k):>11.2f}x")
+        lines.append(f"break-even keep: {self.break_even_keep:.2f}")
+        if not math.isnan(self.loss_concentration):
+            lines.append(
+                f"loss concentration: the higher-loss half of the samples carries "
+                f"{self.loss_concentration:.0%} of the loss"
+            )
+        lines.append(self.recommendation)
+        return "\n".join(lines)
+
+
+_TABLE_KEEPS = (1.0, 2 / 3, 0.5, 1 / 3, 0.25)
+
+
+def profile(
+    model: torch.nn.Module,
+    dataloader: Iterable[Any],
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    steps: int = 20,
+    warmup: int = 3,
+    train_step: TrainStep | None = None,
+    device: torch.device | str | None = None,
+    *,
+    policy: Policy | None = None,
+    transform: BatchTransform | None = None,
+    score_in_train_mode: bool = False,
+    autocast_dtype: torch.dtype | None = None,
+) -> ProfileReport:
+    """Runs a short pilot of real training steps and scoring passes; returns the costs.
+
+    For each batch it times, in order: loading it, the training forward pass (model in train
+    mode), the backward pass, the optimizer step, the scoring pass (as the sifting loader runs
+    it) and the sifting machinery with ``policy``. The first ``warmup`` batches are not
+    measured. The pilot consumes ``steps + warmup`` batches from a fresh iterator of
+    ``dataloader`` (``iter(dataloader)``); if it runs out sooner, the batches it had are used
+    and a warning says so.
+
+    The pilot leaves no trace: the model's parameters and buffers (``copy.deepcopy`` of its
+    ``state_dict``), their gradients, every submodule's train/eval mode, the optimizer's
+    ``state_dict`` and the global torch random state (CPU and CUDA) are saved before and put
+    back after, bit for bit, even when the pilot fails. Batches on CUDA are timed with
+    ``torch.cuda.synchronize()`` around every timed region.
+
+    Args:
+        model: the model to train, already on its device.
+        dataloader: the training data, a re-iterable of batches (a ``DataLoader``).
+        loss_fn: ``loss_fn(model, batch) -> Tensor`` of shape ``(B,)``, as for the loader.
+        optimizer: the optimizer that trains ``model``.
+        steps: batches to measure, at least 1.
+        warmup: batches to run first without measuring them, at least 0.
+        train_step: ``train_step(model, batch) -> Tensor``, the scalar training loss of a
+            batch; default ``loss_fn(model, batch).mean()``.
+        device: if set, every batch is moved here (the time counts as data loading).
+        policy: the policy whose machinery is timed; default ``RelativeProbabilistic()``.
+        transform: a :class:`~smartsift.BatchTransform` for batches that cannot be sliced.
+        score_in_train_mode: score in train mode, as the loader option of that name.
+        autocast_dtype: score under ``torch.autocast`` with this dtype, as the loader option.
+
+    Returns:
+        A :class:`ProfileReport`; ``print(report)`` shows a table and the recommendation.
+
+    Raises:
+        ValueError: for invalid ``steps`` or ``warmup``, an empty ``dataloader``, or a
+            ``train_step`` that returns no scalar tensor with a gradient.
+        TypeError: for arguments of the wrong type.
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> model = torch.nn.Linear(4, 3)
+        >>> data = DataLoader(TensorDataset(torch.randn(64, 4), torch.randint(0, 3, (64,))), 16)
+        >>> ce = lambda m, b: torch.nn.functional.cross_entropy(m(b[0]), b[1], reduction="none")
+        >>> before = model.weight.clone()
+        >>> report = profile(model, data, ce, torch.optim.Adam(model.parameters()), 2, 1)
+        >>> report.steps, torch.equal(model.weight, before)
+        (2, True)
+    """
+    _validate(model, dataloader, loss_fn, optimizer, steps, warmup, train_step, policy, transform)
+    policy = RelativeProbabilistic() if policy is None else policy
+    dev = torch.device(device) if device is not None else None
+    step_fn: TrainStep = train_step if train_step is not None else _mean_loss(loss_fn)
+    saved = _Snapshot(model, optimizer)
+    try:
+        samples = _pilot(
+            model,
+            dataloader,
+            loss_fn,
+            optimizer,
+            steps + warmup,
+            step_fn,
+            dev,
+            policy,
+            transform,
+            score_in_train_mode,
+            autocast_dtype,
+        )
+    finally:
+        saved.restore()
+    if len(samples) <= warmup:
+        raise ValueError(
+            f"`dataloader` gave {len(samples)} non-empty batch(es), fewer than warmup + 1 = "
+            f"{warmup + 1}; profile needs at least one measured batch."
+        )
+    if len(samples) < steps + warmup:
+        warnings.warn(
+            f"`dataloader` ran out after {len(samples)} batches; measured "
+            f"{len(samples) - warmup} step(s) instead of {steps}.",
+            stacklevel=2,
+        )
+    measured = samples[warmup:]
+    losses = np.concatenate([m["losses"] for m in measured])
+
+    def median(key: str) -> float:
+        return statistics.median(m[key] / m["size"] for m in measured)
+
+    return ProfileReport(
+        data_s=median("data"),
+        scoring_s=median("scoring"),
+        selection_s=median("selection"),
+        forward_s=median("forward"),
+        backward_s=median("backward"),
+        optimizer_s=median("optimizer"),
+        batch_size=int(statistics.median(m["size"] for m in measured)),
+        steps=len(measured),
+        device=measured[0]["device"],
+        loss_concentration=loss_concentration(losses),
+    )
+
+
+def loss_concentration(losses: np.ndarray) -> float:
+    """The share of the total loss carried by the higher-loss half of ``losses``.
+
+    Non-finite losses are ignored; NaN when there are fewer than two or their sum is not
+    positive.
+
+    Example:
+        >>> loss_concentration(np.array([1.0, 1.0, 1.0, 1.0]))
+        0.5
+        >>> loss_concentration(np.array([0.0, 0.0, 1.0, 3.0]))
+        1.0
+    """
+    x = np.sort(np.asarray(losses, dtype=np.float64)[np.isfinite(losses)])
+    total = float(x.sum())
+    if x.size < 2 or not total > 0:
+        return math.nan
+    return (
+        float(x[x.size // 2 :].sum() / total)
+        if x.size % 2 == 0
+        else float((x[x.size // 2 + 1 :].sum() + 0.5 * x[x.size // 2]) / total)
+    )
+
+
+def _mean_loss(loss_fn: LossFn) -> TrainStep:
+    def step(model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        return loss_fn(model, batch).mean()
+
+    return step
+
+
+class _Snapshot:
+    """Everything the pilot may change, saved so that it can be put back bit for bit."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.model, self.optimizer = model, optimizer
+        self.model_state = copy.deepcopy(model.state_dict())
+        self.optimizer_state = copy.deepcopy(optimizer.state_dict())
+        self.modes = [(m, m.training) for m in model.modules()]
+        # Non-persistent buffers are not in the state_dict: they are saved one by one.
+        self.buffers = [(b, b.detach().clone()) for b in model.buffers()]
+        self.grads = [
+            (p, None if p.grad is None else p.grad.detach().clone()) for p in model.parameters()
+        ]
+        self.rng = torch.get_rng_state()
+        self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+
+    def restore(self) -> None:
+        self.model.load_state_dict(self.model_state)
+        self.optimizer.load_state_dict(self.optimizer_state)
+        with torch.no_grad():
+            for buf, value in self.buffers:
+                buf.copy_(value)
+        for module, training in self.modes:
+            module.training = training
+        for param, grad in self.grads:
+            param.grad = grad
+        torch.set_rng_state(self.rng)
+        if self.cuda_rng is not None:
+            torch.cuda.set_rng_state_all(self.cuda_rng)
+
+
+def _pilot(
+    model: torch.nn.Module,
+    dataloader: Iterable[Any],
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    n_batches: int,
+    step_fn: TrainStep,
+    device: torch.device | None,
+    policy: Policy,
+    transform: BatchTransform | None,
+    score_in_train_mode: bool,
+    autocast_dtype: torch.dtype | None,
+) -> list[dict[str, Any]]:
+    history = policy.make_history()
+    generator = torch.Generator().manual_seed(0)
+    on_cuda = any(p.is_cuda for p in model.parameters()) or (
+        device is not None and device.type == "cuda"
+    )
+    clock = _Clock(on_cuda)
+    out: list[dict[str, Any]] = []
+    it = iter(dataloader)
+    while len(out) < n_batches:
+        t: dict[str, Any] = {}
+        clock.start()
+        try:
+            batch = next(it)
+        except StopIteration:
+            break
+        if device is not None:
+            batch = to_device(batch, device)
+        t["data"] = clock.stop()
+        sliceable = transform.transform(batch) if transform is not None else batch
+        size = batch_size_of(sliceable)
+        if size == 0:
+            continue
+        t["size"] = size
+        t["device"] = _device_of(batch)
+        clock.on_cuda = on_cuda or t["device"].startswith("cuda")
+
+        # The training step comes first: its forward pass follows the previous update, as in
+        # plain training (the first forward after an update costs a little more).
+        model.train()
+        clock.start()
+        loss = step_fn(model, batch)
+        t["forward"] = clock.stop()
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.requires_grad:
+            raise ValueError(
+                "Expected the training loss (train_step(model, batch), by default "
+                "loss_fn(model, batch).mean()) to be a scalar tensor that requires grad, but got "
+                f"{_describe(loss)}."
+            )
+        clock.start()
+        loss.backward()
+        t["backward"] = clock.stop()
+        clock.start()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        t["optimizer"] = clock.stop()
+        clock.start()
+        losses = score(
+            model,
+            loss_fn,
+            batch,
+            size,
+            train_mode=score_in_train_mode,
+            autocast_dtype=autocast_dtype,
+        ).numpy()
+        t["scoring"] = clock.stop()
+        t["losses"] = losses
+
+        clock.start()
+        _machinery(losses, sliceable, policy, history, generator)
+        t["selection"] = clock.stop()
+
+        out.append(t)
+    return out
+
+
+def _machinery(
+    losses: np.ndarray,
+    sliceable: Any,
+    policy: Policy,
+    history: Any,
+    generator: torch.Generator,
+) -> None:
+    """What the loader does with a scored batch: history, decision, slicing, joining."""
+    finite = np.isfinite(losses)
+    if history is not None:
+        history.extend(losses[finite])
+    mask = policy.keep_mask(losses[finite], history, generator)
+    idx = torch.from_numpy(np.flatnonzero(mask))
+    n = int(idx.numel())
+    if n:
+        kept = select(sliceable, idx)
+        half = n // 2
+        concat([narrow(kept, 0, half), narrow(kept, half, n - half)])
+
+
+class _Clock:
+    def __init__(self, on_cuda: bool) -> None:
+        self.on_cuda = on_cuda
+        self._t0 = 0.0
+
+    def start(self) -> None:
+        if self.on_cuda:
+            torch.cuda.synchronize()
+        self._t0 = time.perf_counter()
+
+    def stop(self) -> float:
+        if self.on_cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - self._t0
+
+
+def _device_of(batch: Any) -> str:
+    leaves, _ = torch.utils._pytree.tree_flatten(batch)
+    for leaf in leaves:
+        if isinstance(leaf, torch.Tensor):
+            return str(leaf.device)
+    return "cpu"
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)} (requires_grad={value.requires_grad})"
+    return type(value).__name__
+
+
+def _validate(
+    model: Any,
+    dataloader: Any,
+    loss_fn: Any,
+    optimizer: Any,
+    steps: Any,
+    warmup: Any,
+    train_step: Any,
+    policy: Any,
+    transform: Any,
+) -> None:
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(
+            f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}."
+        )
+    if not hasattr(dataloader, "__iter__"):
+        raise TypeError(
+            "Expected `dataloader` to be an iterable of batches (e.g. a DataLoader), but got "
+            f"{type(dataloader).__name__}."
+        )
+    if not callable(loss_fn):
+        raise TypeError(
+            "Expected `loss_fn` to be callable as loss_fn(model, batch) -> Tensor of shape (B,), "
+            f"but got {type(loss_fn).__name__}."
+        )
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"Expected `optimizer` to be a torch.optim.Optimizer, but got "
+            f"{type(optimizer).__name__}."
+        )
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"Expected `steps` to be a positive int, but got {steps!r}.")
+    if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
+        raise ValueError(f"Expected `warmup` to be a non-negative int, but got {warmup!r}.")
+    if train_step is not None and not callable(train_step):
+        raise TypeError(
+            "Expected `train_step` to be None or callable as train_step(model, batch) -> scalar "
+            f"loss, but got {type(train_step).__name__}."
+        )
+    if policy is not None and not isinstance(policy, Policy):
+        raise TypeError(f"Expected `policy` to be a smartsift Policy or None, but got {policy!r}.")
+    if transform is not None and not isinstance(transform, BatchTransform):
+        raise TypeError(
+            "Expected `transform` to have transform(batch) and reverse_transform(data) methods "
+            f"(a smartsift.BatchTransform), but got {type(transform).__name__}."
+        )

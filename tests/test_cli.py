@@ -1,0 +1,130 @@
+"""Tests of the ``smartsift`` command line: ``profile`` on a tiny target and a smoke ``demo``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from smartsift.cli import main
+
+TARGET = textwrap.dedent(
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader, TensorDataset
+
+
+    def loss_fn(model, batch):
+        x, y = batch
+        return F.cross_entropy(model(x), y, reduction="none")
+
+
+    def build():
+        torch.manual_seed(0)
+        data = TensorDataset(torch.randn(128, 8), torch.randint(0, 2, (128,)))
+        model = torch.nn.Linear(8, 2)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        return model, DataLoader(data, batch_size=16), loss_fn, optimizer
+
+
+    def not_four():
+        return 1, 2
+    """
+)
+
+
+@pytest.fixture
+def target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "tiny_target.py"
+    path.write_text(TARGET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return path
+
+
+def test_profile_on_a_module_target(target: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["profile", "--target", "tiny_target:build", "--steps", "3", "--warmup", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "profiling tiny_target:build" in out
+    assert "scoring pass" in out and "break-even keep" in out
+    assert "sift" in out.lower()
+
+
+def test_profile_on_a_file_target_as_json(target: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["profile", "--target", f"{target}:build", "--steps", "2", "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["steps"] == 2 and figures["batch_size"] == 16
+    assert isinstance(figures["recommended"], bool) and figures["recommendation"]
+    assert figures["speedup_keep_1.00"] < 1.0
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("no_colon", "module:function"),
+        ("tiny_target:missing", "no function"),
+        ("no_such_module_xyz:build", "cannot import"),
+        ("tiny_target:not_four", "must return"),
+        ("/no/such/file.py:build", "no file"),
+    ],
+)
+def test_profile_bad_targets(
+    target: Path, capsys: pytest.CaptureFixture[str], spec: str, message: str
+) -> None:
+    assert main(["profile", "--target", spec]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_profile_rejects_bad_steps(target: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["profile", "--target", "tiny_target:build", "--steps", "0"]) == 2
+    assert "--steps" in capsys.readouterr().err
+
+
+def test_profile_of_the_demo_model(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["profile", "--smoke", "--steps", "2", "--warmup", "1"]) == 0
+    assert "the demo model" in capsys.readouterr().out
+
+
+def test_demo_smoke_writes_plot_and_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "plots" / "demo.png"
+    assert main(["demo", "--smoke", "--no-progress", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    for row in (
+        "training wall time",
+        "optimizer steps",
+        "samples backpropagated",
+        "keep rate",
+        "final test accuracy",
+        "time to",
+        "speedup",
+    ):
+        assert row in text
+    assert f"plot: {out}" in text
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_rejects_bad_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--smoke", "--epochs", "0"]) == 2
+    assert "--epochs" in capsys.readouterr().err
+
+
+def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "demo" in capsys.readouterr().out
+
+
+def test_python_dash_m_entry_point() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "smartsift", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0 and done.stdout.startswith("smartsift ")
