@@ -178,6 +178,11 @@ def select(batch: Any, index: torch.Tensor) -> Any:
     def go(obj: Any) -> Any:
         if isinstance(obj, torch.Tensor):
             return obj.index_select(0, on(obj.device)) if obj.ndim > 0 else obj
+        kind = type(obj)
+        if (kind is tuple or kind is list) and not isinstance(obj[0] if obj else 0, _ATOMS):
+            return kind(go(v) for v in obj)  # the common case: a plain tuple/list of tensors
+        if kind is dict:
+            return {k: go(v) for k, v in obj.items()}
         if isinstance(obj, np.ndarray):
             if obj.ndim == 0:
                 return obj
@@ -204,6 +209,11 @@ def narrow(batch: Any, start: int, length: int) -> Any:
     def go(obj: Any) -> Any:
         if isinstance(obj, torch.Tensor | np.ndarray):
             return obj[start : start + length] if obj.ndim > 0 else obj
+        kind = type(obj)
+        if (kind is tuple or kind is list) and not isinstance(obj[0] if obj else 0, _ATOMS):
+            return kind(go(v) for v in obj)
+        if kind is dict:
+            return {k: go(v) for k, v in obj.items()}
         if isinstance(obj, Mapping):
             return _rebuild_mapping(obj, {k: go(v) for k, v in obj.items()})
         if _is_sample_sequence(obj):

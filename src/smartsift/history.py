@@ -70,10 +70,15 @@ class LossHistory:
         evict = self._count + n - cap
         kept = self._sorted
         if evict > 0:
-            oldest = (self._next - self._count + np.arange(evict)) % cap
-            kept = _remove_sorted(kept, np.sort(self._ring[oldest]))
-        slots = (self._next + np.arange(n)) % cap
-        self._ring[slots] = losses
+            oldest = _ring_slice(self._ring, (self._next - self._count) % cap, evict)
+            kept = _remove_sorted(kept, np.sort(oldest))
+        start = self._next
+        if start + n <= cap:
+            self._ring[start : start + n] = losses
+        else:
+            head = cap - start
+            self._ring[start:] = losses[:head]
+            self._ring[: n - head] = losses[head:]
         self._sorted = _merge_sorted(kept, np.sort(losses))
         self._next = (self._next + n) % cap
         self._count = min(cap, self._count + n)
@@ -114,6 +119,14 @@ class LossHistory:
         self._sorted = np.empty(0, dtype=np.float64)
         self._next = self._count = 0
         self.extend(state["values"].numpy())
+
+
+def _ring_slice(ring: np.ndarray, start: int, n: int) -> np.ndarray:
+    """Returns ``n`` ring entries from ``start`` on, wrapping around (a view when contiguous)."""
+    end = start + n
+    if end <= ring.size:
+        return ring[start:end]
+    return np.concatenate([ring[start:], ring[: end - ring.size]])
 
 
 def _remove_sorted(sorted_values: np.ndarray, gone: np.ndarray) -> np.ndarray:

@@ -562,12 +562,14 @@ class SiftingDataLoader:
     def _sift(self, peers: list[PeerRound], sliceable: Any, size: int, losses: np.ndarray) -> None:
         st = self._state
         t0 = time.perf_counter()
-        masks = self._decide(peers)
+        masks, nonfinite = self._decide(peers)
         mask = masks[self.ranks.rank if self.ranks.distributed else 0]
-        kept = int(mask.sum())
+        kept = int(np.count_nonzero(mask))
         if size > 0:
-            nonfinite = int((~np.isfinite(losses)).sum())
-            st.tally.add(samples_kept=kept, samples_sifted=size - kept, samples_nonfinite=nonfinite)
+            counts = st.tally.counts
+            counts["samples_kept"] += kept
+            counts["samples_sifted"] += size - kept
+            counts["samples_nonfinite"] += nonfinite
             st.tally.recent.append((size, kept))
             if self.audit is not None:
                 self.audit.record_scored(st.epoch, sliceable, losses, mask)
@@ -575,24 +577,40 @@ class SiftingDataLoader:
                 self._push(sliceable, size)
             elif kept:
                 self._push(select(sliceable, torch.from_numpy(np.flatnonzero(mask))), kept)
-        self._emit([p.buffered + int(m.sum()) for p, m in zip(peers, masks, strict=True)])
+        if len(peers) == 1:
+            self._emit([peers[0].buffered + kept])
+        else:
+            pairs = zip(peers, masks, strict=True)
+            self._emit([p.buffered + int(np.count_nonzero(m)) for p, m in pairs])
         st.tally.times["selection_s"] += time.perf_counter() - t0
 
-    def _decide(self, peers: list[PeerRound]) -> list[np.ndarray]:
-        """Keep masks for every rank's losses, identical on all ranks."""
+    def _decide(self, peers: list[PeerRound]) -> tuple[list[np.ndarray], int]:
+        """Keep masks for every rank's losses, identical on all ranks, and this rank's count of
+        non-finite losses."""
         st = self._state
         finite = [np.isfinite(p.losses) for p in peers]
+        clean = [bool(f.all()) for f in finite]
         if st.history is not None:
-            st.history.extend(
-                np.concatenate([p.losses[f] for p, f in zip(peers, finite, strict=True)])
-            )
+            if all(clean):
+                st.history.extend(
+                    peers[0].losses
+                    if len(peers) == 1
+                    else np.concatenate([p.losses for p in peers])
+                )
+            else:
+                pairs = zip(peers, finite, strict=True)
+                st.history.extend(np.concatenate([p.losses[f] for p, f in pairs]))
         masks = []
-        for peer, fin in zip(peers, finite, strict=True):
+        for peer, fin, ok in zip(peers, finite, clean, strict=True):
+            if ok:
+                masks.append(self.policy.keep_mask(peer.losses, st.history, st.generator))
+                continue
             mask = np.full(peer.size, self.nonfinite == "keep", dtype=bool)
             if fin.any():
                 mask[fin] = self.policy.keep_mask(peer.losses[fin], st.history, st.generator)
             masks.append(mask)
-        return masks
+        mine = finite[self.ranks.rank if self.ranks.distributed else 0]
+        return masks, int(mine.size - np.count_nonzero(mine))
 
     def _push(self, chunk: Any, size: int) -> None:
         self._state.buffer.append(chunk)
