@@ -12,6 +12,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -269,8 +270,11 @@ def failing_ranks(rank: int, world: int, cases: list[tuple[str, int]]) -> list[d
     return [failing_rank(rank, world, where, bad) for where, bad in cases]
 
 
-def ddp_training(rank: int, world: int, epochs: int) -> dict[str, Any]:
-    """Worker: trains a DDP model (with BatchNorm buffers) on uneven shards with sifting."""
+def ddp_training(rank: int, world: int, epochs: int, slow_rank: int = -1) -> dict[str, Any]:
+    """Worker: trains a DDP model (with BatchNorm buffers) on uneven shards with sifting.
+
+    ``slow_rank`` scores and loads its data much more slowly than the others.
+    """
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     torch.manual_seed(rank)  # different inits on purpose: DDP broadcasts rank 0's
@@ -287,6 +291,8 @@ def ddp_training(rank: int, world: int, epochs: int) -> dict[str, Any]:
     raw = DataLoader(make_dataset(sum(sizes)), batch_size=8, sampler=sampler)
 
     def loss_fn(m: torch.nn.Module, batch: Any) -> torch.Tensor:
+        if rank == slow_rank:
+            time.sleep(0.02)
         x, y, _ = batch
         return F.cross_entropy(m(x), y, reduction="none")
 
@@ -448,8 +454,10 @@ def test_ranks_stay_in_step_and_account_for_every_sample(world: int) -> None:
         check_scenario([r[i] for r in results], cfg, world)
 
 
-def test_ddp_training_keeps_replicas_identical() -> None:
-    results = run_ranks(ddp_training, 2, 2, timeout=JOB_TIMEOUT_S)
+@pytest.mark.parametrize("slow_rank", [-1, 1])
+def test_ddp_training_keeps_replicas_identical(slow_rank: int) -> None:
+    # slow_rank=1: one rank scores far slower than the other; the others wait, nothing diverges.
+    results = run_ranks(ddp_training, 2, 2, slow_rank, timeout=JOB_TIMEOUT_S)
     first = results[0]
     assert first["steps"][0] > 0
     for r in results[1:]:
