@@ -37,21 +37,9 @@ import numpy as np
 import torch
 
 from smartsift import SiftingDataLoader, SiftStats
+from smartsift.stats import counter_fields
 
 __all__ = ["Run", "assert_resume_matches", "canonical", "roundtrip", "run_epochs"]
-
-_COUNTERS = (
-    "samples_seen",
-    "samples_kept",
-    "samples_sifted",
-    "samples_dropped",
-    "samples_trained",
-    "samples_nonfinite",
-    "samples_buffered",
-    "raw_batches",
-    "steps",
-    "epochs",
-)
 
 
 def canonical(batch: Any) -> Any:
@@ -106,7 +94,7 @@ def run_epochs(
 
 
 def _stats_key(stats: SiftStats) -> dict[str, Any]:
-    key: dict[str, Any] = {name: getattr(stats, name) for name in _COUNTERS}
+    key: dict[str, Any] = {name: getattr(stats, name) for name in counter_fields()}
     rate = stats.recent_keep_rate
     key["recent_keep_rate"] = "nan" if math.isnan(rate) else rate
     key["loss_quantiles"] = dict(stats.loss_quantiles)

@@ -128,6 +128,11 @@ class _Tally:
         self.recent.extend((int(s), int(k)) for s, k in state["recent"])
 
 
+def counter_fields() -> tuple[str, ...]:
+    """Names of the counting (integer) fields of :class:`SiftStats`, in a fixed order."""
+    return _COUNTERS
+
+
 def stats_fields() -> tuple[str, ...]:
     """Names of the summable fields of :class:`SiftStats`, in a fixed order."""
     return _COUNTERS + _TIMERS
