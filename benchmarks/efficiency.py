@@ -7,6 +7,10 @@ the data loading time taken out) and ``k`` the kept fraction, the best possible 
 speedup is ``1 / (F/T + k)``; the measured one is ``(plain - data) / (sifted - data)``.
 Efficiency = measured / ideal; what is missing is smartsift's own overhead.
 
+Each case is also given to :func:`smartsift.profile` (after the timed epochs, on the same
+model, data, loss, optimizer and policy, which it leaves as they were), and its predicted
+speedup at the measured ``k`` and its verdict are set beside the measured speedup.
+
 Times are CPU seconds of the process, on one thread (a shared machine's wall clock varies far
 more than the effect measured). Run it directly (``python benchmarks/efficiency.py
 [--smoke]``) or call :func:`run`.
@@ -151,6 +155,19 @@ def measure_case(case: Case, smoke: bool, repeats: int) -> dict[str, Any]:
     k = statistics.median(keep)
     ideal = 1.0 / (f / t + k)
     measured = [(p - d) / (s - d) for p, s in zip(plain, sifted, strict=True)]
+    # The profiler's advice for the same setup, after the timed epochs so as not to disturb
+    # them; it restores the model and optimizer, and it too runs on the one thread.
+    warmup = 1 if smoke else 3
+    report = ss.profile(
+        model,
+        loader,
+        loss_fn,
+        optimizer,
+        steps=min(4 if smoke else 20, len(loader) - warmup),
+        warmup=warmup,
+        train_step=lambda _model, batch: train_loss(batch),
+        policy=case.policy,
+    )
     return {
         "case": case.name,
         "policy": repr(case.policy),
@@ -162,7 +179,35 @@ def measure_case(case: Case, smoke: bool, repeats: int) -> dict[str, Any]:
         "machinery_share": statistics.median(
             sel / s for sel, s in zip(selection, sifted, strict=True)
         ),
+        "predicted": report.predicted_speedup(k),
+        "recommended": report.recommended,
+        "profile_steps": report.steps,
     }
+
+
+def _agreement(results: list[dict[str, Any]]) -> str:
+    """One sentence comparing the profiler's predictions and verdicts with the measurements."""
+    gaps = [
+        (r["predicted"] - statistics.median(r["measured"])) / statistics.median(r["measured"])
+        for r in results
+    ]
+    worst = max(range(len(gaps)), key=lambda i: abs(gaps[i]))
+    sift = [r for r in results if r["recommended"]]
+    sift_ok = sum(statistics.median(r["measured"]) > 1 for r in sift)
+    dont = [r for r in results if not r["recommended"]]
+    dont_ok = sum(statistics.median(r["measured"]) <= 1 for r in dont)
+    verdicts = (
+        f'{sift_ok} of {len(sift)} "sift" verdict(s) coincide with a measured speedup above '
+        f'1x and {dont_ok} of {len(dont)} "don\'t sift" verdict(s) with one at or below 1x'
+    )
+    return (
+        "Profiler against measurement: the predicted speedup at the measured k differs from "
+        f"the median measured one by at most {abs(gaps[worst]):.0%} "
+        f"({'over' if gaps[worst] > 0 else 'under'}-predicted, case {worst + 1}: "
+        f"{results[worst]['case']}, `{results[worst]['policy']}`); {verdicts}; so the "
+        f"verdicts {'agree' if sift_ok == len(sift) and dont_ok == len(dont) else 'disagree'} "
+        "with the measurements."
+    )
 
 
 def run(smoke: bool = False) -> str:
@@ -184,6 +229,8 @@ def run(smoke: bool = False) -> str:
             "measured speedup",
             "efficiency",
             "machinery share of sifted epoch",
+            "profiler's predicted speedup at k",
+            "profiler's verdict",
         ],
         [
             [
@@ -195,12 +242,15 @@ def run(smoke: bool = False) -> str:
                 fmt_spread(r["measured"], "{:.2f}", "x"),
                 fmt_spread(r["efficiency"], "{:.2f}"),
                 f"{r['machinery_share']:.1%}",
+                f"{r['predicted']:.2f}x",
+                "sift" if r["recommended"] else "don't sift",
             ]
             for r in results
         ],
     )
     effs = [statistics.median(r["efficiency"]) for r in results]
     met = sum(e >= TARGET for e in effs)
+    steps = "–".join(sorted({str(r["profile_steps"]) for r in results}, key=int))
     return "\n\n".join(
         [
             "## Efficiency: measured per-epoch speedup against the ideal",
@@ -214,8 +264,12 @@ def run(smoke: bool = False) -> str:
             "own `selection_s` (decision, history, slicing, joining) over the sifted epoch. "
             "Where refined batches are smaller than raw ones, `T` is still measured at the "
             "raw batch size, so the ideal assumes a refined step costs as much per sample; "
-            "smaller batches cost more per sample, which shows in the efficiency.",
+            "smaller batches cost more per sample, which shows in the efficiency. The last two "
+            "columns are `ss.profile(...)` on the same model, data, loss, optimizer and policy "
+            f"(after the timed epochs; {steps} measured steps, wall clock): "
+            "`report.predicted_speedup(k)` at the measured `k`, and `report.recommended`.",
             table,
+            _agreement(results),
             f"Target: efficiency of at least {TARGET:.2f}. Met in {met} of {len(results)} "
             f"case(s) (median efficiencies: {', '.join(f'{e:.2f}' for e in effs)}).",
         ]

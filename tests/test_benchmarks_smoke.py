@@ -39,6 +39,13 @@ def test_machinery_smoke() -> None:
 def test_efficiency_smoke() -> None:
     text = importlib.import_module("efficiency").run(smoke=True)
     assert "ideal 1/(F/T+k)" in text and "efficiency" in text
+    assert "profiler's predicted speedup at k" in text and "Profiler against measurement" in text
+    rows = [line for line in text.splitlines() if line.startswith("| MNIST-1D")]
+    assert rows and all(
+        row.split(" | ")[-1].rstrip(" |") in ("sift", "don't sift")
+        and row.split(" | ")[-2].endswith("x")
+        for row in rows
+    )
 
 
 def test_time_to_accuracy_smoke(tmp_path: Path) -> None:

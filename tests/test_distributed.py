@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from _ddp import free_port, run_ranks
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
 
 import smartsift as ss
 
@@ -217,7 +217,8 @@ class FailingDataset(Dataset[Any]):
 
 
 def failing_rank(rank: int, world: int, where: str, bad_rank: int) -> dict[str, Any]:
-    """Rank ``bad_rank`` fails once, on its third raw batch, in ``loss_fn`` or in loading.
+    """Rank ``bad_rank`` fails once, on its third raw batch: in ``loss_fn``, in loading, or with
+    a batch layout that cannot be joined with the buffered samples.
 
     Returns what this rank raised, the steps it yielded first, whether the group is still in
     step afterwards, and the steps of a clean second epoch.
@@ -238,8 +239,17 @@ def failing_rank(rank: int, world: int, where: str, bad_rank: int) -> dict[str, 
         x, y, _ = batch
         return F.cross_entropy(model(x), y, reduction="none")
 
+    collated = [0]
+
+    def collate(samples: list[Any]) -> Any:
+        x, y, ids = default_collate(samples)
+        collated[0] += 1
+        if where == "shape" and rank == bad_rank and collated[0] == 3:
+            ids = ids.unsqueeze(1)  # a layout the buffered samples cannot be joined with
+        return x, y, ids
+
     loader = ss.SiftingDataLoader(
-        DataLoader(data, batch_size=bs, sampler=sampler),
+        DataLoader(data, batch_size=bs, sampler=sampler, collate_fn=collate),
         torch.nn.Linear(FEATURES, CLASSES),
         loss_fn,
         policy=ss.RelativeProbabilistic(beta=0.5, history=64),
@@ -476,13 +486,14 @@ def test_ddp_training_keeps_replicas_identical(slow_rank: int) -> None:
 
 def test_failing_rank_stops_every_rank() -> None:
     world = 3
-    cases = [("loss", 2), ("data", 0)]  # the second job also proves the group survived the first
+    cases = [("loss", 2), ("data", 0), ("shape", 1)]  # later cases: the group survived
     jobs = run_ranks(failing_ranks, world, cases, timeout=JOB_TIMEOUT_S)
     for i, (where, bad_rank) in enumerate(cases):
         results = [job[i] for job in jobs]
         bad = results[bad_rank]
-        assert bad["raised"] == ("ValueError" if where == "loss" else "KeyError"), bad
-        assert ("loss_fn failed" if where == "loss" else "corrupt") in bad["message"]
+        assert bad["raised"] == ("KeyError" if where == "data" else "ValueError"), bad
+        expected = {"loss": "loss_fn failed", "data": "corrupt", "shape": "cannot be joined"}
+        assert expected[where] in bad["message"]
         for rank, r in enumerate(results):
             if rank != bad_rank:
                 assert r["raised"] == "RemoteRankError", r

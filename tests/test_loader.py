@@ -327,3 +327,18 @@ def test_sifted_training_learns_a_real_task_with_fewer_backward_passes() -> None
     assert accuracy > 0.5  # chance is 0.1
     assert backpropagated < 0.75 * loader.stats.samples_seen
     assert backpropagated == loader.stats.samples_trained
+
+
+def test_a_batch_that_cannot_join_the_buffer_fails_before_scoring() -> None:
+    batches = [(torch.randn(8, 3), torch.arange(8)), (torch.randn(8, 5), torch.arange(8, 16))]
+    scored = []
+
+    def loss(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        scored.append(batch[0].shape[1])
+        return batch[1].float()
+
+    loader = ss.SiftingDataLoader(batches, torch.nn.Identity(), loss, policy=ss.TopK(0.5))
+    with pytest.raises(ValueError, match="pad sequences to a fixed length") as info:
+        list(loader)
+    assert scored == [3]  # the second batch was refused before its scoring pass
+    assert "raw batch 1 of the epoch" in "".join(getattr(info.value, "__notes__", []))

@@ -32,6 +32,7 @@ __all__ = [
     "concat",
     "narrow",
     "select",
+    "signature",
     "to_device",
     "to_plain",
 ]
@@ -270,6 +271,38 @@ def concat(pieces: Sequence[Any]) -> Any:
         return tmpl
 
     return go(list(pieces), template, "")
+
+
+def signature(batch: Any) -> tuple[Any, ...]:
+    """Returns what must match for two batches' samples to be joined: structure, trailing
+    shapes, dtypes and devices of the per-sample entries.
+
+    Example:
+        >>> signature((torch.zeros(4, 3), torch.zeros(4))) == signature((torch.ones(2, 3),
+        ...                                                              torch.ones(2)))
+        True
+        >>> signature(torch.zeros(4, 3)) == signature(torch.zeros(4, 5))
+        False
+    """
+    out: list[Any] = []
+
+    def go(obj: Any, path: str) -> None:
+        if isinstance(obj, torch.Tensor | np.ndarray):
+            if obj.ndim > 0:
+                # NumPy arrays join CPU tensors (a restored buffer holds tensors for them).
+                device = obj.device.type if isinstance(obj, torch.Tensor) else "cpu"
+                dtype = str(obj.dtype).removeprefix("torch.")
+                out.append((path, tuple(obj.shape[1:]), dtype, device))
+        elif isinstance(obj, Mapping):
+            for key, value in obj.items():
+                go(value, f"{path}[{key!r}]")
+        elif isinstance(obj, (list, tuple)) and not _is_sample_sequence(obj):
+            out.append((path, len(obj)))
+            for i, value in enumerate(obj):
+                go(value, f"{path}[{i}]")
+
+    go(batch, "")
+    return tuple(out)
 
 
 def to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:

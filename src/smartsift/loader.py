@@ -41,6 +41,7 @@ from smartsift.batching import (
     concat,
     narrow,
     select,
+    signature,
     to_device,
     to_plain,
 )
@@ -84,6 +85,7 @@ class _LoaderState:
     batch_size: int | None = None
     buffer: list[Any] = field(default_factory=list)  # kept samples, in sliceable form
     buffer_sizes: list[int] = field(default_factory=list)
+    signature: tuple[Any, ...] | None = None  # layout of the buffered samples (derived)
     ready: deque[tuple[bool, int, Any]] = field(default_factory=deque)  # (is_raw, size, batch)
     # States of a plain wrapped loader's torch.Generators when this epoch's raw iterator began.
     sampler_rng: list[torch.Tensor] = field(default_factory=list)
@@ -504,6 +506,8 @@ class SiftingDataLoader:
                     raw = to_device(raw, self.device, non_blocking=True)
                 sliceable = self.transform.transform(raw) if self.transform is not None else raw
                 size = batch_size_of(sliceable)
+                if st.buffer and size > 0:
+                    self._check_joinable(sliceable)  # before the exchange, so no rank hangs
                 if not delay and size > 0:
                     losses = self._score(raw, size)
             except Exception as err:
@@ -612,7 +616,22 @@ class SiftingDataLoader:
         mine = finite[self.ranks.rank if self.ranks.distributed else 0]
         return masks, int(mine.size - np.count_nonzero(mine))
 
+    def _check_joinable(self, sliceable: Any) -> None:
+        st = self._state
+        if st.signature is None:
+            st.signature = signature(st.buffer[0])
+        if signature(sliceable) != st.signature:
+            raise ValueError(
+                "This raw batch cannot be joined with the samples already buffered: its "
+                f"per-sample entries differ in structure, trailing shape, dtype or device "
+                f"({signature(sliceable)} against {st.signature}). Refined batches mix samples "
+                "of several raw batches, so every raw batch needs the same layout: pad sequences "
+                "to a fixed length, or pass a BatchTransform that does."
+            )
+
     def _push(self, chunk: Any, size: int) -> None:
+        if not self._state.buffer:
+            self._state.signature = None  # a new head: _check_joinable reads it again
         self._state.buffer.append(chunk)
         self._state.buffer_sizes.append(size)
 
