@@ -30,6 +30,7 @@ __all__ = [
     "UnsupportedBatchError",
     "batch_size_of",
     "concat",
+    "inspect_batch",
     "narrow",
     "select",
     "signature",
@@ -109,18 +110,36 @@ def _rebuild_sequence(template: Sequence[Any], items: list[Any]) -> Any:
     return items
 
 
-def _sizes(batch: Any, path: str, out: list[tuple[str, int]]) -> None:
-    if isinstance(batch, torch.Tensor | np.ndarray):
+_DTYPE_NAMES: dict[Any, str] = {}
+
+
+def _dtype_name(dtype: Any) -> str:
+    # "float32" for torch.float32 and numpy's float32 alike: arrays join CPU tensors.
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = str(dtype).removeprefix("torch.")
+    return name
+
+
+def _walk(batch: Any, path: str, out: list[tuple[str, int]], layout: list[Any]) -> None:
+    """Collects the per-sample entries' sizes and the batch's layout (see :func:`signature`)."""
+    if isinstance(batch, torch.Tensor):
         if batch.ndim > 0:
-            out.append((path, int(batch.shape[0])))
+            out.append((path, batch.shape[0]))
+            layout.append((path, batch.shape[1:], _dtype_name(batch.dtype), batch.device.type))
+    elif isinstance(batch, np.ndarray):
+        if batch.ndim > 0:
+            out.append((path, batch.shape[0]))
+            layout.append((path, batch.shape[1:], _dtype_name(batch.dtype), "cpu"))
     elif isinstance(batch, Mapping):
         for key, value in batch.items():
-            _sizes(value, f"{path}[{key!r}]", out)
+            _walk(value, f"{path}[{key!r}]", out, layout)
     elif _is_sample_sequence(batch):
         out.append((path, len(batch)))
     elif isinstance(batch, (list, tuple)):
+        layout.append((path, len(batch)))
         for i, value in enumerate(batch):
-            _sizes(value, f"{path}[{i}]", out)
+            _walk(value, f"{path}[{i}]", out, layout)
     elif not isinstance(batch, _ATOMS):
         raise UnsupportedBatchError(
             f"Cannot slice a batch entry of type {type(batch).__name__} at batch{path}. "
@@ -131,8 +150,8 @@ def _sizes(batch: Any, path: str, out: list[tuple[str, int]]) -> None:
         )
 
 
-def batch_size_of(batch: Any) -> int:
-    """Returns the number of samples in ``batch``.
+def inspect_batch(batch: Any) -> tuple[int, tuple[Any, ...]]:
+    """Returns the number of samples in ``batch`` and its :func:`signature`, in one walk.
 
     Raises:
         UnsupportedBatchError: if the batch holds a type that cannot be sliced, or holds no
@@ -141,11 +160,12 @@ def batch_size_of(batch: Any) -> int:
 
     Example:
         >>> import torch
-        >>> batch_size_of((torch.zeros(8, 3), torch.zeros(8)))
+        >>> inspect_batch((torch.zeros(8, 3), torch.zeros(8)))[0]
         8
     """
     sizes: list[tuple[str, int]] = []
-    _sizes(batch, "", sizes)
+    layout: list[Any] = []
+    _walk(batch, "", sizes, layout)
     if not sizes:
         raise UnsupportedBatchError(
             f"The batch (type {type(batch).__name__}) holds no per-sample tensor, array or list, "
@@ -161,7 +181,18 @@ def batch_size_of(batch: Any) -> int:
                 "dimension must have the same size along dimension 0; wrap per-batch values "
                 "that are not per-sample in a 0-d tensor or a plain Python value."
             )
-    return n
+    return int(n), tuple(layout)
+
+
+def batch_size_of(batch: Any) -> int:
+    """Returns the number of samples in ``batch`` (see :func:`inspect_batch` for the errors).
+
+    Example:
+        >>> import torch
+        >>> batch_size_of((torch.zeros(8, 3), torch.zeros(8)))
+        8
+    """
+    return inspect_batch(batch)[0]
 
 
 def select(batch: Any, index: torch.Tensor) -> Any:
@@ -284,25 +315,7 @@ def signature(batch: Any) -> tuple[Any, ...]:
         >>> signature(torch.zeros(4, 3)) == signature(torch.zeros(4, 5))
         False
     """
-    out: list[Any] = []
-
-    def go(obj: Any, path: str) -> None:
-        if isinstance(obj, torch.Tensor | np.ndarray):
-            if obj.ndim > 0:
-                # NumPy arrays join CPU tensors (a restored buffer holds tensors for them).
-                device = obj.device.type if isinstance(obj, torch.Tensor) else "cpu"
-                dtype = str(obj.dtype).removeprefix("torch.")
-                out.append((path, tuple(obj.shape[1:]), dtype, device))
-        elif isinstance(obj, Mapping):
-            for key, value in obj.items():
-                go(value, f"{path}[{key!r}]")
-        elif isinstance(obj, (list, tuple)) and not _is_sample_sequence(obj):
-            out.append((path, len(obj)))
-            for i, value in enumerate(obj):
-                go(value, f"{path}[{i}]")
-
-    go(batch, "")
-    return tuple(out)
+    return inspect_batch(batch)[1]
 
 
 def to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:

@@ -39,6 +39,7 @@ from smartsift.batching import (
     BatchTransform,
     batch_size_of,
     concat,
+    inspect_batch,
     narrow,
     select,
     signature,
@@ -505,9 +506,9 @@ class SiftingDataLoader:
                 if self.device is not None:
                     raw = to_device(raw, self.device, non_blocking=True)
                 sliceable = self.transform.transform(raw) if self.transform is not None else raw
-                size = batch_size_of(sliceable)
+                size, layout = inspect_batch(sliceable)
                 if st.buffer and size > 0:
-                    self._check_joinable(sliceable)  # before the exchange, so no rank hangs
+                    self._check_joinable(layout)  # before the exchange, so no rank hangs
                 if not delay and size > 0:
                     losses = self._score(raw, size)
             except Exception as err:
@@ -616,17 +617,17 @@ class SiftingDataLoader:
         mine = finite[self.ranks.rank if self.ranks.distributed else 0]
         return masks, int(mine.size - np.count_nonzero(mine))
 
-    def _check_joinable(self, sliceable: Any) -> None:
+    def _check_joinable(self, layout: tuple[Any, ...]) -> None:
         st = self._state
         if st.signature is None:
             st.signature = signature(st.buffer[0])
-        if signature(sliceable) != st.signature:
+        if layout != st.signature:
             raise ValueError(
                 "This raw batch cannot be joined with the samples already buffered: its "
-                f"per-sample entries differ in structure, trailing shape, dtype or device "
-                f"({signature(sliceable)} against {st.signature}). Refined batches mix samples "
-                "of several raw batches, so every raw batch needs the same layout: pad sequences "
-                "to a fixed length, or pass a BatchTransform that does."
+                "per-sample entries differ in structure, trailing shape, dtype or device "
+                f"({layout} against {st.signature}). Refined batches mix samples of several raw "
+                "batches, so every raw batch needs the same layout: pad sequences to a fixed "
+                "length, or pass a BatchTransform that does."
             )
 
     def _push(self, chunk: Any, size: int) -> None:
