@@ -45,7 +45,6 @@ __all__ = [
     "run_demo",
     "summary_table",
     "time_to_target",
-    "train_mnist1d",
     "train_side_by_side",
 ]
 
@@ -314,50 +313,6 @@ def train_side_by_side(
             elif on_segment is not None:
                 on_segment(run)
     return [run.result for run in runs]
-
-
-def train_mnist1d(
-    name: str,
-    train_set: TensorDataset,
-    test: tuple[torch.Tensor, torch.Tensor],
-    *,
-    policy: Policy | None = None,
-    epochs: int = 12,
-    width: int = 100,
-    batch_size: int = 128,
-    lr: float = 3e-3,
-    sift_delay: int = 0,
-    history: int | None = None,
-    seed: int = 0,
-    evals_per_epoch: int = 2,
-    on_step: Callable[[], None] | None = None,
-    cosine: bool = False,
-) -> RunResult:
-    """Trains one :class:`TrainingRun` to the end; evaluation time is excluded.
-
-    ``history`` is accepted for compatibility and ignored (the policy carries its own).
-    ``on_step`` is called after every evaluation interval.
-    """
-    del history
-    run = TrainingRun(
-        name,
-        train_set,
-        test,
-        policy=policy,
-        epochs=epochs,
-        width=width,
-        batch_size=batch_size,
-        lr=lr,
-        sift_delay=sift_delay,
-        seed=seed,
-        evals_per_epoch=evals_per_epoch,
-        cosine=cosine,
-    )
-    run.warm_up()
-    while run.advance():
-        if on_step is not None:
-            on_step()
-    return run.result
 
 
 @dataclass(frozen=True)
