@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import smartsift.history
 from smartsift.history import LossHistory, weak_percentile
 
 
@@ -17,8 +18,21 @@ from smartsift.history import LossHistory, weak_percentile
     chunks=st.lists(
         st.lists(st.integers(0, 6).map(float), min_size=0, max_size=50), min_size=1, max_size=12
     ),
+    merge=st.booleans(),
 )
-def test_history_matches_a_list_model(capacity: int, chunks: list[list[float]]) -> None:
+def test_history_matches_a_list_model(
+    capacity: int, chunks: list[list[float]], merge: bool
+) -> None:
+    # Both ways of keeping the sorted view: re-sorting a short history, merging into a long one.
+    resort_max = smartsift.history._RESORT_MAX
+    smartsift.history._RESORT_MAX = 0 if merge else resort_max
+    try:
+        _check_against_list(capacity, chunks)
+    finally:
+        smartsift.history._RESORT_MAX = resort_max
+
+
+def _check_against_list(capacity: int, chunks: list[list[float]]) -> None:
     history = LossHistory(capacity)
     model: list[float] = []
     for chunk in chunks:

@@ -1,7 +1,8 @@
 """The loss history: the last ``capacity`` losses, kept both in arrival order and sorted.
 
-Adding ``B`` losses costs ``O(H + B log H)`` (a memmove, no re-sort) and ranking ``B`` losses costs
-``O(B log H)``, so the history never dominates a training step, even at ``H = 10**5``.
+Adding ``B`` losses re-sorts a short history in one call, or merges them into the sorted view of
+a long one (``O(H + B log H)``); ranking ``B`` losses costs ``O(B log H)``, so the history never
+dominates a training step, even at ``H = 10**5``.
 
 Example:
     >>> import numpy as np
@@ -21,6 +22,10 @@ import numpy as np
 import torch
 
 __all__ = ["LossHistory", "weak_percentile"]
+
+# Up to this many losses, sorting the whole ring (one vectorised call) beats merging the new
+# losses into the sorted view (a dozen small calls); above it, the O(H) merge wins.
+_RESORT_MAX = 16_384
 
 
 def weak_percentile(sorted_history: np.ndarray, losses: np.ndarray) -> np.ndarray:
@@ -69,7 +74,7 @@ class LossHistory:
             return
         evict = self._count + n - cap
         kept = self._sorted
-        if evict > 0:
+        if evict > 0 and cap > _RESORT_MAX:
             oldest = _ring_slice(self._ring, (self._next - self._count) % cap, evict)
             kept = _remove_sorted(kept, np.sort(oldest))
         start = self._next
@@ -79,9 +84,13 @@ class LossHistory:
             head = cap - start
             self._ring[start:] = losses[:head]
             self._ring[: n - head] = losses[head:]
-        self._sorted = _merge_sorted(kept, np.sort(losses))
         self._next = (self._next + n) % cap
         self._count = min(cap, self._count + n)
+        if cap <= _RESORT_MAX:
+            # Until full, the ring fills slots 0..count-1 in order.
+            self._sorted = np.sort(self._ring[: self._count])
+        else:
+            self._sorted = _merge_sorted(kept, np.sort(losses))
 
     def sorted(self) -> np.ndarray:
         """Returns the losses in ascending order (a read-only view)."""
