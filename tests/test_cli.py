@@ -107,6 +107,10 @@ def test_demo_smoke_writes_plot_and_table(
         assert row in text
     assert f"plot: {out}" in text
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The plain run trains on batches of the refined size, so both take steps of one size:
+    # smoke data has 480 training samples, refined batches of 32, 2 epochs.
+    steps = next(line for line in text.splitlines() if line.startswith("optimizer steps"))
+    assert steps.split()[2] == str(2 * 480 // 32)
 
 
 def test_demo_rejects_bad_settings(capsys: pytest.CaptureFixture[str]) -> None:

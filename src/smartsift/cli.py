@@ -79,8 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     for flag, kind, text in (
         ("--num-samples", int, "MNIST-1D samples, 80%% for training"),
         ("--width", int, "CNN channels"),
-        ("--batch-size", int, "raw batch size of both runs"),
-        ("--refined-batch-size", int, "sifted run's refined batch size"),
+        ("--batch-size", int, "sifted run's raw batch size"),
+        ("--refined-batch-size", int, "batch size both runs train on"),
         ("--epochs", int, "epochs of each run"),
         ("--lr", float, "AdamW learning rate"),
         ("--beta", float, "RelativeProbabilistic beta: keeps about 1/(1+beta)"),
