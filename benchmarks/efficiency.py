@@ -195,7 +195,7 @@ def measure_case(case: Case, smoke: bool, repeats: int) -> dict[str, Any]:
         model,
         loss_fn,
         policy=ss.RelativeProbabilistic(
-            beta=1.0 / checked - 1.0, history=getattr(case.policy, "history", 1000)
+            beta=1.0 / checked - 1.0, history=case.policy.history or 1000
         ),
         seed=0,
         batch_size=case.refined_batch_size,
