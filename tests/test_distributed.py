@@ -168,6 +168,7 @@ def sift_scenarios(rank: int, world: int, scenarios: list[dict[str, Any]]) -> li
             sift_delay=cfg.get("sift_delay", 0),
             repeat_delay_per_epoch=cfg.get("repeat_delay", False),
             seed=cfg.get("seed", 0),
+            batch_size=cfg.get("refined"),
         )
         spy.sifter = loader
         epochs = []
@@ -372,6 +373,8 @@ SCENARIOS: list[dict[str, Any]] = [
     # sift_delay covers all of rank 0's raw batches and part of the others'.
     dict(name="delay_every_epoch", sizes=[16, 56, 40], policy=P, sift_delay=4, repeat_delay=True),
     dict(name="delay_once", sizes=[16, 56, 40], policy=P, sift_delay=3, drop_last=True, seed=7),
+    # Refined batches smaller than raw ones: delayed raw batches are cut to size as well.
+    dict(name="delay_cut_to_size", sizes=[16, 56, 40], policy=P, sift_delay=3, refined=3),
 ]
 
 
@@ -389,7 +392,7 @@ def split_epochs(rounds: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
 def check_scenario(records: list[dict[str, Any]], cfg: dict[str, Any], world: int) -> None:
     """Checks the invariants every scenario must hold, then the scenario's own."""
     name = cfg["name"]
-    bs = cfg.get("bs", 8)
+    bs = cfg.get("refined", cfg.get("bs", 8))
     drop_last = cfg.get("drop_last", False)
     ep0 = records[0]["epochs"]
     for e in range(len(ep0)):
@@ -449,6 +452,12 @@ def check_scenario(records: list[dict[str, Any]], cfg: dict[str, Any], world: in
             for ep in split_epochs(rank_rounds):
                 assert all(s == k for s, k in ep[:4]), f"delay not applied: {ep}"
                 assert any(s > k for s, k in ep[4:]), f"no sifting after the delay: {ep}"
+    if name == "delay_cut_to_size":
+        # Rank 0's 16 samples (two raw batches of 8, both delayed) come out as batches of 3
+        # from the first step on, and every rank's first epoch starts with full batches.
+        for r in records:
+            assert r["epochs"][0]["sizes"][:5] == [3] * 5, r["epochs"][0]["sizes"]
+        assert records[0]["epochs"][0]["ids"][:15] == records[0]["epochs"][0]["served"][:15]
     if name == "delay_once":
         for rank_rounds in rounds:
             first = split_epochs(rank_rounds)[0]

@@ -131,6 +131,25 @@ def test_sift_delay_passes_raw_batches_through_untouched() -> None:
     assert [len(_ids(list(repeat))) for _ in range(2)] == [50, 50]
 
 
+def test_sift_delay_cuts_raw_batches_larger_than_refined_ones() -> None:
+    # Training takes steps of one size before and after sifting starts.
+    raw = DataLoader(_id_data(40), batch_size=8)
+    loader = ss.SiftingDataLoader(
+        raw, torch.nn.Identity(), IdLoss(), policy=ss.TopK(keep=0.5), sift_delay=2,
+        batch_size=3, seed=0,
+    )  # fmt: skip
+    assert len(loader) == math.ceil((16 + 24 * 0.5) / 3)
+    batches = list(loader)
+    assert [len(b["id"]) for b in batches[:5]] == [3] * 5
+    assert _ids(batches[:5]) == list(range(15))
+    assert all(len(b["id"]) == 3 for b in batches[:-1]) and 0 < len(batches[-1]["id"]) <= 3
+    ids = _ids(batches)
+    assert 15 in ids and len(ids) == len(set(ids))  # the delayed leftover is trained once
+    assert loader.stats.samples_trained == 16 + 12  # the 16 delayed, half of the other 24
+    assert len(batches) == math.ceil(28 / 3)
+    assert len(loader) == math.ceil(40 * 0.5 / 3)  # the delay is over
+
+
 def test_same_seed_same_selection_and_different_seed_differs() -> None:
     batches = list(DataLoader(_id_data(200), batch_size=20))
 

@@ -111,7 +111,8 @@ class SiftingDataLoader:
         model: the model being trained; DDP and ``torch.compile`` wrappers are accepted.
         loss_fn: ``loss_fn(model, batch) -> Tensor`` of shape ``(B,)``, one loss per sample.
         policy: which samples to keep; default ``RelativeProbabilistic(beta=1.0, history=500)``.
-        sift_delay: raw batches passed through unsifted (and unscored) before sifting starts.
+        sift_delay: raw batches passed through unsifted (and unscored) before sifting starts;
+            raw batches larger than ``batch_size`` are cut into batches of ``batch_size``.
         repeat_delay_per_epoch: apply ``sift_delay`` at the start of every epoch.
         batch_size: refined batch size; default: the wrapped loader's batch size, or the size
             of the first raw batch.
@@ -267,6 +268,8 @@ class SiftingDataLoader:
         if not raw_bs or not bs:
             return n_raw
         kept = (n_raw - delay) * raw_bs * self.policy.expected_keep
+        if raw_bs > bs:  # delayed raw batches are cut to size and join the buffer too
+            kept, delay = kept + delay * raw_bs, 0
         refined = math.floor(kept / bs) if self.drop_last else math.ceil(kept / bs - 1e-9)
         return delay + refined
 
@@ -556,10 +559,13 @@ class SiftingDataLoader:
         st.tally.add(samples_kept=size)
         if self.audit is not None and size > 0:
             self.audit.record_passed(st.epoch, sliceable, size)
-        if all(p.size > 0 and p.buffered == 0 for p in peers):
+        bs = st.batch_size
+        if all(0 < p.size <= bs and p.buffered == 0 for p in peers):  # type: ignore[operator]
             st.ready.append((True, size, raw))  # the fast path: the raw batch itself, untouched
             return
-        # Ranks are uneven (some exhausted, or buffers not empty): go through the buffer.
+        # Raw batches larger than the refined ones are cut to size, so that training takes
+        # steps of one size before and after sifting starts; uneven ranks (some exhausted,
+        # or buffers not empty) also go through the buffer.
         if size > 0:  # an exhausted rank has nothing to add (and must not buffer a None)
             self._push(sliceable, size)
         self._emit([p.buffered + p.size for p in peers])
