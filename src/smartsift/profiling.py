@@ -178,10 +178,9 @@ class ProfileReport:
             f"(break-even below keep {self.break_even_keep:.2f}). Start with "
             f"ss.RelativeProbabilistic(beta={beta:.3g}) or ss.TopK(keep={keep:.3g}) and a "
             "sift_delay of about one epoch, and compare the time to your target accuracy "
-            "against a plain run: a cheaper epoch gives a faster run only when the dropped "
-            "samples had little left to teach. If accuracy lags, refine to about "
-            f"{keep:.3g} x your batch size (SiftingDataLoader(..., batch_size=...)) to keep "
-            "the number of optimizer steps per epoch."
+            "against a plain run that trains on batches of the same size: a cheaper epoch "
+            "gives a faster run only when the dropped samples had little left to teach, and "
+            "this prediction is of the cost alone."
         )
         if self.loss_concentration < _EVEN_LOSSES:
             advice += (
