@@ -347,7 +347,7 @@ def run(smoke: bool = False) -> str:
             "shows in the efficiency.",
             efficiency_table,
             f"Target: efficiency of at least {TARGET:.2f}. Met in {met} of {len(results)} "
-            f"case(s) (median efficiencies: {', '.join(f'{e:.2f}' for e in effs)}).",
+            f"case(s) (median efficiencies: {', '.join(f'{e:.3f}' for e in effs)}).",
             "### The profiler's advice against the measurements",
             "For each case, `ss.profile(...)` runs on the same model, data, loss, optimizer "
             f"and policy after the timed epochs ({steps} measured steps, wall clock). Its "
