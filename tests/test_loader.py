@@ -150,6 +150,23 @@ def test_sift_delay_cuts_raw_batches_larger_than_refined_ones() -> None:
     assert len(loader) == math.ceil(40 * 0.5 / 3)  # the delay is over
 
 
+@pytest.mark.parametrize("delay", [0, 2])
+def test_an_empty_first_raw_batch_is_skipped(delay: int) -> None:
+    batches = [{"id": torch.zeros(0, dtype=torch.long), "x": torch.zeros(0, 3)}] + [
+        {"id": torch.arange(4 * i, 4 * i + 4), "x": torch.randn(4, 3)} for i in range(3)
+    ]
+    loader = ss.SiftingDataLoader(
+        batches, torch.nn.Identity(), IdLoss(), policy=ss.TopK(keep=0.5), sift_delay=delay, seed=0
+    )
+    out = list(loader)
+    # The empty batch takes a round (a delayed one when delay=2); the next delayed one passes
+    # its 4 samples through, each sifted one keeps 2 of 4.
+    expected = {0: 2 + 2 + 2, 2: 4 + 2 + 2}[delay]
+    assert loader.stats.samples_seen == 12
+    assert loader.stats.samples_trained == len(_ids(out)) == expected
+    assert all(0 < len(b["id"]) <= 4 for b in out) and len(set(_ids(out))) == expected
+
+
 def test_same_seed_same_selection_and_different_seed_differs() -> None:
     batches = list(DataLoader(_id_data(200), batch_size=20))
 

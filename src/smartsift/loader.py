@@ -645,7 +645,8 @@ class SiftingDataLoader:
     def _emit(self, counts: list[int]) -> None:
         """Forms as many full refined batches as every rank can form."""
         bs = self._state.batch_size
-        assert bs is not None  # set in the first round with samples
+        if bs is None:  # no rank has had a sample yet: nothing to form
+            return
         for _ in range(min(counts) // bs):
             self._state.ready.append((False, bs, self._take(bs)))
 
