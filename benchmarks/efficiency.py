@@ -38,14 +38,15 @@ from common import fmt_spread, markdown_table
 
 import smartsift as ss
 from smartsift.demo import ConvNet, cross_entropy_per_sample, make_mnist1d
+from smartsift.profiling import _CANDIDATE_KEEPS, _MIN_SPEEDUP
 
 __all__ = ["Case", "measure_case", "run"]
 
 TARGET = 0.95
-# A "don't sift" verdict claims that even keeping a quarter of the samples would be less than
-# 1.1x faster per epoch (the profiler's threshold); that is where it is checked.
-DONT_SIFT_CHECK_KEEP = 0.25
-WORTH_IT = 1.1
+# A "don't sift" verdict claims that even the smallest keep the profiler considers would be
+# less than its threshold faster per epoch; that is where it is checked.
+DONT_SIFT_CHECK_KEEP = _CANDIDATE_KEEPS[-1]
+WORTH_IT = _MIN_SPEEDUP
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ from smartsift.demo import (
     make_mnist1d,
     train_side_by_side,
 )
+from smartsift.profiling import _EVEN_LOSSES
 
 __all__ = ["run"]
 
@@ -226,7 +227,8 @@ def profiler_advice(probe: Any, loss_fn: Any, delay: float, best: float, smoke: 
         steps=4 if smoke else 20,
         warmup=1 if smoke else 3,
     )
-    caution = "Caution" in report.recommendation
+    # The condition under which the recommendation carries its caution.
+    caution = report.recommended and report.loss_concentration < _EVEN_LOSSES
     said = (
         f"The profiler on this task (`ss.profile` on the plain model after the {delay:g} "
         f"epoch(s) trained before sifting starts, seed 0): "
@@ -339,15 +341,15 @@ def plot(arms: list[Arm], path: Path, ylabel: str, target: float, title: str, hi
         plt.close(fig)
 
 
-def _best(speedups: dict[str, list[float]]) -> float:
-    """The best policy's median speedup to the target (0 when none reaches it)."""
-    return max(statistics.median(v) for n, v in speedups.items() if not n.startswith("plain"))
+def _best(speedups: dict[str, list[float]]) -> tuple[str, float]:
+    """The best policy and its median speedup to the target (0 when it never reaches it)."""
+    medians = {n: statistics.median(v) for n, v in speedups.items() if not n.startswith("plain")}
+    best = max(medians, key=medians.__getitem__)
+    return best, medians[best]
 
 
 def _verdict(speedups: dict[str, list[float]], goal: float, what: str) -> str:
-    policies_run = [n for n in speedups if not n.startswith("plain")]
-    best = max(policies_run, key=lambda n: statistics.median(speedups[n]))
-    med = statistics.median(speedups[best])
+    best, med = _best(speedups)
     rp = statistics.median(speedups["RelativeProbabilistic"])
     if med == 0:
         return (
@@ -400,7 +402,7 @@ def _run(smoke: bool, img_dir: Path) -> str:
         seed=seeds[0],
     )
     mnist_advice = profiler_advice(
-        probe, cross_entropy_per_sample, config.sift_delay_epochs, _best(speedups), smoke
+        probe, cross_entropy_per_sample, config.sift_delay_epochs, _best(speedups)[1], smoke
     )
     first = mnist[0]
     target0 = first[0].values[-1] - MNIST_TOLERANCE
@@ -448,7 +450,7 @@ def _run(smoke: bool, img_dir: Path) -> str:
             model_kwargs=regime.model_kwargs(smoke),
         )
         advice = profiler_advice(
-            probe, charlm.per_sample_loss, regime.delay_epochs, _best(speedups), smoke
+            probe, charlm.per_sample_loss, regime.delay_epochs, _best(speedups)[1], smoke
         )
         first = arms[0]
         plot(
