@@ -185,7 +185,7 @@ def sift_scenarios(rank: int, world: int, scenarios: list[dict[str, Any]]) -> li
                 ids.extend(idx.tolist())
             epochs.append({"sizes": sizes_out, "ids": ids, "served": served})
         stats = loader.stats
-        history = loader.state_dict()["history"]
+        history = loader.state_dict()["selector"]["history"]
         records.append(
             {
                 "name": cfg["name"],
@@ -333,7 +333,7 @@ def ddp_training(rank: int, world: int, epochs: int, slow_rank: int = -1) -> dic
         "params": [p.detach().clone() for p in model.parameters()],
         "init": init,
         "quantiles": loader.stats.loss_quantiles,
-        "history": loader.state_dict()["history"]["values"],
+        "history": loader.state_dict()["selector"]["history"]["values"],
         "global": _stats_record(loader.global_stats()),
     }
 

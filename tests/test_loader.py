@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ce_loss
 from torch.utils.data import DataLoader, IterableDataset
 
 import smartsift as ss
+from conftest import ce_loss
 
 
 class IdLoss:

@@ -94,6 +94,16 @@ def _total_steps(make_loader: Callable[[], ss.SiftingDataLoader], epochs: int = 
     return len(run_epochs(make_loader(), epochs))
 
 
+def _flat(state: dict[str, Any]) -> dict[str, Any]:
+    """The cursor's, batcher's and config's entries of a nested state, side by side."""
+    return {
+        **state["cursor"],
+        **state["batcher"],
+        **state["config"],
+        "raw_loader": state["raw_loader"],
+    }
+
+
 def _every_stop(make_loader: Callable[[], ss.SiftingDataLoader], epochs: int = 2) -> list[int]:
     return list(range(_total_steps(make_loader, epochs) + 1))
 
@@ -104,12 +114,13 @@ def _covers_every_kind_of_stop(states: list[dict[str, Any]], leftover: bool = Tr
     With ``leftover``, an epoch ended with a smaller refined batch (or dropped leftovers), and
     one stop fell right after it, with the raw loader exhausted.
     """
-    assert any(not s["in_epoch"] and s["epoch"] == 0 for s in states)  # the start
-    assert any(s["in_epoch"] and sum(s["buffer_sizes"]) > 0 for s in states)  # partly full buffer
+    flat = [_flat(s) for s in states]
+    assert any(not s["in_epoch"] and s["epoch"] == 0 for s in flat)  # the start
+    assert any(s["in_epoch"] and sum(s["buffer_sizes"]) > 0 for s in flat)  # partly full buffer
     if leftover:
-        assert any(s["in_epoch"] and s["flushed"] for s in states)  # right after the last batch
-    assert any(not s["in_epoch"] and s["epoch"] == 1 for s in states)  # between epochs
-    assert any(s["in_epoch"] and s["epoch"] == 1 and s["raw_in_epoch"] > 0 for s in states)
+        assert any(s["in_epoch"] and s["flushed"] for s in flat)  # right after the last batch
+    assert any(not s["in_epoch"] and s["epoch"] == 1 for s in flat)  # between epochs
+    assert any(s["in_epoch"] and s["epoch"] == 1 and s["raw_in_epoch"] > 0 for s in flat)
 
 
 # ------------------------------------------------------------------ plain DataLoader
@@ -125,7 +136,8 @@ def test_nested_dict_batches_with_strings_resume_exactly(drop_last: bool) -> Non
     make_loader = _factory(structure="dict", batch_size=5, drop_last=drop_last)
     states = assert_resume_matches(make_loader, _every_stop(make_loader))
     _covers_every_kind_of_stop(states, leftover=not drop_last)
-    buffered = [s for s in states if s["buffer"]]  # the buffer is saved as plain containers
+    # The buffer is saved as plain containers.
+    buffered = [s for s in map(_flat, states) if s["buffer"]]
     assert isinstance(buffered[0]["buffer"][0]["target"]["name"], list)
 
 
@@ -136,10 +148,12 @@ def test_sift_delay_spanning_the_stop_point(repeat: bool) -> None:
     make_loader = _factory(sift_delay=3, repeat_delay_per_epoch=repeat, raw_bs=8, n=50)
     states = assert_resume_matches(make_loader, _every_stop(make_loader))
     done = "rounds_in_epoch" if repeat else "rounds_total"  # what the delay counts
-    in_delay = [s for s in states if s["in_epoch"] and 0 < s[done] < 3]
+    in_delay = [s for s in map(_flat, states) if s["in_epoch"] and 0 < s[done] < 3]
     assert any(s["epoch"] == 0 for s in in_delay)
     assert any(s["epoch"] == 1 for s in in_delay) == repeat
-    assert any(s["in_epoch"] and s["epoch"] == 0 and s["rounds_total"] > 3 for s in states)
+    assert any(
+        s["in_epoch"] and s["epoch"] == 0 and s["rounds_total"] > 3 for s in map(_flat, states)
+    )
 
 
 def test_a_sampler_with_replacement_resumes_exactly() -> None:
@@ -203,13 +217,13 @@ def test_stateful_dataloader_resumes_exactly_at_every_step() -> None:
     make_loader = _factory(kind="stateful", shuffle=False, batch_size=6)
     states = assert_resume_matches(make_loader, _every_stop(make_loader))
     _covers_every_kind_of_stop(states)
-    assert all(s["raw_loader"] is not None for s in states)
+    assert all(s["raw_loader"] is not None for s in map(_flat, states))
 
 
 def test_stateful_dataloader_with_two_workers_resumes_exactly() -> None:
     make_loader = _factory(kind="stateful", workers=2, structure="dict", n=40, batch_size=6)
     states = assert_resume_matches(make_loader, [3, 6], stop_after_epochs=[0])
-    assert any(s["in_epoch"] and s["buffer"] for s in states)
+    assert any(s["in_epoch"] and s["buffer"] for s in map(_flat, states))
 
 
 # ------------------------------------------------------------------ the audit travels along
@@ -277,7 +291,7 @@ def test_a_checkpoint_after_an_interrupt_inside_the_loader_resumes_like_the_live
     live = interrupted()
     expected = run_epochs(live, 2, first_epoch=2)
     state = roundtrip(interrupted().state_dict())
-    assert state["interrupted"] and sum(state["buffer_sizes"]) > 0
+    assert state["cursor"]["interrupted"] and sum(state["batcher"]["buffer_sizes"]) > 0
     resumed = make_loader(InterruptOnce(at=0))
     resumed.load_state_dict(state)
     assert run_epochs(resumed, 2, first_epoch=2) == expected
@@ -294,7 +308,7 @@ def test_a_state_saved_with_another_policy_is_rejected() -> None:
 
 def test_a_state_saved_on_another_world_size_is_rejected() -> None:
     state = roundtrip(_factory()().state_dict())
-    state["world_size"] = 2
+    state["config"]["world_size"] = 2
     with pytest.raises(ValueError, match="2 ranks but this one has 1"):
         _factory()().load_state_dict(state)
 
@@ -302,7 +316,7 @@ def test_a_state_saved_on_another_world_size_is_rejected() -> None:
 def test_an_unknown_state_version_is_rejected() -> None:
     state = roundtrip(_factory()().state_dict())
     state["version"] = 99
-    with pytest.raises(ValueError, match="state version 99"):
+    with pytest.raises(ValueError, match="version 99"):
         _factory()().load_state_dict(state)
 
 
@@ -349,10 +363,10 @@ def test_the_state_holds_only_tensors_and_plain_values() -> None:
     it = iter(loader)
     next(it)
     state = loader.state_dict()
-    assert state["ready"] and state["buffer"]
+    assert state["batcher"]["ready"] and state["batcher"]["buffer"]
     _plain_leaves(state)
     loaded = roundtrip(state)  # weights_only=True
-    assert loaded["buffer"][0][1]["id"] == state["buffer"][0][1]["id"]
+    assert loaded["batcher"]["buffer"][0][1]["id"] == state["batcher"]["buffer"][0][1]["id"]
     states = assert_resume_matches(make_loader, _every_stop(make_loader))
     _covers_every_kind_of_stop(states)
 
@@ -398,8 +412,8 @@ def _ddp_resume(rank: int, world_size: int) -> list[tuple[int, list[int], Any]]:
             trained += [i for _, _, ids in reference for i in ids.tolist()]
         total = reference.stats.steps  # equal on every rank
         states = assert_resume_matches(make_loader, range(total + 1), set_epoch=True)
-        assert all(s["world_size"] == world_size and s["rank"] == rank for s in states)
-        assert any(s["in_epoch"] and s["buffer"] for s in states)
+        assert all(s["world_size"] == world_size and s["rank"] == rank for s in map(_flat, states))
+        assert any(s["in_epoch"] and s["buffer"] for s in map(_flat, states))
         out.append((total, trained, reference.audit))
     return out
 

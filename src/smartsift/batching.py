@@ -19,8 +19,9 @@ Example:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 import torch
@@ -30,8 +31,10 @@ __all__ = [
     "UnsupportedBatchError",
     "batch_size_of",
     "concat",
+    "container_types",
     "inspect_batch",
     "narrow",
+    "restore_types",
     "select",
     "signature",
     "to_device",
@@ -353,3 +356,76 @@ def to_plain(batch: Any) -> Any:
         return obj
 
     return go(batch)
+
+
+def _type_name(kind: type) -> str:
+    return f"{kind.__module__}:{kind.__qualname__}"
+
+
+def container_types(batch: Any) -> Any:
+    """Returns the non-plain container types of ``batch`` as a nest of plain values.
+
+    Named tuples, tuple subclasses and ``Mapping`` types other than ``dict`` are named by
+    ``"module:qualname"``; plain containers and leaves give ``None``. Saved beside a batch made
+    plain by :func:`to_plain`, it lets :func:`restore_types` give the batch its types back.
+
+    Example:
+        >>> from collections import OrderedDict
+        >>> container_types({"p": OrderedDict(a=1), "z": [3]})
+        ['', {'p': ['collections:OrderedDict', {'a': None}], 'z': None}]
+    """
+
+    def go(obj: Any) -> Any:
+        if isinstance(obj, Mapping):
+            name = "" if type(obj) is dict else _type_name(type(obj))
+            return [name, {k: go(v) for k, v in obj.items()}]
+        if isinstance(obj, (list, tuple)) and not _is_sample_sequence(obj):
+            kind = type(obj)
+            if kind in (list, tuple):
+                children = [go(v) for v in obj]
+                return None if all(c is None for c in children) else ["", children]
+            return [_type_name(kind), [go(v) for v in obj]]
+        return None
+
+    return go(batch)
+
+
+def _resolve(name: str) -> type | None:
+    """The class ``"module:qualname"`` if its module is already imported (nothing is imported)."""
+    module_name, _, qualname = name.partition(":")
+    obj: Any = sys.modules.get(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    return obj if isinstance(obj, type) else None
+
+
+def restore_types(batch: Any, types: Any) -> Any:
+    """Gives a plain ``batch`` back the container types recorded by :func:`container_types`.
+
+    Only classes whose module is already imported are used (a checkpoint never causes an
+    import); a class that cannot be found leaves the plain container in place.
+
+    Example:
+        >>> from collections import OrderedDict
+        >>> restore_types({"a": 1}, container_types(OrderedDict(a=1)))
+        OrderedDict([('a', 1)])
+    """
+    if types is None:
+        return batch
+    name, children = types
+    if isinstance(batch, Mapping) and isinstance(children, Mapping):
+        items = {k: restore_types(v, children.get(k)) for k, v in batch.items()}
+        kind = _resolve(name) if name else None
+        if kind is not None and issubclass(kind, Mapping):
+            try:
+                return cast(Any, kind)(items)
+            except Exception:  # a Mapping type that cannot be built from a dict
+                return items
+        return items
+    if isinstance(batch, (list, tuple)) and isinstance(children, list):
+        items_list = [restore_types(v, t) for v, t in zip(batch, children, strict=False)]
+        kind = _resolve(name) if name else None
+        if kind is not None and issubclass(kind, tuple):
+            return kind(*items_list) if hasattr(kind, "_fields") else kind(items_list)
+        return tuple(items_list) if isinstance(batch, tuple) else items_list
+    return batch

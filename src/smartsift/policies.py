@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -151,6 +151,39 @@ class Policy(ABC):
     def make_history(self) -> LossHistory | None:
         """Returns an empty loss history of the policy's length, or None if it needs none."""
         return LossHistory(self.history) if self.history > 0 else None
+
+    def describe(self) -> dict[str, Any]:
+        """The policy's type and field values, as plain values (saved in checkpoints).
+
+        Example:
+            >>> RelativeProbabilistic(beta=1).describe()
+            {'type': 'RelativeProbabilistic', 'fields': {'beta': 1, 'history': 500}}
+        """
+        values = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        return {"type": type(self).__name__, "fields": values}
+
+    def matches(self, description: dict[str, Any]) -> bool:
+        """Whether :meth:`describe` of this policy equals ``description`` by value.
+
+        Example:
+            >>> RelativeProbabilistic(beta=1.0).matches(RelativeProbabilistic(beta=1).describe())
+            True
+        """
+        mine = self.describe()
+        return mine["type"] == description.get("type") and mine["fields"] == dict(
+            description.get("fields", {})
+        )
+
+    @staticmethod
+    def format_description(description: dict[str, Any]) -> str:
+        """Formats :meth:`describe`'s output like a policy's repr.
+
+        Example:
+            >>> Policy.format_description(TopK(keep=0.5).describe())
+            'TopK(keep=0.5)'
+        """
+        args = ", ".join(f"{k}={v!r}" for k, v in dict(description.get("fields", {})).items())
+        return f"{description.get('type')}({args})"
 
 
 @dataclass(frozen=True)

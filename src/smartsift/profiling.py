@@ -50,19 +50,41 @@ from typing import Any
 import numpy as np
 import torch
 
-from smartsift.batching import BatchTransform, batch_size_of, concat, narrow, select, to_device
+from smartsift.batcher import RefinedBatcher
+from smartsift.batching import BatchTransform, batch_size_of, select, to_device
+from smartsift.checks import (
+    check_dataloader,
+    check_int,
+    check_loss_fn,
+    check_model,
+    check_policy,
+    check_transform,
+)
 from smartsift.policies import Policy, RelativeProbabilistic
 from smartsift.scoring import LossFn, score
+from smartsift.selector import Selector
 
-__all__ = ["ProfileReport", "loss_concentration", "profile"]
+__all__ = [
+    "CANDIDATE_KEEPS",
+    "EVEN_LOSSES",
+    "GOOD_SPEEDUP",
+    "MIN_SPEEDUP",
+    "ProfileReport",
+    "loss_concentration",
+    "profile",
+]
 
 TrainStep = Callable[[torch.nn.Module, Any], torch.Tensor]
 """``train_step(model, batch) -> Tensor``: the scalar training loss of one batch."""
 
-_CANDIDATE_KEEPS = (0.5, 0.4, 1 / 3, 0.25)  # mildest first; 0.25 is beta 3
-_GOOD_SPEEDUP = 1.2  # the mildest keep predicted to save this much is recommended
-_MIN_SPEEDUP = 1.1  # below this at keep 0.25, sifting is not worth its risk to accuracy
-_EVEN_LOSSES = 0.7  # a loss concentration below this: losses too even for sifting to pay
+CANDIDATE_KEEPS: tuple[float, ...] = (0.5, 0.4, 1 / 3, 0.25)
+"""The kept fractions a report may recommend, mildest first (0.25 is ``beta=3``)."""
+GOOD_SPEEDUP = 1.2
+"""The mildest candidate keep predicted to be at least this much faster is recommended."""
+MIN_SPEEDUP = 1.1
+"""Below this predicted speedup at the last candidate keep, the report advises not to sift."""
+EVEN_LOSSES = 0.7
+"""A loss concentration below this: losses too even for sifting to pay; the advice cautions."""
 
 
 @dataclass(frozen=True)
@@ -146,11 +168,11 @@ class ProfileReport:
         It is the largest of 1/2, 2/5, 1/3 and 1/4 with a predicted speedup of at least 1.2,
         else 1/4 when that still gives at least 1.1, else None.
         """
-        for keep in _CANDIDATE_KEEPS:
-            if self.predicted_speedup(keep) >= _GOOD_SPEEDUP:
+        for keep in CANDIDATE_KEEPS:
+            if self.predicted_speedup(keep) >= GOOD_SPEEDUP:
                 return keep
-        last = _CANDIDATE_KEEPS[-1]
-        return last if self.predicted_speedup(last) >= _MIN_SPEEDUP else None
+        last = CANDIDATE_KEEPS[-1]
+        return last if self.predicted_speedup(last) >= MIN_SPEEDUP else None
 
     @property
     def recommended(self) -> bool:
@@ -164,7 +186,7 @@ class ProfileReport:
         keep = self.recommended_keep
         overhead = (self.scoring_s + self.selection_s) / self.step_s if self.step_s > 0 else 1.0
         if keep is None:
-            best = self.predicted_speedup(_CANDIDATE_KEEPS[-1])
+            best = self.predicted_speedup(CANDIDATE_KEEPS[-1])
             return (
                 f"Do not sift: the scoring pass and the sifting machinery cost {overhead:.0%} of a "
                 f"training step, so even keeping a quarter of the samples would be at most "
@@ -182,7 +204,7 @@ class ProfileReport:
             "gives a faster run only when the dropped samples had little left to teach, and "
             "this prediction is of the cost alone."
         )
-        if self.loss_concentration < _EVEN_LOSSES:
+        if self.loss_concentration < EVEN_LOSSES:
             advice += (
                 f" Caution: the losses are spread evenly (the higher-loss half of the samples "
                 f"carries {self.loss_concentration:.0%} of the loss), as early in training or "
@@ -427,8 +449,8 @@ def _pilot(
     score_in_train_mode: bool,
     autocast_dtype: torch.dtype | None,
 ) -> list[dict[str, Any]]:
-    history = policy.make_history()
-    generator = torch.Generator().manual_seed(0)
+    selector = Selector(policy, nonfinite="drop", seed=0)
+    batcher = RefinedBatcher()
     on_cuda = any(p.is_cuda for p in model.parameters()) or (
         device is not None and device.type == "cuda"
     )
@@ -485,7 +507,7 @@ def _pilot(
         t["losses"] = losses
 
         clock.start()
-        _machinery(losses, sliceable, policy, history, generator)
+        _machinery(losses, sliceable, selector, batcher)
         t["selection"] = clock.stop()
 
         out.append(t)
@@ -493,23 +515,21 @@ def _pilot(
 
 
 def _machinery(
-    losses: np.ndarray,
-    sliceable: Any,
-    policy: Policy,
-    history: Any,
-    generator: torch.Generator,
+    losses: np.ndarray, sliceable: Any, selector: Selector, batcher: RefinedBatcher
 ) -> None:
-    """What the loader does with a scored batch: history, decision, slicing, joining."""
-    finite = np.isfinite(losses)
-    if history is not None:
-        history.extend(losses[finite])
-    mask = policy.keep_mask(losses[finite], history, generator)
-    idx = torch.from_numpy(np.flatnonzero(mask))
-    n = int(idx.numel())
-    if n:
-        kept = select(sliceable, idx)
-        half = n // 2
-        concat([narrow(kept, 0, half), narrow(kept, half, n - half)])
+    """What the loader does with a scored batch, with the loader's own parts: history and
+    decision (the selector), slicing, buffering and joining into refined batches (the
+    batcher)."""
+    mask = selector.decide([losses]).masks[0]
+    kept = int(np.count_nonzero(mask))
+    if kept == mask.size:
+        batcher.push(sliceable, kept)
+    elif kept:
+        batcher.push(select(sliceable, torch.from_numpy(np.flatnonzero(mask))), kept)
+    if batcher.batch_size is None:
+        batcher.batch_size = int(mask.size)
+    batcher.form_all()
+    batcher.ready.clear()
 
 
 class _Clock:
@@ -553,38 +573,21 @@ def _validate(
     policy: Any,
     transform: Any,
 ) -> None:
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(
-            f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}."
-        )
-    if not hasattr(dataloader, "__iter__"):
-        raise TypeError(
-            "Expected `dataloader` to be an iterable of batches (e.g. a DataLoader), but got "
-            f"{type(dataloader).__name__}."
-        )
-    if not callable(loss_fn):
-        raise TypeError(
-            "Expected `loss_fn` to be callable as loss_fn(model, batch) -> Tensor of shape (B,), "
-            f"but got {type(loss_fn).__name__}."
-        )
+    check_model(model)
+    check_dataloader(dataloader)
+    check_loss_fn(loss_fn)
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(
             f"Expected `optimizer` to be a torch.optim.Optimizer, but got "
             f"{type(optimizer).__name__}."
         )
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"Expected `steps` to be a positive int, but got {steps!r}.")
-    if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
-        raise ValueError(f"Expected `warmup` to be a non-negative int, but got {warmup!r}.")
+    check_int("steps", steps, 1)
+    check_int("warmup", warmup, 0)
     if train_step is not None and not callable(train_step):
         raise TypeError(
             "Expected `train_step` to be None or callable as train_step(model, batch) -> scalar "
             f"loss, but got {type(train_step).__name__}."
         )
-    if policy is not None and not isinstance(policy, Policy):
-        raise TypeError(f"Expected `policy` to be a smartsift Policy or None, but got {policy!r}.")
-    if transform is not None and not isinstance(transform, BatchTransform):
-        raise TypeError(
-            "Expected `transform` to have transform(batch) and reverse_transform(data) methods "
-            f"(a smartsift.BatchTransform), but got {type(transform).__name__}."
-        )
+    if policy is not None:
+        check_policy(policy)
+    check_transform(transform)

@@ -11,14 +11,21 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["SiftStats"]
+__all__ = [
+    "SiftStats",
+    "conservation_errors",
+    "counter_fields",
+    "from_sums",
+    "stats_fields",
+    "timer_fields",
+]
 
 _COUNTERS = (
     "samples_seen",
+    "samples_passed",
     "samples_kept",
     "samples_sifted",
     "samples_dropped",
@@ -43,7 +50,8 @@ class SiftStats:
 
     Attributes:
         samples_seen: samples of raw batches the loader pulled.
-        samples_kept: samples the policy kept (or that passed through during ``sift_delay``).
+        samples_passed: samples passed through unscored during ``sift_delay``.
+        samples_kept: samples the policy kept, and those passed through during ``sift_delay``.
         samples_sifted: samples the policy dropped, including non-finite losses dropped.
         samples_dropped: kept samples discarded at an epoch end (``drop_last``, or an epoch the
             caller abandoned) instead of being trained on.
@@ -52,12 +60,14 @@ class SiftStats:
         samples_buffered: kept samples waiting for the next refined batch.
         raw_batches: raw batches pulled; steps: batches yielded; epochs: epochs completed.
         recent_keep_rate: kept fraction over the last ``recent_window`` scored raw batches.
+        sift_keep_rate (property): kept fraction of the scored samples only, the delay left out.
         loss_quantiles: the 10th, 50th and 90th percentiles of the loss history.
         data_s, scoring_s, selection_s, comm_s: seconds spent waiting for raw batches, in the
             scoring pass, in decisions, history, slicing and joining, and in collectives.
     """
 
     samples_seen: int = 0
+    samples_passed: int = 0
     samples_kept: int = 0
     samples_sifted: int = 0
     samples_dropped: int = 0
@@ -79,53 +89,62 @@ class SiftStats:
         """The kept fraction of all samples seen so far (NaN before any)."""
         return self.samples_kept / self.samples_seen if self.samples_seen else float("nan")
 
+    @property
+    def sift_keep_rate(self) -> float:
+        """The kept fraction of the samples the policy scored, leaving out the sift delay's
+        pass-through (NaN before any scored sample).
+
+        Example:
+            >>> SiftStats(samples_seen=10, samples_passed=4, samples_kept=7).sift_keep_rate
+            0.5
+        """
+        scored = self.samples_seen - self.samples_passed
+        return (self.samples_kept - self.samples_passed) / scored if scored else float("nan")
+
     def as_dict(self) -> dict[str, Any]:
         """Returns a flat dict of numbers, ready for any logger."""
         out: dict[str, Any] = {k: getattr(self, k) for k in _COUNTERS + _TIMERS}
         out["keep_rate"] = self.keep_rate
+        out["sift_keep_rate"] = self.sift_keep_rate
         out["recent_keep_rate"] = self.recent_keep_rate
         out.update({f"loss_{k}": v for k, v in self.loss_quantiles.items()})
         return out
 
     def __str__(self) -> str:
         return (
-            f"seen={self.samples_seen} kept={self.samples_kept} ({self.keep_rate:.1%}) "
-            f"sifted={self.samples_sifted} trained={self.samples_trained} steps={self.steps} "
+            f"seen={self.samples_seen} kept={self.samples_kept} ({self.keep_rate:.1%}; "
+            f"{self.sift_keep_rate:.1%} of scored) sifted={self.samples_sifted} "
+            f"trained={self.samples_trained} dropped={self.samples_dropped} steps={self.steps} "
             f"recent_keep={self.recent_keep_rate:.1%} scoring={self.scoring_s:.2f}s "
             f"selection={self.selection_s:.2f}s"
         )
 
 
-class _Tally:
-    """The loader's running counters; :meth:`snapshot` gives users a :class:`SiftStats`."""
+def conservation_errors(stats: SiftStats) -> list[str]:
+    """The conservation laws ``stats`` breaks (empty when every sample is accounted for).
 
-    def __init__(self, recent_window: int = 50) -> None:
-        self.counts = dict.fromkeys(_COUNTERS, 0)
-        self.times = dict.fromkeys(_TIMERS, 0.0)
-        self.recent: deque[tuple[int, int]] = deque(maxlen=recent_window)
+    Every sample seen is kept or sifted; every kept sample is trained, dropped or buffered.
+    Under DDP the second law holds for the sum over ranks (leftovers move between ranks).
 
-    def add(self, **counts: int) -> None:
-        for key, value in counts.items():
-            self.counts[key] += value
-
-    def snapshot(self, loss_quantiles: dict[str, float]) -> SiftStats:
-        seen = sum(s for s, _ in self.recent)
-        recent = sum(k for _, k in self.recent) / seen if seen else float("nan")
-        values: dict[str, Any] = {**self.counts, **self.times}
-        return SiftStats(**values, recent_keep_rate=recent, loss_quantiles=loss_quantiles)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "counts": dict(self.counts),
-            "times": dict(self.times),
-            "recent": [list(x) for x in self.recent],
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.counts.update({k: int(v) for k, v in state["counts"].items()})
-        self.times.update({k: float(v) for k, v in state["times"].items()})
-        self.recent.clear()
-        self.recent.extend((int(s), int(k)) for s, k in state["recent"])
+    Example:
+        >>> conservation_errors(SiftStats(samples_seen=3, samples_kept=2, samples_sifted=1,
+        ...                               samples_trained=2))
+        []
+        >>> conservation_errors(SiftStats(samples_seen=3, samples_kept=2, samples_trained=2))
+        ['samples_seen 3 != samples_kept 2 + samples_sifted 0']
+    """
+    s, errors = stats, []
+    if s.samples_seen != s.samples_kept + s.samples_sifted:
+        errors.append(
+            f"samples_seen {s.samples_seen} != samples_kept {s.samples_kept} + "
+            f"samples_sifted {s.samples_sifted}"
+        )
+    if s.samples_kept != s.samples_trained + s.samples_dropped + s.samples_buffered:
+        errors.append(
+            f"samples_kept {s.samples_kept} != samples_trained {s.samples_trained} + "
+            f"samples_dropped {s.samples_dropped} + samples_buffered {s.samples_buffered}"
+        )
+    return errors
 
 
 def counter_fields() -> tuple[str, ...]:
@@ -146,3 +165,8 @@ def from_sums(sums: list[float], recent_keep_rate: float, quantiles: dict[str, f
     return dataclasses.replace(
         SiftStats(), **values, recent_keep_rate=recent_keep_rate, loss_quantiles=quantiles
     )
+
+
+def timer_fields() -> tuple[str, ...]:
+    """Names of the timer (seconds) fields of :class:`SiftStats`, in a fixed order."""
+    return _TIMERS

@@ -1,0 +1,114 @@
+"""The loader's checkpoint format: a nested, versioned dict of tensors and plain values.
+
+Version 2 nests each part's own state under a named key::
+
+    {"version": 2, "config": {...}, "selector": {...}, "batcher": {...}, "cursor": {...},
+     "raw_loader": ..., "stats": {...}, "comm": {...}, "audit": ...}
+
+It loads with ``torch.load(..., weights_only=True)``. A version-1 state (a flat dict) is
+converted by :func:`upgrade`.
+
+Example:
+    >>> upgrade({"version": VERSION, CONFIG: {}})[VERSION_KEY]
+    2
+"""
+
+from __future__ import annotations
+
+import ast
+from typing import Any
+
+__all__ = [
+    "AUDIT",
+    "BATCHER",
+    "COMM",
+    "CONFIG",
+    "CURSOR",
+    "RAW_LOADER",
+    "SELECTOR",
+    "STATS",
+    "VERSION",
+    "VERSION_KEY",
+    "describe_repr",
+    "upgrade",
+]
+
+VERSION = 2
+VERSION_KEY = "version"
+CONFIG = "config"
+SELECTOR = "selector"
+BATCHER = "batcher"
+CURSOR = "cursor"
+RAW_LOADER = "raw_loader"
+STATS = "stats"
+COMM = "comm"
+AUDIT = "audit"
+
+_V1_CURSOR = (
+    "epoch",
+    "in_epoch",
+    "interrupted",
+    "rounds_in_epoch",
+    "rounds_total",
+    "raw_in_epoch",
+    "exhausted",
+    "flushed",
+    "seeded",
+    "sampler_rng",
+)
+
+
+def describe_repr(text: str) -> dict[str, Any]:
+    """Parses a policy's repr, as version 1 saved it, into ``Policy.describe()``'s form.
+
+    Example:
+        >>> describe_repr("RelativeProbabilistic(beta=1, history=500)")
+        {'type': 'RelativeProbabilistic', 'fields': {'beta': 1, 'history': 500}}
+    """
+    try:
+        call = ast.parse(text, mode="eval").body
+        if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name):
+            raise ValueError(text)
+        values = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+        return {"type": call.func.id, "fields": values}
+    except (SyntaxError, ValueError):
+        return {"type": text, "fields": {}}
+
+
+def upgrade(state: dict[str, Any]) -> dict[str, Any]:
+    """Returns ``state`` in the current format, converting a version-1 state.
+
+    Raises:
+        ValueError: for a state that is no smartsift loader state, or of a newer version.
+    """
+    version = state.get(VERSION_KEY) if isinstance(state, dict) else None
+    if version == VERSION:
+        return state
+    if version != 1:
+        raise ValueError(
+            f"This is not a smartsift loader state of a known version (got version "
+            f"{version!r}; this release reads versions 1 and {VERSION}). Pass the dict that "
+            "SiftingDataLoader.state_dict() returned; a state saved by a newer smartsift needs "
+            "that release to load."
+        )
+    return {
+        VERSION_KEY: VERSION,
+        CONFIG: {"world_size": state["world_size"], "rank": state["rank"]},
+        SELECTOR: {
+            "policy": describe_repr(state["policy"]),
+            "generator": state["generator"],
+            "history": state["history"],
+        },
+        BATCHER: {
+            "batch_size": state["batch_size"],
+            "buffer": state["buffer"],
+            "buffer_sizes": state["buffer_sizes"],
+            "ready": state["ready"],
+            "types": None,
+        },
+        CURSOR: {key: state[key] for key in _V1_CURSOR if key in state},
+        RAW_LOADER: state["raw_loader"],
+        STATS: state["stats"],
+        COMM: {"capacity": state["capacity"], "seconds": state["stats"]["times"].get("comm_s", 0)},
+        AUDIT: state.get("audit"),
+    }
