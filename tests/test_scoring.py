@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import smartsift as ss
 from smartsift.scoring import LossFunctionError, score, unwrap_model
 
 
@@ -85,15 +86,46 @@ def test_wrong_loss_shapes_are_explained(bad_loss, match: str) -> None:  # type:
     assert issubclass(LossFunctionError, ValueError)
 
 
-def test_loss_with_grad_and_integer_losses_are_detached_and_cast() -> None:
+def test_loss_with_grad_and_lower_precision_losses_are_detached_and_cast() -> None:
     def grad_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         with torch.enable_grad():
             return loss_fn(model, batch)
 
-    losses = score(Net(), grad_loss, _batch(), 16)
+    model = Net()
+    losses = score(model, grad_loss, _batch(), 16)
     assert not losses.requires_grad
-    ints = score(Net(), lambda m, b: b[1], _batch(), 16)
-    assert ints.dtype == torch.float64
+    half = score(model, lambda m, b: loss_fn(m, b).to(torch.bfloat16), _batch(), 16)
+    assert half.dtype == torch.float64
+    assert torch.allclose(half, losses, rtol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool])
+def test_integer_and_bool_losses_are_refused_naming_the_dtype_and_the_fix(
+    dtype: torch.dtype,
+) -> None:
+    def label_as_loss(
+        model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        return batch[1].to(dtype)  # a label returned where a loss was meant
+
+    with pytest.raises(LossFunctionError, match="floating-point") as info:
+        score(Net(), label_as_loss, _batch(), 16)
+    message = str(info.value)
+    assert str(dtype) in message
+    assert "reduction='none'" in message and ".float()" in message
+
+
+def test_an_integer_loss_is_refused_by_the_loader_at_its_first_scored_batch() -> None:
+    data = torch.utils.data.TensorDataset(*_batch(32))
+    loader = ss.SiftingDataLoader(
+        torch.utils.data.DataLoader(data, batch_size=8),
+        Net(),
+        lambda m, b: m(b[0]).argmax(1),  # a prediction, not a loss
+        policy=ss.TopK(keep=0.5),
+    )
+    with pytest.raises(LossFunctionError, match=r"dtype torch\.int64"):
+        next(iter(loader))
+    assert loader.stats.samples_kept == 0
 
 
 def test_unwrap_looks_through_wrappers() -> None:

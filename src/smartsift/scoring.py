@@ -29,7 +29,7 @@ LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
 
 
 class LossFunctionError(ValueError):
-    """The loss function did not return one finite-or-not loss per sample."""
+    """The loss function did not return one floating-point loss per sample."""
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -93,7 +93,8 @@ def score(
         autocast_dtype: if set, score under ``torch.autocast`` with this dtype.
 
     Raises:
-        LossFunctionError: if ``loss_fn`` returns anything but a tensor of shape ``(batch_size,)``.
+        LossFunctionError: if ``loss_fn`` returns anything but a floating-point tensor of shape
+            ``(batch_size,)``.
     """
     inner = unwrap_model(model)
     with torch.no_grad(), _scoring_mode(inner, train_mode), _autocast(batch, autocast_dtype):
@@ -116,7 +117,14 @@ def score(
             f"of the batch, but it returned shape {tuple(losses.shape)}.{hint}"
         )
     if not losses.is_floating_point():
-        losses = losses.float()
+        # An integer or bool "loss" is almost always a label or a prediction returned by
+        # mistake; ranking samples by it would sift on ties without any error.
+        raise LossFunctionError(
+            f"loss_fn must return floating-point losses, but it returned dtype {losses.dtype}. "
+            "Return the per-sample loss itself, e.g. F.cross_entropy(model(x), y, "
+            "reduction='none'); if these values really are the losses, return them as "
+            "floats with `.float()`."
+        )
     return losses.detach().to("cpu", torch.float64)
 
 

@@ -1,0 +1,63 @@
+"""The examples run on their own: copied out of the repository, launched as a user would."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from _ddp import free_port
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+TIMEOUT_S = 120  # a hang fails the test instead of blocking the suite
+
+
+def _fields(line: str) -> dict[str, float]:
+    """The ``key=number`` fields of a line the example prints."""
+    pairs = (item.split("=", 1) for item in line.split() if "=" in item)
+    return {k: float(v.rstrip("s")) for k, v in pairs}
+
+
+def test_ddp_example_runs_under_torchrun_when_copied_out_of_the_repository(
+    tmp_path: Path,
+) -> None:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun is not installed next to this Python")
+    script = shutil.copy(EXAMPLES / "ddp_train.py", tmp_path)
+    cmd = [
+        str(torchrun),
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        str(script),
+        "--epochs=2",
+        "--samples=1000",
+        "--width=8",
+        "--sift-delay=2",
+    ]
+    # Nothing from the repository's tree may leak in: smartsift comes from the installed package.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=env, cwd=tmp_path
+        )
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"torchrun ran past {TIMEOUT_S} s (a hang?): {err.stdout!r} {err.stderr!r}")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    lines = proc.stdout.splitlines()
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in epochs] == ["epoch 0", "epoch 1"], out
+    assert all("test accuracy" in line for line in epochs), out
+    ranks = [_fields(line) for line in lines if line.startswith("[rank ")]
+    (total,) = [_fields(line) for line in lines if line.startswith("[global]")]
+    assert len(ranks) == 2 and ranks[0]["steps"] == ranks[1]["steps"] > 0, out
+    assert total["ranks"] == 2 and total["steps"] == 2 * ranks[0]["steps"]
+    assert total["seen"] == sum(r["seen"] for r in ranks) == 2 * 800  # 2 epochs of 800 samples
+    assert total["trained"] == total["kept"] < total["seen"] and total["dropped"] == 0
+    assert 0 < total["sifted"] == total["seen"] - total["kept"]
