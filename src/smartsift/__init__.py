@@ -10,18 +10,24 @@ from smartsift.audit import EpochRecord, IndexedDataset, SiftAudit
 from smartsift.batching import BatchTransform, UnsupportedBatchError
 from smartsift.distributed import RemoteRankError
 from smartsift.history import LossHistory
+from smartsift.ledger import SiftTrace
 from smartsift.loader import SiftingDataLoader
+from smartsift.padding import PadField, Padding
 from smartsift.policies import Policy, QuantileThreshold, RelativeProbabilistic, TopK, Uniform
 from smartsift.profiling import ProfileReport, profile
+from smartsift.schedules import DataSchedule
 from smartsift.scoring import LossFunctionError
 from smartsift.stats import SiftStats
 
 __all__ = [
     "BatchTransform",
+    "DataSchedule",
     "EpochRecord",
     "IndexedDataset",
     "LossFunctionError",
     "LossHistory",
+    "PadField",
+    "Padding",
     "Policy",
     "ProfileReport",
     "QuantileThreshold",
@@ -29,6 +35,7 @@ __all__ = [
     "RemoteRankError",
     "SiftAudit",
     "SiftStats",
+    "SiftTrace",
     "SiftingDataLoader",
     "TopK",
     "Uniform",

@@ -21,14 +21,36 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from smartsift.audit import SiftAudit
 from smartsift.stats import SiftStats, counter_fields, timer_fields
 
-__all__ = ["Ledger"]
+__all__ = ["Ledger", "SiftTrace"]
+
+_TRACE_LOSSES = 64  # scored raw batches whose losses the trace keeps
+
+
+@dataclass(frozen=True)
+class SiftTrace:
+    """What sifting did over training, for plots and reports.
+
+    Attributes:
+        steps: the training steps taken before each scored raw batch.
+        seen, kept: the samples of each scored raw batch, and how many the policy kept.
+        kept_losses, sifted_losses: the losses of the kept and the sifted samples of the last
+            scored raw batches (up to 64 of them).
+    """
+
+    steps: np.ndarray
+    seen: np.ndarray
+    kept: np.ndarray
+    kept_losses: np.ndarray
+    sifted_losses: np.ndarray
 
 
 class Ledger:
@@ -44,6 +66,8 @@ class Ledger:
         self.counts = dict.fromkeys(counter_fields(), 0)
         self.times = dict.fromkeys(timer_fields(), 0.0)
         self.recent: deque[tuple[int, int]] = deque(maxlen=recent_window)
+        self._trace: list[tuple[int, int, int]] = []
+        self._losses: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=_TRACE_LOSSES)
 
     def pulled(self, size: int) -> None:
         """A raw batch of ``size`` samples was pulled."""
@@ -72,6 +96,8 @@ class Ledger:
         counts["samples_sifted"] += size - kept
         counts["samples_nonfinite"] += nonfinite
         self.recent.append((size, kept))
+        self._trace.append((counts["steps"], size, kept))
+        self._losses.append((losses, mask))
         if self.audit is not None:
             self.audit.record_scored(epoch, batch, losses, mask)
 
@@ -92,6 +118,15 @@ class Ledger:
         """An epoch was completed."""
         self.counts["epochs"] += 1
 
+    def trace(self) -> SiftTrace:
+        """The keep counts of every scored raw batch and the latest losses, kept and sifted."""
+        rows = np.array(self._trace, dtype=np.int64).reshape(-1, 3)
+        losses = [np.asarray(x, dtype=np.float64) for x, _ in self._losses]
+        masks = [np.asarray(m, dtype=bool) for _, m in self._losses]
+        flat = np.concatenate(losses) if losses else np.empty(0)
+        mask = np.concatenate(masks) if masks else np.empty(0, dtype=bool)
+        return SiftTrace(rows[:, 0], rows[:, 1], rows[:, 2], flat[mask], flat[~mask])
+
     def recent_rate(self) -> tuple[int, int]:
         """Samples seen and kept over the recent scored raw batches."""
         return sum(s for s, _ in self.recent), sum(k for _, k in self.recent)
@@ -107,10 +142,15 @@ class Ledger:
 
     def state_dict(self) -> dict[str, Any]:
         """Counters, timers and the recent window as plain values."""
+        losses = [torch.from_numpy(np.asarray(x, dtype=np.float64)) for x, _ in self._losses]
+        masks = [torch.from_numpy(np.asarray(m, dtype=bool)) for _, m in self._losses]
         return {
             "counts": dict(self.counts),
             "times": dict(self.times),
             "recent": [list(x) for x in self.recent],
+            "trace": torch.tensor(self._trace, dtype=torch.int64).reshape(-1, 3),
+            "trace_losses": losses,
+            "trace_masks": masks,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -121,3 +161,8 @@ class Ledger:
         self.times.update({k: float(v) for k, v in state["times"].items() if k in self.times})
         self.recent.clear()
         self.recent.extend((int(s), int(k)) for s, k in state["recent"])
+        trace = state.get("trace")
+        self._trace = [] if trace is None else [tuple(r) for r in trace.tolist()]
+        self._losses.clear()
+        pairs = zip(state.get("trace_losses", []), state.get("trace_masks", []), strict=True)
+        self._losses.extend((x.numpy(), m.numpy()) for x, m in pairs)

@@ -47,7 +47,7 @@ from smartsift.checks import (
 )
 from smartsift.cursor import EpochCursor, is_stateful
 from smartsift.distributed import Lockstep, PeerRound, RemoteRankError, resolve_ranks
-from smartsift.ledger import Ledger
+from smartsift.ledger import Ledger, SiftTrace
 from smartsift.leftovers import plan_leftovers
 from smartsift.policies import Policy, RelativeProbabilistic
 from smartsift.scoring import LossFn, score
@@ -220,6 +220,11 @@ class SiftingDataLoader:
         return self._ledger.snapshot(
             self._batcher.pending, self._lockstep.seconds, self._selector.quantiles()
         )
+
+    @property
+    def trace(self) -> SiftTrace:
+        """What sifting did so far: keep counts per scored raw batch and the latest losses."""
+        return self._ledger.trace()
 
     def global_stats(self) -> SiftStats:
         """Stats summed over all ranks (a collective: call it on every rank).
