@@ -1,0 +1,499 @@
+"""Hugging Face ``Trainer`` integration: one call makes a Trainer train on sifted batches.
+
+``enable_sifting(trainer)`` wraps the training loader the Trainer builds in a
+:class:`~smartsift.SiftingDataLoader`, picks a per-sample loss for the model's head (see
+:mod:`smartsift.integrations.hf_losses`), keeps the learning-rate schedule and the logged epoch
+in step with the data, and puts smartsift's stats into the Trainer's logs. Epoch-based runs
+(``num_train_epochs``) work as they are; ``max_steps`` is not needed.
+
+How it hooks in, and why that is sound:
+    ``get_train_dataloader`` is the Trainer's documented override point for the training
+    loader, and ``log`` its override point for what is logged. ``enable_sifting`` sets both as
+    attributes of the one ``trainer`` instance it is given (calling the Trainer's own methods
+    inside), and adds a ``TrainerCallback``; no class, module or function of transformers,
+    accelerate or torch is replaced, other Trainer instances are untouched, subclasses keep
+    their overrides, and :meth:`TrainerSifting.disable` removes all three.
+
+The loader:
+    The Trainer builds its loader as usual (collator, sampler, ``accelerator.prepare``: under
+    DDP accelerate gives every rank its own shard, with the same number of batches, already on
+    the rank's device). smartsift wraps that prepared loader, so it scores each rank's shard on
+    that rank with the unwrapped model (no collective runs in the scoring pass) and, through
+    ``torch.distributed``, keeps the ranks in lockstep: every rank yields the same number of
+    refined batches, so every rank takes the same optimizer steps.
+
+Epochs, schedule, progress bar and logs (epoch-based runs):
+    The Trainer sizes an epoch, and its learning-rate schedule, by ``len(train_dataloader)``
+    and stops an epoch when that many batches were taken, so the length must never fall short
+    of the batches an epoch really gives. It is therefore the most one epoch can give: the
+    unsifted count (``len`` of the Trainer's loader, more when ``batch_size`` is smaller than
+    the raw batches, one more under DDP for the leftovers shared out at the epoch's end). A
+    sifted epoch gives fewer; the Trainer then asks for the rest of its epoch and gets nothing,
+    and the loader ends the epoch there (``control.should_epoch_stop``). The schedule,
+    ``max_steps`` and warm-up are thus counted in unsifted steps, that is in data: the callback
+    moves the scheduler forward after every optimizer step to the fraction of the run's raw
+    batches consumed so far (``align_schedule=True``), so warm-up spans the same data as in a
+    plain run and the schedule ends (decays fully) exactly where training ends. A fractional
+    ``num_train_epochs`` stops training when that much data was consumed. The logged
+    ``epoch`` is raw batches consumed per raw batches of an epoch. The progress bar counts
+    optimizer steps against the unsifted total, so it finishes early, at about the kept
+    fraction.
+
+With ``max_steps`` set:
+    The loader has no length, so the Trainer runs as many sifted epochs as ``max_steps``
+    optimizer steps need, and the schedule follows optimizer steps as usual.
+
+Logs:
+    Every training log (those with ``loss`` or ``train_loss``) also holds this process's
+    ``loader.stats`` as ``smartsift/<name>`` (``smartsift/keep_rate``,
+    ``smartsift/samples_seen``, ``smartsift/samples_trained``, ... ; NaN values left out), so
+    they reach ``trainer.state.log_history`` and every ``report_to`` integration.
+
+Limits:
+    DDP or a single process (not DeepSpeed or FSDP: the scoring pass needs the whole model).
+    Resuming from a Trainer checkpoint is refused (the sifting state is not saved in it yet).
+    With ``gradient_accumulation_steps > 1`` the gradients of an epoch's last, incomplete
+    group are applied with the next epoch's first step (the Trainer steps only on full groups
+    or at ``len``), and at the end of training they are not applied.
+
+Example:
+    >>> import tempfile, torch, transformers
+    >>> import smartsift as ss
+    >>> from smartsift.integrations.transformers import enable_sifting
+    >>> config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+    ...                                  num_attention_heads=2, intermediate_size=32)
+    >>> model = transformers.BertForSequenceClassification(config)
+    >>> data = [{"input_ids": torch.randint(0, 50, (8,)), "labels": i % 2} for i in range(64)]
+    >>> args = transformers.TrainingArguments(
+    ...     tempfile.mkdtemp(), per_device_train_batch_size=16, num_train_epochs=2,
+    ...     report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True,
+    ...     logging_strategy="no")
+    >>> trainer = transformers.Trainer(model=model, args=args, train_dataset=data)
+    >>> sifting = enable_sifting(trainer, ss.TopK(0.5), seed=0)
+    >>> _ = trainer.train()  # doctest: +ELLIPSIS
+    {...}
+    >>> sifting.stats.samples_seen, sifting.stats.samples_trained, trainer.state.global_step
+    (128, 64, 4)
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+try:
+    import transformers
+    from transformers import Trainer, TrainerCallback
+except ImportError as err:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "smartsift.integrations.transformers needs transformers and accelerate: "
+        "pip install 'smartsift[transformers]'."
+    ) from err
+
+from smartsift.integrations.hf_losses import loss_for_model
+from smartsift.loader import SiftingDataLoader
+from smartsift.padding import Padding
+from smartsift.policies import Policy
+from smartsift.scoring import LossFn
+from smartsift.stats import SiftStats
+
+__all__ = [
+    "SiftingCallback",
+    "TrainerSifting",
+    "batches_bound",
+    "enable_sifting",
+    "schedule_position",
+]
+
+_LOG_PREFIX = "smartsift/"
+_SET_BY_US = ("dataloader", "model", "loss_fn")  # passed to the loader by enable_sifting
+
+
+def enable_sifting(
+    trainer: Trainer,
+    policy: Policy | None = None,
+    loss_fn: LossFn | None = None,
+    *,
+    sift_delay: int = 0,
+    padding: Any = "auto",
+    seed: int | None = None,
+    log_stats: bool = True,
+    align_schedule: bool = True,
+    **loader_kwargs: Any,
+) -> TrainerSifting:
+    """Makes ``trainer`` train on sifted batches, single process or under torchrun DDP.
+
+    See the module documentation for how it hooks in and what happens to epochs, the
+    learning-rate schedule, the progress bar and the logs.
+
+    Args:
+        trainer: a ``transformers.Trainer`` (or subclass), before ``trainer.train()``.
+        policy: which samples to keep; default ``RelativeProbabilistic(beta=1.0, history=500)``.
+        loss_fn: ``loss_fn(model, batch) -> Tensor (B,)``; by default chosen from the model's
+            head by :func:`~smartsift.integrations.hf_losses.loss_for_model`.
+        sift_delay: raw batches (per rank) trained unsifted before sifting starts.
+        padding: a :class:`~smartsift.Padding` spec to join kept samples of batches padded to
+            different lengths (a collator padding each batch to its longest sequence). The
+            default ``"auto"`` builds ``Padding.huggingface(tokenizer, trim=True)`` from the Trainer's
+            ``processing_class`` when it has a pad token; ``None`` joins only equal shapes.
+        seed: seed of the loader's generator; default ``trainer.args.seed``.
+        log_stats: add the loader's stats to the Trainer's training logs.
+        align_schedule: keep the learning-rate schedule in step with the data consumed
+            (epoch-based runs); see the module documentation.
+        **loader_kwargs: further :class:`~smartsift.SiftingDataLoader` arguments, e.g.
+            ``batch_size``, ``drop_last`` (default: ``trainer.args.dataloader_drop_last``),
+            ``nonfinite``, ``autocast_dtype``, ``repeat_delay_per_epoch``, ``audit``.
+
+    Returns:
+        A :class:`TrainerSifting`: its ``loader`` and ``stats`` are those of the latest
+        ``trainer.train()`` call; ``disable()`` undoes this call.
+
+    Raises:
+        TypeError: if ``trainer`` is not a Trainer, or an argument does not fit the loader.
+        ValueError: if the model's head has no ready loss and ``loss_fn`` is not given, the
+            Trainer runs DeepSpeed or FSDP, or a setting is invalid.
+        RuntimeError: if sifting is already enabled on ``trainer``.
+    """
+    if not isinstance(trainer, Trainer):
+        raise TypeError(
+            f"Expected `trainer` to be a transformers.Trainer, but got {type(trainer).__name__}."
+        )
+    if isinstance(
+        getattr(vars(trainer).get("get_train_dataloader"), "__self__", None), TrainerSifting
+    ):
+        raise RuntimeError(
+            "Sifting is already enabled on this trainer; call disable() on the object "
+            "enable_sifting returned before enabling it again."
+        )
+    if getattr(trainer, "is_deepspeed_enabled", False) or getattr(
+        trainer, "is_fsdp_enabled", False
+    ):
+        raise ValueError(
+            "Expected a Trainer running on one process or under DDP, but it uses DeepSpeed or "
+            "FSDP: the scoring pass needs the whole model on every rank. Train with DDP."
+        )
+    model = _model_of(trainer)
+    if loss_fn is None:
+        loss_fn = loss_for_model(model)
+    if isinstance(padding, str) and padding == "auto":
+        padding = _auto_padding(trainer)
+    kwargs = _loader_kwargs(loader_kwargs, padding)
+    kwargs.setdefault("drop_last", bool(trainer.args.dataloader_drop_last))
+    kwargs["sift_delay"] = sift_delay
+    kwargs["seed"] = trainer.args.seed if seed is None else seed
+    # Build (and drop) a loader over nothing, so that invalid settings fail here, not in train().
+    SiftingDataLoader([], model, loss_fn, policy, **kwargs)
+    sifting = TrainerSifting(trainer, loss_fn, policy, kwargs, log_stats, align_schedule)
+    sifting._attach()
+    return sifting
+
+
+class TrainerSifting:
+    """What :func:`enable_sifting` attached to one Trainer; built by it, not by users.
+
+    Attributes:
+        trainer: the Trainer.
+        loader: the :class:`~smartsift.SiftingDataLoader` of the latest ``trainer.train()``
+            call (a new one each call), or None before the first.
+        callback: the :class:`SiftingCallback` added to the Trainer.
+    """
+
+    def __init__(
+        self,
+        trainer: Trainer,
+        loss_fn: LossFn,
+        policy: Policy | None,
+        loader_kwargs: dict[str, Any],
+        log_stats: bool,
+        align_schedule: bool,
+    ) -> None:
+        self.trainer = trainer
+        self.loss_fn = loss_fn
+        self.policy = policy
+        self.loader_kwargs = loader_kwargs
+        self.log_stats = log_stats
+        self.align_schedule = align_schedule
+        self.loader: SiftingDataLoader | None = None
+        self.raw_batches_per_epoch: int | None = None  # len() of the Trainer's own loader
+        self.callback = SiftingCallback(self)
+        self._saved: dict[str, Any] = {}
+
+    @property
+    def stats(self) -> SiftStats:
+        """This process's stats of the latest training run (empty before the first)."""
+        return self.loader.stats if self.loader is not None else SiftStats()
+
+    def log_values(self) -> dict[str, float]:
+        """The stats as the Trainer's logs hold them: ``smartsift/<name>``, NaN left out."""
+        return {
+            _LOG_PREFIX + key: value
+            for key, value in self.stats.as_dict().items()
+            if isinstance(value, (int, float)) and math.isfinite(value)
+        }
+
+    def data_epochs(self) -> float | None:
+        """Epochs of raw data consumed so far in the latest run (None if unknown)."""
+        if self.loader is None or not self.raw_batches_per_epoch:
+            return None
+        return self.loader.stats.raw_batches / self.raw_batches_per_epoch
+
+    def disable(self) -> None:
+        """Gives the trainer back its own training loader and logging, and removes the callback."""
+        trainer = self.trainer
+        for name, saved in self._saved.items():
+            if saved is None:
+                vars(trainer).pop(name, None)
+            else:
+                setattr(trainer, name, saved)
+        self._saved.clear()
+        if self.callback in trainer.callback_handler.callbacks:
+            trainer.remove_callback(self.callback)
+
+    # -------------------------------------------------------------- the trainer's overrides
+    def get_train_dataloader(self) -> _SiftedTrainLoader:
+        """The trainer's training loader, wrapped in a sifting loader (the instance override)."""
+        trainer = self.trainer
+        raw = self._original("get_train_dataloader")()
+        # The unwrapped model (accelerate wraps it in DDP later, sharing its parameters).
+        self.loader = SiftingDataLoader(
+            raw, _model_of(trainer), self.loss_fn, self.policy, **self.loader_kwargs
+        )
+        try:
+            n_raw: int | None = len(raw)
+        except TypeError:
+            n_raw = None
+        self.raw_batches_per_epoch = n_raw
+        length = None
+        if trainer.args.max_steps <= 0 and n_raw is not None:
+            raw_bs = _raw_batch_size(raw, trainer)
+            length = batches_bound(
+                n_raw,
+                raw_bs,
+                self.loader_kwargs.get("batch_size") or raw_bs,
+                trainer.args.world_size,
+            )
+        return _SiftedTrainLoader(self.loader, raw, trainer, length)
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """Adds the stats to a training log, then logs it the trainer's own way."""
+        if self.loader is not None and ("loss" in logs or "train_loss" in logs):
+            logs.update(self.log_values())
+        self._original("log")(logs, *args, **kwargs)
+
+    # -------------------------------------------------------------- wiring
+    def _attach(self) -> None:
+        trainer = self.trainer
+        names = ["get_train_dataloader", *(["log"] if self.log_stats else [])]
+        for name in names:
+            self._saved[name] = vars(trainer).get(name)  # an instance attribute the user set
+            setattr(trainer, name, getattr(self, name))
+        trainer.add_callback(self.callback)
+
+    def _original(self, name: str) -> Any:
+        saved = self._saved.get(name)
+        return (
+            saved if saved is not None else getattr(type(self.trainer), name).__get__(self.trainer)
+        )
+
+
+class SiftingCallback(TrainerCallback):
+    """Keeps the Trainer's schedule, epoch and stopping in step with the data sifted.
+
+    After every optimizer step it moves the learning-rate scheduler to the fraction of the
+    run's raw batches consumed (epoch-based runs, ``align_schedule``); after every step it sets
+    ``state.epoch`` to the raw epochs consumed, and stops a run with a fractional
+    ``num_train_epochs`` when that much data was consumed. It refuses to resume from a
+    checkpoint. Added by :func:`enable_sifting`.
+    """
+
+    def __init__(self, sifting: TrainerSifting) -> None:
+        self.sifting = sifting
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step > 0:
+            raise RuntimeError(
+                "Resuming a sifted run from a Trainer checkpoint is not supported: the sifting "
+                "loader's state is not saved in the checkpoint, and the Trainer's step count "
+                "per epoch does not hold for sifted epochs. Load the checkpoint's weights into "
+                "the model and start a new run, or disable sifting to resume."
+            )
+
+    def on_optimizer_step(
+        self, args: Any, state: Any, control: Any, lr_scheduler: Any = None, **kwargs: Any
+    ) -> None:
+        sifting = self.sifting
+        if not sifting.align_schedule or args.max_steps > 0 or not _steps_per_call(lr_scheduler):
+            return
+        epochs = sifting.data_epochs()
+        if epochs is None or args.num_train_epochs <= 0:
+            return
+        target = schedule_position(epochs / args.num_train_epochs, state.max_steps)
+        # The Trainer steps the scheduler once right after this event; catch up to the data.
+        for _ in range(target - (lr_scheduler.last_epoch + 1)):
+            lr_scheduler.step()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        epochs = self.sifting.data_epochs()
+        if epochs is None:
+            return
+        state.epoch = epochs
+        fractional = args.num_train_epochs % 1 != 0
+        if args.max_steps <= 0 and fractional and epochs >= args.num_train_epochs:
+            control.should_training_stop = True
+
+
+def schedule_position(progress: float, max_steps: int) -> int:
+    """The scheduler step matching ``progress`` (the fraction of the run's data consumed).
+
+    Example:
+        >>> schedule_position(0.5, 100), schedule_position(1.2, 100)
+        (50, 100)
+    """
+    return max(0, min(max_steps, math.floor(progress * max_steps + 1e-9)))
+
+
+def batches_bound(raw_batches: int, raw_batch_size: int, batch_size: int, world_size: int) -> int:
+    """The most refined batches one epoch of ``raw_batches`` raw batches can give.
+
+    Kept samples form batches of ``batch_size``; raw batches passed through unsifted during
+    ``sift_delay`` stay whole when they fit one refined batch, and are cut to size otherwise.
+    Under DDP the epoch's leftovers shared out across ranks add at most one batch.
+
+    Example:
+        >>> batches_bound(10, 32, 32, 1), batches_bound(10, 32, 16, 1), batches_bound(10, 32, 64, 2)
+        (10, 20, 11)
+    """
+    cut = math.ceil(raw_batches * raw_batch_size / batch_size)
+    return max(raw_batches, cut) + (1 if world_size > 1 else 0)
+
+
+class _SiftedTrainLoader:
+    """The training loader the Trainer sees: the sifting loader, with a length it can trust.
+
+    ``len()`` is :func:`batches_bound` in epoch-based runs and absent when ``max_steps`` is set.
+    ``dataset`` and ``batch_sampler`` are the Trainer's loader's, as the Trainer reads them.
+    """
+
+    def __init__(
+        self, sifter: SiftingDataLoader, raw: Any, trainer: Trainer, length: int | None
+    ) -> None:
+        self.sifter = sifter
+        self.raw = raw
+        self._trainer = trainer
+        self._length = length
+
+    def __iter__(self) -> Iterator[Any]:
+        return _EpochIterator(iter(self.sifter), self._trainer)
+
+    def __len__(self) -> int:
+        if self._length is None:
+            raise TypeError(
+                "A sifted training loader has no length when max_steps is set (or the Trainer's "
+                "loader has none): sifted epochs are as long as the data sifted says."
+            )
+        return self._length
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sifter.set_epoch(epoch)
+
+    @property
+    def dataset(self) -> Any:
+        return getattr(self.raw, "dataset", None)
+
+    @property
+    def batch_sampler(self) -> Any:
+        return getattr(self.raw, "batch_sampler", None)
+
+    @property
+    def batch_size(self) -> int | None:
+        return self.sifter.batch_size
+
+
+class _EpochIterator:
+    """One epoch of the sifting loader, ending the Trainer's epoch when the data ends.
+
+    The Trainer asks for batches until ``len()`` were taken. When the epoch ended earlier, the
+    first ``StopIteration`` may cut a gradient-accumulation group short, which the Trainer still
+    trains on; on the next request the iterator sets ``control.should_epoch_stop`` so the
+    Trainer does not spin through the rest of its epoch (the ranks of a DDP job reach this in
+    the same step).
+    """
+
+    def __init__(self, batches: Iterator[Any], trainer: Trainer) -> None:
+        self._batches = batches
+        self._trainer = trainer
+        self._ended = False
+
+    def __iter__(self) -> _EpochIterator:
+        return self
+
+    def __next__(self) -> Any:
+        if self._ended:
+            self._trainer.control.should_epoch_stop = True
+            raise StopIteration
+        try:
+            return next(self._batches)
+        except StopIteration:
+            self._ended = True
+            raise
+
+
+def _auto_padding(trainer: Trainer) -> Padding | None:
+    """``Padding.huggingface`` for the Trainer's tokenizer, or None without a pad token."""
+    tokenizer = getattr(trainer, "processing_class", None)
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor wraps its tokenizer
+    if getattr(tokenizer, "pad_token_id", None) is None:
+        return None
+    return Padding.huggingface(tokenizer, trim=True)
+
+
+def _loader_kwargs(loader_kwargs: dict[str, Any], padding: Any) -> dict[str, Any]:
+    """Checks the extra loader arguments, and adds ``padding``."""
+    params = inspect.signature(SiftingDataLoader).parameters
+    taken = [k for k in loader_kwargs if k in _SET_BY_US]
+    if taken:
+        raise TypeError(
+            f"Expected no {taken} among the loader arguments: enable_sifting passes the "
+            "Trainer's loader and model, and `loss_fn` is its own argument."
+        )
+    unknown = sorted(k for k in loader_kwargs if k not in params)
+    if unknown:
+        raise TypeError(
+            f"Expected keyword arguments of SiftingDataLoader, but got {unknown}; it takes "
+            f"{sorted(k for k in params if k not in _SET_BY_US)}."
+        )
+    kwargs = dict(loader_kwargs)
+    if padding is not None:
+        kwargs["padding"] = padding
+    return kwargs
+
+
+def _model_of(trainer: Trainer) -> torch.nn.Module:
+    model = trainer.model
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(
+            f"Expected the trainer to hold a model (a torch.nn.Module), but got {model!r}."
+        )
+    return model
+
+
+def _raw_batch_size(raw: Any, trainer: Trainer) -> int:
+    """The size of the Trainer's raw batches on this process."""
+    size = getattr(getattr(raw, "batch_sampler", None), "batch_size", None)
+    size = size or getattr(raw, "batch_size", None)
+    return int(size or trainer.args.train_batch_size)
+
+
+def _steps_per_call(scheduler: Any) -> bool:
+    """Whether the Trainer steps ``scheduler`` once per optimizer step (not on metrics)."""
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
+        return False
+    greedy = getattr(transformers.optimization, "GreedyLR", None)
+    metric_driven: tuple[type, ...] = (torch.optim.lr_scheduler.ReduceLROnPlateau,)
+    if isinstance(greedy, type):
+        metric_driven += (greedy,)
+    return not isinstance(scheduler, metric_driven)
