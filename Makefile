@@ -27,4 +27,4 @@ test: install lint
 	$(PY) -m pytest
 
 bench: install
-	$(PY) benchmarks/run.py
+	$(PY) -m benchmarks.run

@@ -2,8 +2,9 @@
 
 The corpus is real text found on every machine: the ``.py`` files at the top of the standard
 library directory, in name order, read as bytes. A sample is a window of ``context + 1`` bytes;
-its loss is the mean next-byte cross-entropy over the window. Used by the time-to-accuracy and
-efficiency benchmarks (this module is a helper, not a benchmark).
+its loss is the mean next-byte cross-entropy over the window; :func:`lm_task` makes it a task of
+:mod:`smartsift.harness`. Used by the time-to-accuracy, efficiency and GPU benchmarks (this
+module is a helper, not a benchmark).
 
 Example:
     >>> model = CharTransformer(context=16, dim=32, layers=1, heads=2)
@@ -13,25 +14,24 @@ Example:
 
 from __future__ import annotations
 
-import copy
-import math
+import functools
 import sysconfig
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
-import smartsift as ss
+from smartsift.harness import Task
 
 __all__ = [
     "CharTransformer",
-    "LMRun",
     "corpus",
+    "lm_task",
     "make_windows",
     "per_sample_loss",
+    "validation_loss",
 ]
 
 VOCAB = 256
@@ -127,99 +127,20 @@ def validation_loss(model: torch.nn.Module, windows: torch.Tensor) -> float:
     return total / len(windows)
 
 
-class LMRun:
-    """One language-model training run, advanced one evaluation interval at a time.
+def lm_task(
+    train: torch.Tensor, val: torch.Tensor, model_kwargs: dict[str, Any] | None = None
+) -> Task:
+    """The language model as a :class:`~smartsift.harness.Task`; lower validation loss is better.
 
-    Runs with the same ``seed`` share the initial weights and the data order.
-    ``policy=None`` trains plain; otherwise the loader is a ``SiftingDataLoader``.
+    ``train`` and ``val`` are windows from :func:`make_windows`; ``model_kwargs`` go to
+    :class:`CharTransformer` (its context is the windows' length minus one).
     """
-
-    def __init__(
-        self,
-        name: str,
-        train: torch.Tensor,
-        val: torch.Tensor,
-        *,
-        policy: ss.Policy | None,
-        epochs: int,
-        batch_size: int = 32,
-        lr: float = 2e-3,
-        sift_delay: int = 0,
-        seed: int = 0,
-        evals_per_epoch: int = 4,
-        clock: Callable[[], float],
-        model_kwargs: dict[str, Any] | None = None,
-    ) -> None:
-        torch.manual_seed(seed)
-        context = train.shape[1] - 1
-        self.model = CharTransformer(context=context, **(model_kwargs or {}))
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=0.01)
-        order = torch.Generator().manual_seed(seed)
-        self.raw = DataLoader(
-            TensorDataset(train), batch_size=batch_size, shuffle=True, generator=order
-        )
-        self.loader: Any = self.raw
-        if policy is not None:
-            self.loader = ss.SiftingDataLoader(
-                self.raw, self.model, per_sample_loss, policy=policy, sift_delay=sift_delay,
-                seed=seed,
-            )  # fmt: skip
-        self.name = name
-        self.val = val
-        self.epochs = epochs
-        self.clock = clock
-        self.eval_every = max(1, math.ceil(len(self.raw) / evals_per_epoch))
-        self.times: list[float] = []
-        self.losses: list[float] = []
-        self.steps = 0
-        self.samples_backpropagated = 0
-        self.samples_seen = 0
-        self.train_seconds = 0.0
-        self._segments = self._train()
-
-    def advance(self) -> bool:
-        """Trains up to the next evaluation; returns False when the run is finished."""
-        return next(self._segments, None) is not None
-
-    def warm_up(self, steps: int = 2) -> None:
-        """A few untimed steps and scoring passes on a copy of the model (one-off costs)."""
-        model = copy.deepcopy(self.model)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        batch = (self.raw.dataset[: self.raw.batch_size][0],)
-        for _ in range(steps):
-            loss = per_sample_loss(model, batch).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                per_sample_loss(model.eval(), batch)
-            model.train()
-
-    @property
-    def final_loss(self) -> float:
-        return self.losses[-1] if self.losses else math.nan
-
-    def _train(self) -> Any:
-        model, opt = self.model, self.optimizer
-        elapsed = 0.0
-        for _ in range(self.epochs):
-            start = self.clock()
-            for step, batch in enumerate(self.loader):
-                loss = per_sample_loss(model, batch).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                self.steps += 1
-                self.samples_backpropagated += len(batch[0])
-                if (step + 1) % self.eval_every == 0:
-                    elapsed += self.clock() - start
-                    self.times.append(elapsed)
-                    self.losses.append(validation_loss(model, self.val))
-                    yield True
-                    start = self.clock()
-            elapsed += self.clock() - start
-            self.times.append(elapsed)
-            self.losses.append(validation_loss(model, self.val))
-            self.samples_seen += len(self.raw.dataset)  # type: ignore[arg-type]
-            self.train_seconds = elapsed
-            yield True
+    return Task(
+        build_model=functools.partial(
+            CharTransformer, context=train.shape[1] - 1, **(model_kwargs or {})
+        ),
+        train_set=TensorDataset(train),
+        loss_fn=per_sample_loss,
+        evaluate=functools.partial(validation_loss, windows=val),
+        higher_is_better=False,
+    )

@@ -1,7 +1,8 @@
-"""Helpers shared by the benchmarks: the machine, markdown tables, medians and spreads.
+"""Helpers shared by the benchmarks: report sections, the machine, markdown tables, spreads.
 
-Every benchmark module exposes ``run(smoke: bool) -> str`` returning a markdown section;
-``benchmarks/run.py`` collects them into ``docs/benchmarks.md``.
+Every benchmark module exposes ``run(smoke: bool) -> Section``: a title, a markdown body and
+the targets it checks; ``python -m benchmarks.run`` renders them into ``docs/benchmarks.md``.
+The training runs they compare come from :mod:`smartsift.harness`.
 
 Example:
     >>> print(markdown_table(["a", "b"], [[1, "x"]]))
@@ -10,6 +11,15 @@ Example:
     | 1 | x |
     >>> median_spread([3.0, 1.0, 2.0])
     (2.0, 1.0, 3.0)
+    >>> target = Target("speed", "at least 2x", "2.5x", met=True)
+    >>> print(Section("Demo", "A table.", (target,)).markdown())
+    ## Demo
+    <BLANKLINE>
+    A table.
+    <BLANKLINE>
+    Targets:
+    <BLANKLINE>
+    - speed: at least 2x; measured 2.5x (met).
 """
 
 from __future__ import annotations
@@ -19,26 +29,58 @@ import os
 import platform
 import statistics
 import sys
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "IMG_DIR",
     "ROOT",
-    "Interleaved",
+    "Section",
+    "Target",
     "fmt_ratio",
     "fmt_spread",
     "machine",
     "markdown_table",
     "median_spread",
-    "time_to_target",
-    "timed",
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
 IMG_DIR = ROOT / "docs" / "img"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal a benchmark checks: what is measured, the goal, the measurement, met or not."""
+
+    name: str
+    goal: str
+    measured: str
+    met: bool
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.goal}; measured {self.measured} ({self.verdict})."
+
+    @property
+    def verdict(self) -> str:
+        return "met" if self.met else "not met"
+
+
+@dataclass(frozen=True)
+class Section:
+    """One benchmark's report: a title, a markdown body (text, tables, plots), its targets."""
+
+    title: str
+    body: str
+    targets: tuple[Target, ...] = ()
+
+    def markdown(self) -> str:
+        """The section as markdown: the title as a level-2 heading, the body, the targets."""
+        parts = [f"## {self.title}", self.body.strip()]
+        if self.targets:
+            parts.append("Targets:\n\n" + "\n".join(f"- {t}" for t in self.targets))
+        return "\n\n".join(parts)
 
 
 def machine() -> str:
@@ -98,48 +140,3 @@ def fmt_spread(values: Sequence[float], fmt: str = "{:.2f}", unit: str = "") -> 
 def fmt_ratio(values: Sequence[float]) -> str:
     """``median (min–max)`` of ratios, with an ``x``; 0 means the target was never reached."""
     return fmt_spread(values, "{:.2f}", "x")
-
-
-def time_to_target(
-    times: Sequence[float], values: Sequence[float], target: float, higher_is_better: bool = True
-) -> float:
-    """The first time at which ``values`` reached ``target`` (``math.inf`` if never)."""
-    for t, v in zip(times, values, strict=True):
-        if (v >= target) if higher_is_better else (v <= target):
-            return t
-    return math.inf
-
-
-def timed(fn: Callable[[], Any]) -> float:
-    """Seconds one call of ``fn`` takes."""
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-class Interleaved:
-    """Runs several step-wise jobs in turn, so that machine noise hits them alike.
-
-    Each job is a callable that does one segment of work and returns False when finished.
-
-    Example:
-        >>> counts = {"a": 0, "b": 0}
-        >>> def job(name, n):
-        ...     def step():
-        ...         counts[name] += 1
-        ...         return counts[name] < n
-        ...     return step
-        >>> Interleaved([job("a", 2), job("b", 3)]).run()
-        >>> counts
-        {'a': 2, 'b': 3}
-    """
-
-    def __init__(self, jobs: Sequence[Callable[[], bool]]) -> None:
-        self.jobs = list(jobs)
-
-    def run(self) -> None:
-        active = list(self.jobs)
-        while active:
-            for job in list(active):
-                if not job():
-                    active.remove(job)

@@ -7,8 +7,10 @@ they are the job's times, slowest rank included. The table also gives the share 
 epoch spent in smartsift's own collectives (``loader.stats.comm_s``), waiting for the slowest
 rank included.
 
-Run it directly (``python benchmarks/ddp.py [--smoke]``) or call :func:`run` to get the table.
+Run it from the repository root (``python -m benchmarks.ddp [--smoke]``) or call :func:`run`.
 """
+
+from __future__ import annotations
 
 import argparse
 import json
@@ -21,6 +23,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from benchmarks.common import ROOT, Section
 
 __all__ = ["Config", "run"]
 
@@ -64,6 +68,7 @@ def _worker(rank: int, port: int, cfg: Config, out: Path) -> None:
 
     import smartsift as ss
     from smartsift.demo import ConvNet, cross_entropy_per_sample, evaluate, make_mnist1d
+    from smartsift.harness import seeded
 
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -78,8 +83,7 @@ def _worker(rank: int, port: int, cfg: Config, out: Path) -> None:
         train_set, shuffle=True, seed=0, drop_last=True
     )
     raw = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler)
-    torch.manual_seed(0)
-    net = ConvNet(width=cfg.width)
+    net = seeded(lambda: ConvNet(width=cfg.width), 0)
     init = {k: v.clone() for k, v in net.state_dict().items()}
 
     # Warm-up (allocator, kernels, gloo buffers), then both runs restart from `init`.
@@ -150,11 +154,14 @@ def _launch(cfg: Config, timeout: float) -> list[dict[str, Any]]:
         out = Path(tmp)
         procs = []
         for rank in range(WORLD):
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", str(rank)]
+            cmd = [sys.executable, "-m", "benchmarks.ddp", "--_worker", str(rank)]
             cmd += ["--_port", str(port), "--_out", tmp, "--_config", json.dumps(asdict(cfg))]
             log = open(out / f"rank{rank}.log", "w")  # noqa: SIM115 - closed below
             procs.append(
-                (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
+                (
+                    subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT),
+                    log,
+                )
             )
         deadline = time.monotonic() + timeout
         try:
@@ -220,18 +227,21 @@ def _table(cfg: Config, ranks: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(smoke: bool = False) -> str:
-    """Runs the benchmark and returns its markdown report.
+def run(smoke: bool = False) -> Section:
+    """Runs the benchmark and returns the report's section.
 
     Args:
         smoke: a tiny configuration (one short epoch) that only checks the machinery.
     """
     cfg = SMOKE if smoke else FULL
-    return _table(cfg, _launch(cfg, timeout=120 if smoke else 900))
+    return Section(
+        "DDP: plain and sifted training on 2 CPU ranks",
+        _table(cfg, _launch(cfg, timeout=120 if smoke else 900)),
+    )
 
 
 def main() -> None:
-    """Command line: ``python benchmarks/ddp.py [--smoke]``; also the per-rank entry point."""
+    """Command line: ``python -m benchmarks.ddp [--smoke]``; also the per-rank entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny configuration")
     parser.add_argument("--_worker", type=int, default=None, help=argparse.SUPPRESS)
@@ -242,7 +252,7 @@ def main() -> None:
     if args._worker is not None:
         _worker(args._worker, args._port, Config(**json.loads(args._config)), Path(args._out))
         return
-    print(run(smoke=args.smoke))
+    print(run(smoke=args.smoke).markdown())
 
 
 if __name__ == "__main__":

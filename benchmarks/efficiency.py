@@ -12,41 +12,37 @@ model, data, loss, optimizer and policy, which it leaves as they were), and its 
 speedup at the measured ``k`` and its verdict are set beside the measured speedup.
 
 Times are CPU seconds of the process, on one thread (a shared machine's wall clock varies far
-more than the effect measured). Run it directly (``python benchmarks/efficiency.py
-[--smoke]``) or call :func:`run`.
+more than the effect measured). Run it from the repository root (``python -m
+benchmarks.efficiency [--smoke]``) or call :func:`run`.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import charlm
-from common import fmt_spread, markdown_table
-
 import smartsift as ss
+from benchmarks import charlm
+from benchmarks.common import Section, Target, fmt_spread, markdown_table
 from smartsift.demo import ConvNet, cross_entropy_per_sample, make_mnist1d
-from smartsift.profiling import _CANDIDATE_KEEPS, _MIN_SPEEDUP
+from smartsift.harness import seeded
+from smartsift.profiling import CANDIDATE_KEEPS, MIN_SPEEDUP
 
 __all__ = ["Case", "measure_case", "run"]
 
 TARGET = 0.95
 # A "don't sift" verdict claims that even the smallest keep the profiler considers would be
 # less than its threshold faster per epoch; that is where it is checked.
-DONT_SIFT_CHECK_KEEP = _CANDIDATE_KEEPS[-1]
-WORTH_IT = _MIN_SPEEDUP
+DONT_SIFT_CHECK_KEEP = CANDIDATE_KEEPS[-1]
+WORTH_IT = MIN_SPEEDUP
 
 
 @dataclass(frozen=True)
@@ -69,8 +65,7 @@ def _mnist(width: int, batch_size: int, frozen_body: bool = False) -> Callable[[
 
     def build(smoke: bool) -> Any:
         train, _ = make_mnist1d(1000 if smoke else 20_000)
-        torch.manual_seed(0)
-        model = ConvNet(width=8 if smoke else width)
+        model = seeded(lambda: ConvNet(width=8 if smoke else width), 0)
         if frozen_body:
             for name, param in model.named_parameters():
                 param.requires_grad_(name.startswith("head."))
@@ -90,8 +85,7 @@ def _mnist(width: int, batch_size: int, frozen_body: bool = False) -> Callable[[
 def _lm(build_smoke: bool) -> Any:
     text, _ = charlm.corpus(20_000 if build_smoke else 100_000)
     windows = charlm.make_windows(text, 64)
-    torch.manual_seed(0)
-    model = charlm.CharTransformer(context=64, dim=32 if build_smoke else 64)
+    model = seeded(lambda: charlm.CharTransformer(context=64, dim=32 if build_smoke else 64), 0)
     loader = DataLoader(
         TensorDataset(windows), batch_size=32, shuffle=True,
         generator=torch.Generator().manual_seed(0),
@@ -260,8 +254,8 @@ def _verdict_holds(r: dict[str, Any]) -> bool:
     return at > 1.0 if r["recommended"] else at < WORTH_IT
 
 
-def run(smoke: bool = False) -> str:
-    """Measures every case and returns a markdown section."""
+def run(smoke: bool = False) -> Section:
+    """Measures every case and returns the report's section."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     repeats = 1 if smoke else 5
@@ -326,9 +320,15 @@ def run(smoke: bool = False) -> str:
     effs = [statistics.median(r["efficiency"]) for r in results]
     met = sum(e >= TARGET for e in effs)
     steps = "–".join(sorted({str(r["profile_steps"]) for r in results}, key=int))
-    return "\n\n".join(
+    target = Target(
+        "Efficiency (measured / ideal per-epoch speedup) in every case",
+        f"at least {TARGET:.2f}",
+        f"at least {TARGET:.2f} in {met} of {len(results)} case(s), median efficiencies "
+        + ", ".join(f"{e:.3f}" for e in effs),
+        met=met == len(results),
+    )
+    body = "\n\n".join(
         [
-            "## Efficiency: measured per-epoch speedup against the ideal",
             f"Per case, a plain and a sifted epoch (`sift_delay=0`) are timed in turn, "
             f"{repeats} time(s), in CPU seconds of the process on one thread. Within them, "
             "`T` is the plain training steps' time per sample, `F` the time per sample spent "
@@ -347,8 +347,6 @@ def run(smoke: bool = False) -> str:
             "smaller than raw ones, a refined step costs more per sample than `T`, which "
             "shows in the efficiency.",
             efficiency_table,
-            f"Target: efficiency of at least {TARGET:.2f}. Met in {met} of {len(results)} "
-            f"case(s) (median efficiencies: {', '.join(f'{e:.3f}' for e in effs)}).",
             "### The profiler's advice against the measurements",
             "For each case, `ss.profile(...)` runs on the same model, data, loss, optimizer "
             f"and policy after the timed epochs ({steps} measured steps, wall clock). Its "
@@ -363,12 +361,13 @@ def run(smoke: bool = False) -> str:
             _agreement(results),
         ]
     )
+    return Section("Efficiency: measured per-epoch speedup against the ideal", body, (target,))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a tiny, fast configuration")
-    print(run(parser.parse_args(argv).smoke))
+    print(run(parser.parse_args(argv).smoke).markdown())
 
 
 if __name__ == "__main__":

@@ -16,29 +16,26 @@ on the same setting and prints one table: per-epoch speedup, F/T, keep, the idea
 ``1 / (F/T + k)``, the efficiency and the profiler's prediction.
 
 Without a GPU, ``--smoke`` runs the tiny setting on the CPU to check the script itself and
-exits cleanly; the full run needs a GPU. Usage: ``python benchmarks/gpu.py [--smoke]``.
+exits cleanly; the full run needs a GPU. Usage, from the repository root: ``python -m
+benchmarks.gpu [--smoke]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import charlm
-from common import machine, markdown_table
-
 import smartsift as ss
+from benchmarks import charlm
+from benchmarks.common import Section, machine, markdown_table
+from smartsift.harness import seeded
 from smartsift.scoring import score
 
 __all__ = ["Setting", "measure", "run"]
@@ -90,8 +87,10 @@ def measure(setting: Setting, device: torch.device) -> dict[str, Any]:
     windows = charlm.make_windows(text, setting.context)
     index = torch.arange(len(windows))
     data = TensorDataset(windows, index)
-    torch.manual_seed(0)
-    model = charlm.CharTransformer(setting.context, setting.dim, setting.layers, setting.heads)
+    model = seeded(
+        lambda: charlm.CharTransformer(setting.context, setting.dim, setting.layers, setting.heads),
+        0,
+    )
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
     amp = torch.bfloat16
@@ -254,25 +253,21 @@ def _table(r: dict[str, Any]) -> str:
     return markdown_table(["check or figure", "value"], rows)
 
 
-def run(smoke: bool = False) -> str:
-    """Runs on the GPU if there is one; returns a markdown section."""
-    head = "## GPU: bf16 scoring, refined batches on the device"
+def run(smoke: bool = False) -> Section:
+    """Runs on the GPU if there is one; returns the report's section."""
+    title = "GPU: bf16 scoring, refined batches on the device"
     if torch.cuda.is_available():
         device = torch.device("cuda")
         result = measure(Setting.smoke() if smoke else Setting(), device)
-        return "\n\n".join([head, f"Machine: {machine()}.", _table(result)])
+        return Section(title, f"Machine: {machine()}.\n\n{_table(result)}")
     if smoke:
         result = measure(Setting.smoke(), torch.device("cpu"))
-        return "\n\n".join(
-            [head, "No GPU here: the tiny setting was run on the CPU to check the script.",
-             _table(result)]
-        )  # fmt: skip
-    return "\n\n".join(
-        [
-            head,
-            "Not run: the machine that generated this report has no GPU. On a GPU machine, "
-            "`python benchmarks/gpu.py` runs the checks and prints the table to put here.",
-        ]
+        note = "No GPU here: the tiny setting was run on the CPU to check the script."
+        return Section(title, f"{note}\n\n{_table(result)}")
+    return Section(
+        title,
+        "Not run: the machine that generated this report has no GPU. On a GPU machine, "
+        "`python -m benchmarks.gpu` runs the checks and prints the section to put here.",
     )
 
 
@@ -283,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available() and not args.smoke:
         print("No CUDA device: this benchmark needs a GPU (--smoke checks the script on CPU).")
         return 1
-    print(run(args.smoke))
+    print(run(args.smoke).markdown())
     return 0
 
 

@@ -8,26 +8,22 @@ Two measurements, on one CPU thread, for loss histories of 500, 10 000 and 100 0
   identity-cost model: the loss function returns a loss column the batch already carries,
   so the figure is everything the loader does per raw batch but the model.
 
-Run it directly (``python benchmarks/machinery.py [--smoke]``) or call :func:`run`.
+Run it from the repository root (``python -m benchmarks.machinery [--smoke]``) or call
+:func:`run`.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import fmt_spread, markdown_table
-
 import smartsift as ss
+from benchmarks.common import Section, Target, fmt_spread, markdown_table
 from smartsift.batching import concat, narrow, select
 
 __all__ = ["run"]
@@ -141,8 +137,8 @@ def measure(smoke: bool) -> list[dict[str, Any]]:
         torch.set_num_threads(threads)
 
 
-def run(smoke: bool = False) -> str:
-    """Measures the machinery and returns a markdown section."""
+def run(smoke: bool = False) -> Section:
+    """Measures the machinery and returns the report's section."""
     rows = measure(smoke)
     table = markdown_table(
         ["history", "internals (samples/s)", "whole loader (samples/s)", "keep rate"],
@@ -159,14 +155,17 @@ def run(smoke: bool = False) -> str:
     at_1e4 = next(r for r in rows if r["history"] == 10_000)
     internals = statistics.median(at_1e4["internals"])
     loader = statistics.median(at_1e4["loader"])
-    verdict = (
-        f"Target: at least {TARGET:,.0f} samples/s at history 10,000 on one core. "
-        f"Internals: {internals:,.0f} ({'met' if internals >= TARGET else 'not met'}); "
-        f"whole loader: {loader:,.0f} ({'met' if loader >= TARGET else 'not met'})."
+    targets = tuple(
+        Target(
+            f"{what} at history 10,000 on one core",
+            f"at least {TARGET:,.0f} samples/s",
+            f"{rate:,.0f} samples/s",
+            met=rate >= TARGET,
+        )
+        for what, rate in (("Internals", internals), ("Whole loader", loader))
     )
-    return "\n\n".join(
+    body = "\n\n".join(
         [
-            "## Machinery: sifting without a model",
             f"Raw batches of {BATCH} samples ({FEATURES} float features and a label), "
             "`RelativeProbabilistic(beta=1)`, one CPU thread, the history full before timing. "
             "*Internals* calls the history update, the policy decision, the slicing of the "
@@ -175,15 +174,15 @@ def run(smoke: bool = False) -> str:
             "returns a loss column the batch carries (no model cost). Median (min–max) of "
             f"{'1' if smoke else '5'} repeat(s).",
             table,
-            verdict,
         ]
     )
+    return Section("Machinery: sifting without a model", body, targets)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a tiny, fast configuration")
-    print(run(parser.parse_args(argv).smoke))
+    print(run(parser.parse_args(argv).smoke).markdown())
 
 
 if __name__ == "__main__":

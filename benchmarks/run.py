@@ -1,11 +1,13 @@
 """Regenerates ``docs/benchmarks.md`` from every benchmark (figures are never typed by hand).
 
-Each benchmark module under ``benchmarks/`` exposes ``run(smoke: bool) -> str`` returning a
-markdown section. Usage::
+Each benchmark module of this package exposes ``run(smoke: bool) -> Section`` (see
+:mod:`benchmarks.common`): a title, a markdown body and the targets it checks. This script
+renders each section between its markers in the document and lists every target, met or
+not, at the top. Usage, from the repository root::
 
-    python benchmarks/run.py                 # all benchmarks, rewrites docs/benchmarks.md
-    python benchmarks/run.py --only machinery    # one section, the others kept as they are
-    python benchmarks/run.py --smoke         # tiny settings, printed, the docs untouched
+    python -m benchmarks.run                     # all benchmarks, rewrites docs/benchmarks.md
+    python -m benchmarks.run --only machinery    # one section, the others kept as they are
+    python -m benchmarks.run --smoke             # tiny settings, printed, the docs untouched
 
 Plots are written to ``docs/img/``.
 """
@@ -13,24 +15,26 @@ Plots are written to ``docs/img/``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import json
 import re
 import sys
 import time
 import traceback
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from benchmarks.common import ROOT, Section, Target, machine
 
-from common import ROOT, machine  # noqa: E402
-
-__all__ = ["BENCHMARKS", "available", "main"]
+__all__ = ["BENCHMARKS", "available", "main", "render", "run_one"]
 
 BENCHMARKS = ("time_to_accuracy", "efficiency", "machinery", "gpu", "ddp")
-TITLES = {"ddp": "DDP: plain and sifted training on 2 CPU ranks"}  # for sections without one
+HERE = Path(__file__).resolve().parent
 DOC = ROOT / "docs" / "benchmarks.md"
-_SECTION = re.compile(r"<!-- benchmark:(\w+) -->\n(.*?)<!-- /benchmark:\1 -->\n", re.S)
+_BLOCK = re.compile(r"<!-- benchmark:(\w+) -->\n(.*?)<!-- /benchmark:\1 -->\n", re.S)
+# Each block records its targets as JSON in a comment, so that a run of some benchmarks
+# (--only) can list the targets of the sections it keeps.
+_TARGETS = re.compile(r"^<!-- targets (\[.*\]) -->$", re.M)
 
 
 def available() -> list[str]:
@@ -38,56 +42,68 @@ def available() -> list[str]:
     return [name for name in BENCHMARKS if (HERE / f"{name}.py").is_file()]
 
 
-def run_one(name: str, smoke: bool) -> tuple[str, float, bool]:
-    """Runs one benchmark; returns its markdown, seconds taken and whether it succeeded."""
+def run_one(name: str, smoke: bool) -> tuple[Section, float, bool]:
+    """Runs one benchmark; returns its section, the seconds taken and whether it succeeded."""
     start = time.perf_counter()
     try:
-        module = importlib.import_module(name)
-        body = module.run(smoke=smoke)
+        section = importlib.import_module(f"benchmarks.{name}").run(smoke=smoke)
         ok = True
     except Exception as err:  # one failing benchmark must not hide the others
         traceback.print_exc()
-        body = f"## {name}\n\nThis benchmark failed: `{type(err).__name__}: {err}`"
+        section = Section(name, f"This benchmark failed: `{type(err).__name__}: {err}`")
         ok = False
-    return body, time.perf_counter() - start, ok
+    return section, time.perf_counter() - start, ok
 
 
-def _section(name: str, body: str, seconds: float, smoke: bool) -> str:
+def _block(name: str, section: Section, seconds: float, smoke: bool) -> str:
+    """The section between its markers, with the command that produced it."""
     flag = " --smoke" if smoke else ""
-    body = body.strip()
-    if not body.startswith("#"):
-        body = f"## {TITLES.get(name, name)}\n\n{body}"
+    # "--" may not appear inside an HTML comment; "\u002d" is the same character in JSON.
+    record = json.dumps([dataclasses.asdict(t) for t in section.targets], ensure_ascii=False)
+    record = record.replace("--", "-\\u002d")
     return (
-        f"<!-- benchmark:{name} -->\n{body}\n\n"
-        f"Command: `python benchmarks/{name}.py{flag}` (or `python benchmarks/run.py --only "
-        f"{name}{flag}`); it took {seconds / 60:.1f} min.\n<!-- /benchmark:{name} -->\n"
+        f"<!-- benchmark:{name} -->\n{section.markdown()}\n\n"
+        f"Command: `python -m benchmarks.{name}{flag}` (or `python -m benchmarks.run --only "
+        f"{name}{flag}`); it took {seconds / 60:.1f} min.\n"
+        f"<!-- targets {record} -->\n<!-- /benchmark:{name} -->\n"
     )
 
 
-def _summary(sections: dict[str, str]) -> str:
+def _recorded_targets(block: str) -> tuple[Target, ...] | None:
+    """The targets a rendered block recorded (None if it recorded none: an older document)."""
+    found = _TARGETS.search(block)
+    if found is None:
+        return None
+    return tuple(Target(**fields) for fields in json.loads(found.group(1)))
+
+
+def _summary(blocks: dict[str, str]) -> str:
     lines = []
     for name in available():
-        for line in sections.get(name, "").splitlines():
-            if line.startswith("Target"):
-                lines.append(f"- **{name}**: {line}")
+        if name not in blocks:
+            continue
+        targets = _recorded_targets(blocks[name])
+        if targets is None:
+            lines.append(f"- **{name}**: targets not recorded; rerun this benchmark.")
+        lines += [f"- **{name}**: {target}" for target in targets or ()]
     return "\n".join(lines) if lines else "- (no targets reported)"
 
 
-def render(sections: dict[str, str], smoke: bool) -> str:
-    """The whole document from the sections (each with its markers)."""
+def render(blocks: dict[str, str], smoke: bool) -> str:
+    """The whole document from the benchmarks' blocks (each with its markers)."""
     head = [
         "# Benchmarks",
-        "Generated by `python benchmarks/run.py"
+        "Generated by `python -m benchmarks.run"
         + (" --smoke" if smoke else "")
-        + "`; every figure below comes from that run (regenerate, never edit by hand). "
-        "Plain and sifted training run on the same machine, from the same initial weights, "
-        "in the same data order, interleaved; ratios matter more than absolute seconds on a "
-        "shared machine.",
+        + "` from the repository root; every figure below comes from that run (regenerate, "
+        "never edit by hand). Plain and sifted training run on the same machine, from the "
+        "same initial weights, in the same data order, interleaved; ratios matter more than "
+        "absolute seconds on a shared machine.",
         f"Machine: {machine()}.",
         "## Targets",
-        _summary(sections),
+        _summary(blocks),
     ]
-    body = [sections[name] for name in available() if name in sections]
+    body = [blocks[name] for name in available() if name in blocks]
     return "\n\n".join(head) + "\n\n" + "\n".join(body)
 
 
@@ -105,26 +121,27 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         parser.error(f"no benchmark module for {', '.join(missing)}")
     out = args.out if args.out is not None else (None if args.smoke else DOC)
-    sections: dict[str, str] = {}
+    blocks: dict[str, str] = {}
     if out is not None and args.only and out.is_file():
-        sections = {m.group(1): m.group(0) for m in _SECTION.finditer(out.read_text())}
+        blocks = {m.group(1): m.group(0) for m in _BLOCK.finditer(out.read_text())}
     failed = []
     for name in names:
-        print(f"[run.py] {name}...", file=sys.stderr, flush=True)
-        body, seconds, ok = run_one(name, args.smoke)
-        sections[name] = _section(name, body, seconds, args.smoke)
+        print(f"[benchmarks.run] {name}...", file=sys.stderr, flush=True)
+        section, seconds, ok = run_one(name, args.smoke)
+        blocks[name] = _block(name, section, seconds, args.smoke)
         if not ok:
             failed.append(name)
-        print(f"[run.py] {name} done in {seconds / 60:.1f} min", file=sys.stderr, flush=True)
-    doc = render(sections, args.smoke)
+        print(f"[benchmarks.run] {name} done in {seconds / 60:.1f} min", file=sys.stderr)
+    doc = render(blocks, args.smoke)
     if out is None:
         print(doc)
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(doc)
-        print(f"[run.py] wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+        shown = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
+        print(f"[benchmarks.run] wrote {shown}")
     if failed:
-        print(f"[run.py] failed: {', '.join(failed)}", file=sys.stderr)
+        print(f"[benchmarks.run] failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
 

@@ -1,29 +1,23 @@
-"""Every benchmark runs in its tiny smoke setting and returns a markdown section.
+"""Every benchmark runs in its tiny smoke setting and returns a report section.
 
-These keep the benchmark scripts working; they time nothing and assert no speed.
+These keep the benchmarks working; they time nothing and assert no speed.
 """
 
 from __future__ import annotations
 
-import importlib
+import json
+import re
+import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from benchmarks import common, run
+from benchmarks.common import Section, Target
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def bench_path() -> Iterator[None]:
-    sys.path.insert(0, str(BENCH))
-    yield
-    sys.path.remove(str(BENCH))
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_common_helpers() -> None:
-    common = importlib.import_module("common")
     assert common.markdown_table(["a"], [[1]]).splitlines() == ["| a |", "|---|", "| 1 |"]
     assert common.median_spread([1.0, 5.0, 2.0]) == (2.0, 1.0, 5.0)
     assert common.fmt_ratio([1.0, 2.0, 3.0]) == "2.00x (1.00x–3.00x)"
@@ -31,13 +25,41 @@ def test_common_helpers() -> None:
     assert "PyTorch" in common.machine()
 
 
+def test_section_renders_title_body_and_targets() -> None:
+    section = Section(
+        "Speed",
+        "| a |\n|---|\n| 1 |",
+        (Target("x", "at least 2x", "3x", met=True), Target("y", "at least 1", "0", met=False)),
+    )
+    text = section.markdown()
+    assert text.startswith("## Speed\n\n| a |")
+    assert text.endswith(
+        "- x: at least 2x; measured 3x (met).\n- y: at least 1; measured 0 (not met)."
+    )
+
+
+def _targets_are_checked(section: Section, count: int) -> None:
+    assert len(section.targets) == count
+    for target in section.targets:
+        assert isinstance(target.met, bool) and target.goal and target.measured
+        assert str(target) in section.markdown()
+
+
 def test_machinery_smoke() -> None:
-    text = importlib.import_module("machinery").run(smoke=True)
-    assert "| 10,000 |" in text and "samples/s" in text
+    from benchmarks import machinery
+
+    section = machinery.run(smoke=True)
+    assert "| 10,000 |" in section.body and "samples/s" in section.body
+    _targets_are_checked(section, 2)
+    # Kept working for the engine's own timing: samples per second through the internals.
+    assert machinery.internals_rate(500, 4) > 0
 
 
 def test_efficiency_smoke() -> None:
-    text = importlib.import_module("efficiency").run(smoke=True)
+    from benchmarks import efficiency
+
+    section = efficiency.run(smoke=True)
+    text = section.body
     assert "ideal 1/(F/T+k)" in text and "Profiler against measurement" in text
     tables = [t for t in text.split("\n\n") if t.startswith("| case |")]
     assert len(tables) == 2  # efficiency, then the profiler's verdicts checked
@@ -48,14 +70,17 @@ def test_efficiency_smoke() -> None:
         assert cells[3] in ("sift", "don't sift")
         assert 0 < float(cells[4]) <= 0.5  # the keep checked: recommended, or 0.25
         assert cells[6].endswith("x") and cells[8] in ("yes", "**no**")
+    _targets_are_checked(section, 1)
 
 
 def test_time_to_accuracy_smoke(tmp_path: Path) -> None:
-    module = importlib.import_module("time_to_accuracy")
-    text = module.run(smoke=True, img_dir=tmp_path)
+    from benchmarks import time_to_accuracy
+
+    section = time_to_accuracy.run(smoke=True, img_dir=tmp_path)
     for name in ("RelativeProbabilistic", "QuantileThreshold", "TopK", "Uniform"):
-        assert name in text
-    assert "Short regime" in text and "Long regime" in text
+        assert name in section.body
+    assert "Short regime" in section.body and "Long regime" in section.body
+    _targets_are_checked(section, 2)  # MNIST-1D and the language model's long regime
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "tta_lm_long.png",
         "tta_lm_short.png",
@@ -64,18 +89,55 @@ def test_time_to_accuracy_smoke(tmp_path: Path) -> None:
 
 
 def test_gpu_smoke() -> None:
-    text = importlib.import_module("gpu").run(smoke=True)
-    assert "counters add up | yes" in text
+    from benchmarks import gpu
+
+    assert "counters add up | yes" in gpu.run(smoke=True).body
 
 
-def test_run_py_smoke_only(tmp_path: Path) -> None:
-    run = importlib.import_module("run")
+def test_run_only_renders_its_section_and_keeps_the_others(tmp_path: Path) -> None:
     out = tmp_path / "bench.md"
+    kept = run._block("gpu", Section("GPU", "As it was.", (Target("g", "1", "2", True),)), 6, False)
+    out.write_text(run.render({"gpu": kept}, smoke=False))
     assert run.main(["--smoke", "--only", "machinery", "--out", str(out)]) == 0
     doc = out.read_text()
-    assert "<!-- benchmark:machinery -->" in doc and "Machine:" in doc
-    assert "python benchmarks/machinery.py --smoke" in doc
-    # A second --only run keeps the sections it does not rerun.
-    assert run.main(["--smoke", "--only", "gpu", "--out", str(out)]) == 0
-    doc = out.read_text()
-    assert "<!-- benchmark:machinery -->" in doc and "<!-- benchmark:gpu -->" in doc
+    assert kept in doc  # the section not rerun, as it was
+    assert "<!-- benchmark:machinery -->\n## Machinery" in doc and "Machine:" in doc
+    assert "python -m benchmarks.machinery --smoke" in doc
+    summary = doc.split("## Targets\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert [line.split(": ", 1)[0] for line in summary] == ["- **machinery**"] * 2 + ["- **gpu**"]
+    assert summary[-1] == "- **gpu**: g: 1; measured 2 (met)."
+    found = re.search(r"<!-- targets (\[.*\]) -->", doc)
+    assert found is not None
+    assert tuple(Target(**t) for t in json.loads(found.group(1))) == run._recorded_targets(doc)
+
+
+def test_a_failing_benchmark_is_reported_not_raised() -> None:
+    section, _, ok = run.run_one("no_such_benchmark", smoke=True)
+    assert not ok and "This benchmark failed" in section.body
+    doc = run.render({"gpu": run._block("gpu", section, 0.0, True)}, smoke=True)
+    assert "This benchmark failed" in doc and "(no targets reported)" in doc
+
+
+def test_targets_with_double_hyphens_survive_the_comment() -> None:
+    target = Target("a--b", "--> c", "d", met=False)
+    block = run._block("gpu", Section("t", "b", (target,)), 0.0, False)
+    comment = block.split("<!-- targets ", 1)[1].split(" -->", 1)[0]
+    assert "--" not in comment
+    assert run._recorded_targets(block) == (target,)
+
+
+def test_python_dash_m_runs_a_benchmark_module() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0 and "--only" in done.stdout
+
+
+def test_a_kept_section_from_an_older_report_asks_to_be_rerun() -> None:
+    old = "<!-- benchmark:gpu -->\n## GPU\n\nTarget: x.\n<!-- /benchmark:gpu -->\n"
+    assert run._summary({"gpu": old}) == "- **gpu**: targets not recorded; rerun this benchmark."

@@ -34,6 +34,10 @@ TARGET = textwrap.dedent(
 
     def not_four():
         return 1, 2
+
+
+    def three():
+        return build()[:3]
     """
 )
 
@@ -79,6 +83,15 @@ def test_profile_bad_targets(
     assert message in capsys.readouterr().err
 
 
+def test_profile_target_of_the_wrong_shape_says_what_it_returned(
+    target: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["profile", "--target", "tiny_target:three"]) == 2
+    err = capsys.readouterr().err
+    assert "must return a tuple of 4: (model, dataloader, loss_fn, optimizer)" in err
+    assert "it returned a tuple of 3: (Linear, DataLoader, function)" in err
+
+
 def test_profile_rejects_bad_steps(target: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["profile", "--target", "tiny_target:build", "--steps", "0"]) == 2
     assert "--steps" in capsys.readouterr().err
@@ -93,8 +106,11 @@ def test_demo_smoke_writes_plot_and_table(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "plots" / "demo.png"
-    assert main(["demo", "--smoke", "--no-progress", "--out", str(out)]) == 0
-    text = capsys.readouterr().out
+    assert main(["demo", "--smoke", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    text = captured.out
+    # Output that is not a terminal (here, captured) gets no progress bar to flood it.
+    assert "plain + sifted" not in captured.err and "epoch" not in captured.err
     for row in (
         "training wall time",
         "optimizer steps",

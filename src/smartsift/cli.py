@@ -124,14 +124,8 @@ def _parser() -> argparse.ArgumentParser:
 def _demo(args: argparse.Namespace) -> int:
     import torch
 
-    from smartsift.demo import (
-        DemoConfig,
-        TrainingRun,
-        make_mnist1d,
-        plot_runs,
-        run_demo,
-        summary_table,
-    )
+    from smartsift.demo import DemoConfig, make_mnist1d, plot_demo, run_demo, summary_table
+    from smartsift.harness import TrainingRun
 
     base = DemoConfig.smoke() if args.smoke else DemoConfig()
     names = [f.name for f in dataclasses.fields(DemoConfig)]
@@ -158,7 +152,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     def on_segment(run: TrainingRun) -> None:
         result = run.result
-        latest[result.name] = result.final_accuracy
+        latest[result.name] = result.final
         epochs[result.name] = result.samples_seen // run.n_train
         bar.update(sum(epochs.values()) - bar.n)
         bar.set_postfix_str(" | ".join(f"{k} {v:.1%}" for k, v in latest.items()))
@@ -168,7 +162,7 @@ def _demo(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     print(summary_table(plain, sifted, config.tolerance))
-    out = plot_runs([plain, sifted], args.out, target=plain.final_accuracy - config.tolerance)
+    out = plot_demo(plain, sifted, config, args.out)
     print(f"plot: {out}")
     return 0
 
@@ -176,7 +170,10 @@ def _demo(args: argparse.Namespace) -> int:
 def _progress_bar(total: int, disabled: bool) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="epoch", desc="plain + sifted", disable=disabled, leave=True)
+    # disable=None: no bar where stderr is not a terminal (a log file, CI), which a bar floods.
+    return tqdm(
+        total=total, unit="epoch", desc="plain + sifted", disable=True if disabled else None
+    )
 
 
 def _profile(args: argparse.Namespace) -> int:
@@ -211,13 +208,14 @@ def _demo_target(smoke: bool) -> tuple[Any, Any, Any, Any]:
     from torch.utils.data import DataLoader
 
     from smartsift.demo import ConvNet, DemoConfig, cross_entropy_per_sample, make_mnist1d
+    from smartsift.harness import seeded
 
     config = DemoConfig.smoke() if smoke else DemoConfig()
     train_set, _ = make_mnist1d(config.num_samples)
-    torch.manual_seed(config.seed)
-    model = ConvNet(width=config.width)
+    model = seeded(lambda: ConvNet(width=config.width), config.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-2)
-    loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True)
+    order = torch.Generator().manual_seed(config.seed)
+    loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=order)
     return model, loader, cross_entropy_per_sample, optimizer
 
 
@@ -247,10 +245,26 @@ def _call_target(spec: str) -> tuple[Any, Any, Any, Any]:
     built = func()
     if not isinstance(built, (tuple, list)) or len(built) != 4:
         raise _UsageError(
-            f"--target: {spec}() must return (model, dataloader, loss_fn, optimizer), "
-            f"got {type(built).__name__}."
+            f"--target: {spec}() must return a tuple of 4: (model, dataloader, loss_fn, "
+            f"optimizer), but it returned {_describe(built)}."
         )
     return built[0], built[1], built[2], built[3]
+
+
+def _describe(value: Any) -> str:
+    """What a value is, for an error message: its type, and for a tuple or list its items'.
+
+    Example:
+        >>> _describe((1, "a", None))
+        'a tuple of 3: (int, str, NoneType)'
+        >>> _describe({"model": 1})
+        'a dict'
+    """
+    kind = type(value).__name__
+    if not isinstance(value, (tuple, list)):
+        return f"{'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind}"
+    items = ", ".join(type(item).__name__ for item in value)
+    return f"a {kind} of {len(value)}: ({items})"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,11 +2,8 @@
 
 MNIST-1D (Greydanus, 2020) is generated procedurally by the ``mnist1d`` package, so nothing is
 downloaded. The helpers here are shared by ``smartsift demo``, ``smartsift profile`` and the
-benchmarks.
-
-Runs that are compared are interleaved: :func:`train_side_by_side` advances each run by one
-evaluation interval in turn, so that a busy machine slows them alike. Every run keeps its own
-training clock, which excludes evaluation.
+benchmarks; the runs are trained by the harness of :mod:`smartsift.harness` (same initial
+weights, same data order, interleaved, evaluation excluded from the training clock).
 
 Example:
     >>> model = ConvNet(width=8)
@@ -16,42 +13,47 @@ Example:
 
 from __future__ import annotations
 
-import copy
+import functools
 import math
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
-from smartsift.loader import SiftingDataLoader
+from smartsift.harness import (
+    RunResult,
+    Task,
+    TrainingRun,
+    plot_runs,
+    speedup_to_target,
+    train_side_by_side,
+)
 from smartsift.policies import Policy, RelativeProbabilistic
 
 __all__ = [
     "ConvNet",
     "DemoConfig",
-    "RunResult",
-    "TrainingRun",
     "cross_entropy_per_sample",
     "evaluate",
     "make_mnist1d",
-    "plot_runs",
+    "mnist1d_task",
+    "plot_demo",
     "run_demo",
     "summary_table",
-    "time_to_target",
-    "train_side_by_side",
 ]
 
+MnistData = tuple[TensorDataset, tuple[torch.Tensor, torch.Tensor]]
+"""A generated MNIST-1D: the training set and the ``(x_test, y_test)`` tensors."""
 
-def make_mnist1d(
-    num_samples: int = 10_000, seed: int = 42
-) -> tuple[TensorDataset, tuple[torch.Tensor, torch.Tensor]]:
+
+def make_mnist1d(num_samples: int = 10_000, seed: int = 42) -> MnistData:
     """Generates MNIST-1D locally: a training set and (x_test, y_test) tensors (80/20 split).
 
     The global ``random`` and NumPy random states are left as they were.
@@ -119,200 +121,29 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return correct / len(x)
 
 
-@dataclass
-class RunResult:
-    """One training run: its accuracy curve against training wall-clock time, and its work."""
-
-    name: str
-    times: list[float] = field(default_factory=list)  # training seconds at each evaluation
-    accuracies: list[float] = field(default_factory=list)
-    steps: int = 0
-    samples_backpropagated: int = 0
-    samples_seen: int = 0
-    train_seconds: float = 0.0
-
-    @property
-    def final_accuracy(self) -> float:
-        return self.accuracies[-1] if self.accuracies else float("nan")
-
-    @property
-    def keep_rate(self) -> float:
-        return self.samples_backpropagated / self.samples_seen if self.samples_seen else 1.0
-
-    def time_to(self, target: float) -> float:
-        """Training seconds until the accuracy first reached ``target`` (inf if never)."""
-        return time_to_target(self.times, self.accuracies, target)
+def _mean_cross_entropy(model: torch.nn.Module, batch: Any) -> torch.Tensor:
+    x, y = batch
+    return F.cross_entropy(model(x), y)
 
 
-def time_to_target(
-    times: Sequence[float], values: Sequence[float], target: float, higher_is_better: bool = True
-) -> float:
-    """The first time at which ``values`` reached ``target`` (``math.inf`` if never).
+def mnist1d_task(data: MnistData, width: int = 100) -> Task:
+    """The demo's :class:`~smartsift.harness.Task`: a :class:`ConvNet` of ``width`` on ``data``.
+
+    Its metric is the test accuracy (higher is better).
 
     Example:
-        >>> time_to_target([1.0, 2.0, 3.0], [0.5, 0.8, 0.9], 0.75)
-        2.0
-        >>> time_to_target([1.0, 2.0], [3.0, 2.5], 2.0, higher_is_better=False)
-        inf
+        >>> task = mnist1d_task(make_mnist1d(200), width=8)
+        >>> len(task.train_set), task.higher_is_better
+        (160, True)
     """
-    for t, v in zip(times, values, strict=True):
-        if (v >= target) if higher_is_better else (v <= target):
-            return t
-    return math.inf
-
-
-class TrainingRun:
-    """A :class:`ConvNet` trained on MNIST-1D, plain (``policy=None``) or sifted, in segments.
-
-    :meth:`advance` trains until the next evaluation (``evals_per_epoch`` per epoch, and one
-    at each epoch's end) and returns False once all ``epochs`` are done. Runs with the same
-    ``seed`` share the model initialisation and the data order. With ``cosine=True`` the
-    learning rate decays along a cosine over the epochs, set at every evaluation from the
-    fraction of the raw data seen, so that plain and sifted runs share one schedule per epoch.
-    ``clock`` measures training time (``time.process_time`` gives CPU seconds, steadier than
-    the wall clock on a busy machine); evaluation time is excluded. ``refined_batch_size``
-    sets the sifted run's refined batch size (default: ``batch_size``).
-
-    Example:
-        >>> train, test = make_mnist1d(400)
-        >>> run = TrainingRun("plain", train, test, epochs=1, width=8, batch_size=64)
-        >>> while run.advance():
-        ...     pass
-        >>> run.result.steps
-        5
-    """
-
-    def __init__(
-        self,
-        name: str,
-        train_set: TensorDataset,
-        test: tuple[torch.Tensor, torch.Tensor],
-        *,
-        policy: Policy | None = None,
-        epochs: int = 12,
-        width: int = 100,
-        batch_size: int = 128,
-        lr: float = 3e-3,
-        sift_delay: int = 0,
-        seed: int = 0,
-        evals_per_epoch: int = 2,
-        cosine: bool = False,
-        clock: Callable[[], float] = time.perf_counter,
-        refined_batch_size: int | None = None,
-    ) -> None:
-        torch.manual_seed(seed)
-        self.model = ConvNet(width=width)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=1e-2)
-        order = torch.Generator().manual_seed(seed)
-        self.raw = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=order)
-        self.loader: Any = self.raw
-        if policy is not None:
-            self.loader = SiftingDataLoader(
-                self.raw,
-                self.model,
-                cross_entropy_per_sample,
-                policy=policy,
-                sift_delay=sift_delay,
-                seed=seed,
-                batch_size=refined_batch_size,
-            )
-        self.result = RunResult(name)
-        self.epochs = epochs
-        self.base_lr = lr
-        self.cosine = cosine
-        self.clock = clock
-        self.test = test
-        self.n_train = len(train_set)
-        self.eval_every = max(1, len(self.raw) // max(1, evals_per_epoch))
-        self._seen_in_epoch = 0
-        self._segments = self._train()
-
-    def advance(self) -> bool:
-        """Trains up to the next evaluation; returns False when the run is finished."""
-        return next(self._segments, None) is not None
-
-    def warm_up(self, steps: int = 3) -> None:
-        """Runs a few training steps and scoring passes on a copy of the model, untimed.
-
-        The first calls of a process pay one-off costs (memory pools, kernel selection) that
-        would otherwise be charged to whichever run goes first.
-        """
-        model = copy.deepcopy(self.model)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=self.base_lr)
-        x, y = self.raw.dataset[: self.raw.batch_size]  # leaves the data order untouched
-        for _ in range(steps):
-            loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                cross_entropy_per_sample(model.eval(), (x, y))
-            model.train()
-
-    def _set_lr(self, progress: float) -> None:
-        if not self.cosine:
-            return
-        lr = self.base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-
-    def _progress(self, epoch: int, seen_before: int) -> float:
-        """The fraction of all epochs' raw samples seen so far."""
-        if isinstance(self.loader, SiftingDataLoader):
-            seen = self.loader.stats.samples_seen - seen_before
-        else:
-            seen = self._seen_in_epoch
-        return (epoch + seen / self.n_train) / self.epochs
-
-    def _train(self) -> Iterator[bool]:
-        model, optimizer, result = self.model, self.optimizer, self.result
-        x_test, y_test = self.test
-        clock, now = 0.0, self.clock
-        for epoch in range(self.epochs):
-            self._seen_in_epoch = 0
-            seen_before = epoch * self.n_train
-            self._set_lr(epoch / self.epochs)
-            start = now()
-            for step, (x, y) in enumerate(self.loader):
-                loss = F.cross_entropy(model(x), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                result.steps += 1
-                result.samples_backpropagated += len(y)
-                self._seen_in_epoch += len(y)
-                if (step + 1) % self.eval_every == 0:
-                    clock += now() - start
-                    result.times.append(clock)
-                    result.accuracies.append(evaluate(model, x_test, y_test))
-                    self._set_lr(self._progress(epoch, seen_before))
-                    yield True
-                    start = now()
-            clock += now() - start
-            result.times.append(clock)
-            result.accuracies.append(evaluate(model, x_test, y_test))
-            result.samples_seen += self.n_train
-            result.train_seconds = clock
-            yield True
-
-
-def train_side_by_side(
-    runs: Sequence[TrainingRun], on_segment: Callable[[TrainingRun], None] | None = None
-) -> list[RunResult]:
-    """Advances the runs in turn, one evaluation interval each, until all are finished.
-
-    Every run is warmed up first (see :meth:`TrainingRun.warm_up`).
-    """
-    for run in runs:
-        run.warm_up()
-    active = list(runs)
-    while active:
-        for run in list(active):
-            if not run.advance():
-                active.remove(run)
-            elif on_segment is not None:
-                on_segment(run)
-    return [run.result for run in runs]
+    train_set, (x_test, y_test) = data
+    return Task(
+        build_model=functools.partial(ConvNet, width=width),
+        train_set=train_set,
+        loss_fn=cross_entropy_per_sample,
+        evaluate=functools.partial(evaluate, x=x_test, y=y_test),
+        train_loss=_mean_cross_entropy,
+    )
 
 
 @dataclass(frozen=True)
@@ -375,38 +206,59 @@ class DemoConfig:
         )
         return f"{text}; seed {self.seed}" if seed else text
 
+    def training_run(
+        self,
+        name: str,
+        task: Task,
+        *,
+        policy: Policy | None = None,
+        batch_size: int | None = None,
+        seed: int | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> TrainingRun:
+        """A run of this setting: plain (``policy=None``) or sifted with ``policy``.
+
+        Both take optimizer steps of :attr:`plain_batch_size`. A plain run reads batches of
+        that size and a sifted one raw batches of :attr:`batch_size`, refined to it, after
+        ``sift_delay_epochs`` unsifted epochs; ``batch_size`` overrides the raw batch size,
+        ``seed`` the config's seed.
+        """
+        raw = batch_size or (self.batch_size if policy is not None else self.plain_batch_size)
+        n_raw = math.ceil(len(task.train_set) / raw)  # type: ignore[arg-type]
+        return TrainingRun(
+            name,
+            task,
+            epochs=self.epochs,
+            batch_size=raw,
+            lr=self.lr,
+            policy=policy,
+            sift_delay=self.sift_delay_epochs * n_raw,
+            refined_batch_size=self.plain_batch_size,
+            seed=self.seed if seed is None else seed,
+            evals_per_epoch=self.evals_per_epoch,
+            cosine=self.cosine,
+            clock=clock,
+        )
+
 
 def run_demo(
     config: DemoConfig | None = None,
-    data: tuple[TensorDataset, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    data: MnistData | None = None,
     on_segment: Callable[[TrainingRun], None] | None = None,
     policy: Policy | None = None,
 ) -> tuple[RunResult, RunResult]:
     """Trains the plain and the sifted run side by side; returns (plain, sifted).
 
-    ``policy`` replaces the config's reference rule; ``data`` reuses a generated data set.
+    ``policy`` replaces the config's reference rule; ``data`` reuses a generated data set;
+    ``on_segment(run)`` is called after each evaluation interval a run trains.
     """
     config = config or DemoConfig()
-    train_set, test = data if data is not None else make_mnist1d(config.num_samples)
-    n_raw = math.ceil(len(train_set) / config.batch_size)
-    common: dict[str, Any] = {
-        "epochs": config.epochs,
-        "width": config.width,
-        "lr": config.lr,
-        "seed": config.seed,
-        "evals_per_epoch": config.evals_per_epoch,
-        "cosine": config.cosine,
-    }
-    plain = TrainingRun("plain", train_set, test, batch_size=config.plain_batch_size, **common)
-    sifted = TrainingRun(
-        "sifted",
-        train_set,
-        test,
-        policy=policy if policy is not None else config.policy,
-        batch_size=config.batch_size,
-        sift_delay=config.sift_delay_epochs * n_raw,
-        refined_batch_size=config.refined_batch_size,
-        **common,
+    task = mnist1d_task(
+        data if data is not None else make_mnist1d(config.num_samples), config.width
+    )
+    plain = config.training_run("plain", task)
+    sifted = config.training_run(
+        "sifted", task, policy=policy if policy is not None else config.policy
     )
     train_side_by_side([plain, sifted], on_segment)
     return plain.result, sifted.result
@@ -421,9 +273,9 @@ def summary_table(plain: RunResult, sifted: RunResult, tolerance: float = 0.005)
 
     The target is the plain run's final accuracy minus ``tolerance``.
     """
-    target = plain.final_accuracy - tolerance
+    target = plain.target(tolerance)
     t_plain, t_sifted = plain.time_to(target), sifted.time_to(target)
-    speedup = t_plain / t_sifted if t_sifted > 0 and not math.isinf(t_sifted) else 0.0
+    speedup = speedup_to_target(plain, sifted, target)
     rows = [
         ("training wall time", f"{plain.train_seconds:.1f} s", f"{sifted.train_seconds:.1f} s"),
         ("optimizer steps", f"{plain.steps}", f"{sifted.steps}"),
@@ -433,7 +285,7 @@ def summary_table(plain: RunResult, sifted: RunResult, tolerance: float = 0.005)
             f"{sifted.samples_backpropagated}",
         ),
         ("keep rate", f"{plain.keep_rate:.1%}", f"{sifted.keep_rate:.1%}"),
-        ("final test accuracy", f"{plain.final_accuracy:.2%}", f"{sifted.final_accuracy:.2%}"),
+        ("final test accuracy", f"{plain.final:.2%}", f"{sifted.final:.2%}"),
         (f"time to {target:.2%}", _fmt_time(t_plain), _fmt_time(t_sifted)),
     ]
     width = max(len(r[0]) for r in rows) + 2
@@ -454,36 +306,33 @@ def summary_table(plain: RunResult, sifted: RunResult, tolerance: float = 0.005)
     return "\n".join(lines)
 
 
-def plot_runs(
-    results: Sequence[RunResult],
-    path: str | Path,
-    target: float | None = None,
-    title: str = "MNIST-1D: test accuracy against training time",
-) -> Path:
-    """Saves a PNG of test accuracy against training wall-clock time; returns its path."""
-    import matplotlib
+def plot_demo(plain: RunResult, sifted: RunResult, config: DemoConfig, path: str | Path) -> Path:
+    """Saves the demo's plot: test accuracy against training time, as a PNG; returns its path.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    try:
-        for result in results:
-            ax.plot(result.times, [100 * a for a in result.accuracies], label=result.name)
-        if target is not None:
-            ax.axhline(100 * target, color="grey", linestyle="--", linewidth=1, label="target")
-        finals = [100 * a for r in results for a in r.accuracies[len(r.accuracies) // 4 :]]
-        if finals:
-            ax.set_ylim(min(finals) - 2, min(100.0, max(finals) + 1))
-        ax.set_xlabel("training wall-clock time (s), evaluation excluded")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower right")
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
-    finally:
-        plt.close(fig)
-    return path
+    It shows both curves whole, the target (the plain run's final accuracy minus
+    ``config.tolerance``), when each run reached it, and where the sifted run's
+    ``sift_delay_epochs`` end and sifting starts.
+    """
+    target = plain.target(config.tolerance)
+    events = []
+    delay = config.sift_delay_epochs
+    if 0 < delay <= len(sifted.epoch_ends):
+        events.append(
+            (
+                sifted.epoch_ends[delay - 1],
+                f"{sifted.name}: sifting starts ({delay}-epoch delay over)",
+            )
+        )
+    return plot_runs(
+        [plain, sifted],
+        path,
+        target=target,
+        target_label=(
+            f"target {100 * target:.2f}% (plain final - {100 * config.tolerance:g} points)"
+        ),
+        events=events,
+        scale=100.0,
+        ylabel="test accuracy (%)",
+        xlabel="training wall-clock time (s), evaluation excluded",
+        title="MNIST-1D: test accuracy against training time",
+    )

@@ -1,0 +1,486 @@
+"""Training runs side by side: same initial weights, same data order, interleaved, timed.
+
+A :class:`Task` says what is trained (a model factory, a training set, a per-sample loss) and
+how it is judged (a metric, where higher or lower is better). Every :class:`TrainingRun` of a
+task builds its model from the same seed and reads the training set in the same order, plain
+(``policy=None``) or through a :class:`~smartsift.SiftingDataLoader`. :func:`train_side_by_side`
+advances the runs in turn, one evaluation interval each, so that a busy machine slows them
+alike; every run keeps its own training clock, which excludes evaluation. Each run's
+:class:`RunResult` holds its metric curve against training time, from which
+:func:`time_to_target` and :func:`speedup_to_target` read the comparison, and
+:func:`plot_runs` draws it. ``smartsift demo`` and the benchmarks use this one harness.
+
+Example:
+    >>> import torch.nn.functional as F
+    >>> from torch.utils.data import TensorDataset
+    >>> from smartsift.policies import TopK
+    >>> x = torch.randn(256, 4, generator=torch.Generator().manual_seed(0))
+    >>> y = (x[:, 0] > 0).long()
+    >>> def loss_fn(model, batch):
+    ...     inputs, labels = batch
+    ...     return F.cross_entropy(model(inputs), labels, reduction="none")
+    >>> def accuracy(model):
+    ...     return (model(x).argmax(1) == y).float().mean().item()
+    >>> task = Task(lambda: torch.nn.Linear(4, 2), TensorDataset(x, y), loss_fn, accuracy)
+    >>> plain, sifted = train_side_by_side([
+    ...     TrainingRun("plain", task, epochs=2, batch_size=32, lr=0.1),
+    ...     TrainingRun("sifted", task, policy=TopK(0.5), epochs=2, batch_size=32, lr=0.1),
+    ... ])
+    >>> plain.steps, sifted.steps, sifted.keep_rate
+    (16, 8, 0.5)
+    >>> plain.final > 0.8 and plain.time_to(plain.target(0.01)) <= plain.train_seconds
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from smartsift.batching import batch_size_of
+from smartsift.loader import SiftingDataLoader
+from smartsift.policies import Policy
+from smartsift.scoring import LossFn
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "RunResult",
+    "Task",
+    "TrainingRun",
+    "plot_runs",
+    "runs_figure",
+    "seeded",
+    "speedup_to_target",
+    "time_to_target",
+    "train_side_by_side",
+]
+
+M = TypeVar("M")
+
+
+def seeded(build: Callable[[], M], seed: int) -> M:
+    """Calls ``build()`` with torch's CPU generator seeded to ``seed``, then restores it.
+
+    Models built this way from the same seed have the same initial weights, and the caller's
+    random state is left as it was.
+
+    Example:
+        >>> a = seeded(lambda: torch.nn.Linear(3, 2), 0)
+        >>> b = seeded(lambda: torch.nn.Linear(3, 2), 0)
+        >>> torch.equal(a.weight, b.weight)
+        True
+    """
+    state = torch.random.get_rng_state()
+    try:
+        torch.random.default_generator.manual_seed(seed)
+        return build()
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def _reached(value: float, target: float, higher_is_better: bool) -> bool:
+    return value >= target if higher_is_better else value <= target
+
+
+def _first_reaching(values: Sequence[float], target: float, higher_is_better: bool) -> int | None:
+    return next((i for i, v in enumerate(values) if _reached(v, target, higher_is_better)), None)
+
+
+def time_to_target(
+    times: Sequence[float], values: Sequence[float], target: float, higher_is_better: bool = True
+) -> float:
+    """The first time at which ``values`` reached ``target`` (``math.inf`` if never).
+
+    Example:
+        >>> time_to_target([1.0, 2.0, 3.0], [0.5, 0.8, 0.9], 0.75)
+        2.0
+        >>> time_to_target([1.0, 2.0], [3.0, 2.5], 2.0, higher_is_better=False)
+        inf
+    """
+    if len(times) != len(values):
+        raise ValueError(
+            f"Expected `times` and `values` of the same length, but got {len(times)} and "
+            f"{len(values)}."
+        )
+    i = _first_reaching(values, target, higher_is_better)
+    return math.inf if i is None else times[i]
+
+
+@dataclass
+class RunResult:
+    """One training run: its metric curve against training time, and the work it did.
+
+    ``times`` are the training seconds (evaluation excluded) at each evaluation, ``values``
+    the metric there; ``epoch_ends`` the training seconds at the end of each epoch.
+    """
+
+    name: str
+    higher_is_better: bool = True
+    times: list[float] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    epoch_ends: list[float] = field(default_factory=list)
+    steps: int = 0
+    samples_backpropagated: int = 0
+    samples_seen: int = 0
+    train_seconds: float = 0.0
+
+    @property
+    def final(self) -> float:
+        """The metric at the last evaluation (NaN before the first)."""
+        return self.values[-1] if self.values else math.nan
+
+    @property
+    def keep_rate(self) -> float:
+        """Samples backpropagated per sample seen (1.0 before the first epoch ends)."""
+        return self.samples_backpropagated / self.samples_seen if self.samples_seen else 1.0
+
+    def target(self, tolerance: float) -> float:
+        """This run's final metric made worse by ``tolerance``: a target for other runs.
+
+        Example:
+            >>> RunResult("plain", higher_is_better=False, values=[2.0, 1.5]).target(0.1)
+            1.6
+        """
+        return self.final - tolerance if self.higher_is_better else self.final + tolerance
+
+    def time_to(self, target: float) -> float:
+        """Training seconds until the metric first reached ``target`` (inf if never)."""
+        return time_to_target(self.times, self.values, target, self.higher_is_better)
+
+
+def speedup_to_target(reference: RunResult, run: RunResult, target: float) -> float:
+    """How many times sooner ``run`` reached ``target`` than ``reference``; 0.0 if never.
+
+    Example:
+        >>> plain = RunResult("plain", times=[1.0, 2.0], values=[0.5, 0.9])
+        >>> sifted = RunResult("sifted", times=[0.8, 1.6], values=[0.6, 0.9])
+        >>> speedup_to_target(plain, sifted, 0.85)
+        1.25
+    """
+    t = run.time_to(target)
+    return reference.time_to(target) / t if 0 < t < math.inf else 0.0
+
+
+def _mean_loss(loss_fn: LossFn) -> Callable[[torch.nn.Module, Any], torch.Tensor]:
+    def train_loss(model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        return loss_fn(model, batch).mean()
+
+    return train_loss
+
+
+@dataclass(frozen=True)
+class Task:
+    """What every run of a comparison trains, and how it is judged.
+
+    Attributes:
+        build_model: builds the model; each run calls it with torch's generator seeded to the
+            run's seed (see :func:`seeded`).
+        train_set: the training set; each run reads it in an order drawn from its seed.
+        loss_fn: ``loss_fn(model, batch) -> Tensor (B,)``: the per-sample loss the sifting
+            loader scores with.
+        evaluate: ``evaluate(model) -> float``: the metric, called in eval mode without
+            gradients (the mode is restored after).
+        higher_is_better: whether a larger metric is better (accuracy) or a smaller one
+            (a loss).
+        train_loss: ``train_loss(model, batch) -> Tensor ()``: the loss each training step
+            minimises; default: the mean of ``loss_fn``.
+        weight_decay: AdamW's weight decay.
+    """
+
+    build_model: Callable[[], torch.nn.Module]
+    train_set: Dataset[Any]
+    loss_fn: LossFn
+    evaluate: Callable[[torch.nn.Module], float]
+    higher_is_better: bool = True
+    train_loss: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None
+    weight_decay: float = 1e-2
+
+    def step_loss(self) -> Callable[[torch.nn.Module, Any], torch.Tensor]:
+        """The training step's loss: ``train_loss``, or the mean of ``loss_fn``."""
+        return self.train_loss if self.train_loss is not None else _mean_loss(self.loss_fn)
+
+
+@torch.no_grad()
+def _evaluate(task: Task, model: torch.nn.Module) -> float:
+    was_training = model.training
+    model.eval()
+    try:
+        return float(task.evaluate(model))
+    finally:
+        model.train(was_training)
+
+
+class TrainingRun:
+    """One run of a :class:`Task`, plain (``policy=None``) or sifted, trained in segments.
+
+    The model is built from ``seed`` and trained with AdamW; the raw batches of
+    ``batch_size`` come in an order drawn from ``seed`` too, so runs with the same seed start
+    from the same weights and read the same data order. With a ``policy``, the raw loader is
+    wrapped in a :class:`~smartsift.SiftingDataLoader` (``sift_delay`` raw batches unsifted
+    first; refined batches of ``refined_batch_size``, default ``batch_size``).
+
+    :meth:`advance` trains until the next evaluation (every ``len(raw loader) //
+    evals_per_epoch`` training steps, and at each epoch's end) and returns False once all
+    ``epochs`` are done. With ``cosine=True`` the learning rate decays along a cosine over the
+    epochs, set at every evaluation from the fraction of the raw data seen, so that plain and
+    sifted runs share one schedule per epoch. ``clock`` measures training time
+    (``time.process_time`` gives CPU seconds, steadier than the wall clock on a busy
+    machine); evaluation time is excluded.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        task: Task,
+        *,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        policy: Policy | None = None,
+        sift_delay: int = 0,
+        refined_batch_size: int | None = None,
+        seed: int = 0,
+        evals_per_epoch: int = 2,
+        cosine: bool = False,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        for arg, value in (("epochs", epochs), ("batch_size", batch_size)):
+            if value < 1:
+                raise ValueError(f"Expected `{arg}` to be a positive int, but got {value!r}.")
+        self.task = task
+        self.model = seeded(task.build_model, seed)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=lr, weight_decay=task.weight_decay
+        )
+        order = torch.Generator().manual_seed(seed)
+        self.raw: DataLoader[Any] = DataLoader(
+            task.train_set, batch_size=batch_size, shuffle=True, generator=order
+        )
+        self.loader: Any = self.raw
+        if policy is not None:
+            self.loader = SiftingDataLoader(
+                self.raw,
+                self.model,
+                task.loss_fn,
+                policy=policy,
+                sift_delay=sift_delay,
+                seed=seed,
+                batch_size=refined_batch_size,
+            )
+        self.result = RunResult(name, higher_is_better=task.higher_is_better)
+        self.epochs = epochs
+        self.base_lr = lr
+        self.cosine = cosine
+        self.clock = clock
+        self.n_train = len(task.train_set)  # type: ignore[arg-type]
+        self.eval_every = max(1, len(self.raw) // max(1, evals_per_epoch))
+        self._seen_in_epoch = 0
+        self._segments = self._train()
+
+    @property
+    def name(self) -> str:
+        return self.result.name
+
+    def advance(self) -> bool:
+        """Trains up to the next evaluation; returns False when the run is finished."""
+        return next(self._segments, None) is not None
+
+    def warm_up(self, steps: int = 3) -> None:
+        """Runs a few training steps and scoring passes on a copy of the model, untimed.
+
+        The first calls of a process pay one-off costs (memory pools, kernel selection) that
+        would otherwise be charged to whichever run goes first. The data order is untouched.
+        """
+        model = copy.deepcopy(self.model)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=self.base_lr)
+        dataset = self.task.train_set
+        n = min(self.raw.batch_size or 1, self.n_train)
+        batch = self.raw.collate_fn([dataset[i] for i in range(n)])
+        train_loss = self.task.step_loss()
+        for _ in range(steps):
+            loss = train_loss(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                self.task.loss_fn(model.eval(), batch)
+            model.train()
+
+    def _set_lr(self, progress: float) -> None:
+        if not self.cosine:
+            return
+        lr = self.base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _progress(self, epoch: int, seen_before: int) -> float:
+        """The fraction of all epochs' raw samples seen so far."""
+        if isinstance(self.loader, SiftingDataLoader):
+            seen = self.loader.stats.samples_seen - seen_before
+        else:
+            seen = self._seen_in_epoch
+        return (epoch + seen / self.n_train) / self.epochs
+
+    def _record(self, elapsed: float) -> None:
+        self.result.times.append(elapsed)
+        self.result.values.append(_evaluate(self.task, self.model))
+
+    def _train(self) -> Iterator[bool]:
+        model, optimizer, result = self.model, self.optimizer, self.result
+        train_loss = self.task.step_loss()
+        elapsed, now = 0.0, self.clock
+        for epoch in range(self.epochs):
+            self._seen_in_epoch = 0
+            seen_before = epoch * self.n_train
+            self._set_lr(epoch / self.epochs)
+            start = now()
+            for step, batch in enumerate(self.loader):
+                loss = train_loss(model, batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                n = batch_size_of(batch)
+                result.steps += 1
+                result.samples_backpropagated += n
+                self._seen_in_epoch += n
+                if (step + 1) % self.eval_every == 0:
+                    elapsed += now() - start
+                    self._record(elapsed)
+                    self._set_lr(self._progress(epoch, seen_before))
+                    yield True
+                    start = now()
+            elapsed += now() - start
+            self._record(elapsed)
+            result.epoch_ends.append(elapsed)
+            result.samples_seen += self.n_train
+            result.train_seconds = elapsed
+            yield True
+
+
+def train_side_by_side(
+    runs: Sequence[TrainingRun], on_segment: Callable[[TrainingRun], None] | None = None
+) -> list[RunResult]:
+    """Advances the runs in turn, one evaluation interval each, until all are finished.
+
+    Every run is warmed up first (see :meth:`TrainingRun.warm_up`). ``on_segment(run)`` is
+    called after each segment a run trains. Returns the results in the order of ``runs``.
+    """
+    for run in runs:
+        run.warm_up()
+    active = list(runs)
+    while active:
+        for run in list(active):
+            if not run.advance():
+                active.remove(run)
+            elif on_segment is not None:
+                on_segment(run)
+    return [run.result for run in runs]
+
+
+def runs_figure(
+    results: Sequence[RunResult],
+    *,
+    target: float | None = None,
+    target_label: str = "target",
+    events: Sequence[tuple[float, str]] = (),
+    scale: float = 1.0,
+    ylabel: str = "metric",
+    xlabel: str = "training time (s), evaluation excluded",
+    title: str = "",
+    reference: str | None = None,
+) -> Figure:
+    """A matplotlib figure of each run's metric (times ``scale``) against training time.
+
+    The first panel shows the whole of every curve. ``target`` is drawn as a dashed line
+    labelled ``target_label``, with a marker where each run first reached it and that time in
+    the run's legend entry, and a second panel zooms in on the curves around it; each
+    ``(time, label)`` of ``events`` is a labelled vertical line. The run named ``reference``
+    is drawn thicker. No global matplotlib state is touched (no pyplot).
+
+    Example:
+        >>> run = RunResult("plain", times=[1.0, 2.0], values=[0.5, 0.9])
+        >>> fig = runs_figure([run], target=0.85, events=[(1.5, "sifting starts")])
+        >>> fig.axes[0].get_legend_handles_labels()[1]
+        ['plain: target reached at 2 s', 'target', 'sifting starts']
+    """
+    from matplotlib.figure import Figure
+
+    zoom = target is not None and any(r.values for r in results)
+    fig = Figure(figsize=(11, 4.5) if zoom else (7, 4.5), dpi=110)
+    axes = fig.subplots(1, 2 if zoom else 1, squeeze=False)[0]
+    for ax in axes:
+        _draw(ax, results, target, target_label, events, scale, reference)
+        ax.set_xlim(left=0.0)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    shown = [scale * v for r in results for v in r.values if math.isfinite(v)]
+    if target is not None:
+        shown.append(scale * target)
+    if shown:
+        lo, hi = min(shown), max(shown)
+        margin = 0.04 * (hi - lo) or 0.5 * abs(hi) or 1.0
+        axes[0].set_ylim(lo - margin, hi + margin)
+    higher = all(r.higher_is_better for r in results)
+    if zoom and target is not None:
+        # Centred on the target, as far as the best value any run reached beyond it.
+        best = (max if higher else min)(v for r in results for v in r.values)
+        reach = 1.2 * max(abs(best - target), 1e-3 * max(1.0, abs(target)))
+        axes[1].set_ylim(scale * (target - reach), scale * (target + reach))
+        axes[1].set_title("near the target", fontsize=10)
+    axes[0].legend(loc="lower right" if higher else "upper right", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _draw(
+    ax: Any,
+    results: Sequence[RunResult],
+    target: float | None,
+    target_label: str,
+    events: Sequence[tuple[float, str]],
+    scale: float,
+    reference: str | None,
+) -> None:
+    """Draws the curves, the target, the marker where each run reached it, and the events."""
+    for result in results:
+        label = result.name
+        values = [scale * v for v in result.values]
+        index = None
+        if target is not None:
+            index = _first_reaching(result.values, target, result.higher_is_better)
+            reached = (
+                "never reached" if index is None else f"reached at {result.times[index]:.3g} s"
+            )
+            label = f"{result.name}: target {reached}"
+        width = 2.0 if result.name == reference else 1.2
+        (line,) = ax.plot(result.times, values, label=label, linewidth=width)
+        if index is not None:
+            ax.plot(
+                result.times[index], values[index], marker="o", markersize=7,
+                color=line.get_color(), markeredgecolor="black", linestyle="none",
+            )  # fmt: skip
+    if target is not None:
+        ax.axhline(scale * target, color="grey", linestyle="--", linewidth=1, label=target_label)
+    for x, label in events:
+        ax.axvline(x, color="black", linestyle=":", linewidth=1.2, label=label)
+
+
+def plot_runs(results: Sequence[RunResult], path: str | Path, **figure_args: Any) -> Path:
+    """Saves :func:`runs_figure` of ``results`` as a PNG at ``path``; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    runs_figure(results, **figure_args).savefig(path)
+    return path

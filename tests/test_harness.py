@@ -1,0 +1,208 @@
+"""Tests of the side-by-side training harness: curves, time to target, interleaving, same init."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+import smartsift as ss
+from smartsift.harness import (
+    RunResult,
+    Task,
+    TrainingRun,
+    plot_runs,
+    runs_figure,
+    seeded,
+    speedup_to_target,
+    time_to_target,
+    train_side_by_side,
+)
+
+N, FEATURES = 128, 6
+
+
+def _data() -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, FEATURES, generator=g)
+    return TensorDataset(x, (x[:, 0] + x[:, 1] > 0).long())
+
+
+def _loss_fn(model: torch.nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
+    x, y = batch
+    return F.cross_entropy(model(x), y, reduction="none")
+
+
+def _task(higher_is_better: bool = True) -> Task:
+    data = _data()
+    x, y = data.tensors
+
+    def metric(model: torch.nn.Module) -> float:
+        if higher_is_better:
+            return float((model(x).argmax(1) == y).float().mean())
+        return float(_loss_fn(model, [x, y]).mean())
+
+    return Task(lambda: torch.nn.Linear(FEATURES, 2), data, _loss_fn, metric, higher_is_better)
+
+
+def _run(name: str, task: Task, **kwargs: object) -> TrainingRun:
+    settings: dict[str, object] = {"epochs": 2, "batch_size": 32, "lr": 0.1}
+    return TrainingRun(name, task, **{**settings, **kwargs})  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- time to target
+def test_time_to_target_higher_is_better() -> None:
+    times, values = [1.0, 2.0, 3.0, 4.0], [0.2, 0.6, 0.5, 0.9]
+    assert time_to_target(times, values, 0.6) == 2.0  # reaching it exactly counts
+    assert time_to_target(times, values, 0.7) == 4.0  # the first time, not a dip after
+    assert time_to_target(times, values, 0.95) == math.inf
+
+
+def test_time_to_target_lower_is_better() -> None:
+    times, values = [1.0, 2.0, 3.0], [3.0, 1.5, 2.0]
+    assert time_to_target(times, values, 2.0, higher_is_better=False) == 2.0
+    assert time_to_target(times, values, 1.5, higher_is_better=False) == 2.0
+    assert time_to_target(times, values, 1.0, higher_is_better=False) == math.inf
+    # The same curve read as higher-is-better reaches 2.0 at once.
+    assert time_to_target(times, values, 2.0) == 1.0
+
+
+def test_time_to_target_rejects_curves_of_different_lengths() -> None:
+    with pytest.raises(ValueError, match="same length"):
+        time_to_target([1.0, 2.0], [0.5], 0.4)
+
+
+@pytest.mark.parametrize("higher", [True, False])
+def test_target_and_speedup_follow_the_metric_direction(higher: bool) -> None:
+    values = [0.5, 0.85, 0.9] if higher else [2.0, 1.05, 1.0]
+    plain = RunResult("plain", higher, times=[1.0, 2.0, 3.0], values=values)
+    target = plain.target(0.1)
+    assert target == pytest.approx(0.8 if higher else 1.1)
+    assert plain.time_to(target) == 2.0
+    faster = RunResult("sifted", higher, times=[0.5, 1.0, 1.5], values=values)
+    assert speedup_to_target(plain, faster, target) == pytest.approx(2.0)
+    never = RunResult("sifted", higher, times=[1.0], values=[values[0]])
+    assert speedup_to_target(plain, never, target) == 0.0
+
+
+# ----------------------------------------------------------------------------- runs
+def test_runs_of_one_seed_start_from_the_same_weights_and_leave_the_global_rng() -> None:
+    task = _task()
+    before = torch.random.get_rng_state()
+    plain = _run("plain", task, seed=3)
+    sifted = _run("sifted", task, seed=3, policy=ss.TopK(0.5))
+    other = _run("other", task, seed=4)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    for a, b in zip(plain.model.parameters(), sifted.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(plain.model.weight, other.model.weight)
+    assert torch.equal(seeded(task.build_model, 3).weight, plain.model.weight)
+
+
+def test_a_sifted_run_still_in_its_delay_trains_exactly_like_the_plain_run() -> None:
+    # Same init, same data order: while every raw batch passes through the delay unsifted,
+    # the two runs take the very same steps, so their curves are identical.
+    task = _task()
+    plain = _run("plain", task, seed=1)
+    delayed = _run("sifted", task, seed=1, policy=ss.TopK(0.5), sift_delay=100)
+    plain_result, delayed_result = train_side_by_side([plain, delayed])
+    assert delayed_result.values == plain_result.values
+    assert delayed_result.steps == plain_result.steps == 2 * N // 32
+    assert delayed_result.keep_rate == 1.0
+
+
+def test_runs_are_interleaved_one_evaluation_interval_at_a_time() -> None:
+    task = _task()
+    short = _run("short", task, epochs=1, evals_per_epoch=2)
+    long = _run("long", task, epochs=2, evals_per_epoch=2)
+    order: list[str] = []
+    results = train_side_by_side([short, long], on_segment=lambda run: order.append(run.name))
+    # 4 raw batches an epoch, an evaluation every 2 steps and at each epoch's end: 3 segments.
+    assert order == ["short", "long"] * 3 + ["long"] * 3
+    assert [r.name for r in results] == ["short", "long"]
+    assert len(results[1].times) == len(results[1].values) == 6
+    assert len(results[1].epoch_ends) == 2
+    assert results[1].epoch_ends[-1] == results[1].times[-1] == results[1].train_seconds
+
+
+def test_a_sifted_run_counts_its_work_and_keeps_the_metric_direction() -> None:
+    task = _task(higher_is_better=False)
+    (result,) = train_side_by_side([_run("sifted", task, policy=ss.TopK(0.5))])
+    assert not result.higher_is_better
+    assert result.samples_seen == 2 * N and result.samples_backpropagated == N
+    assert result.keep_rate == 0.5 and result.steps == N // 32
+    assert result.times == sorted(result.times) and all(math.isfinite(v) for v in result.values)
+    assert result.time_to(result.target(0.0)) <= result.train_seconds
+
+
+def test_evaluation_runs_without_gradients_in_eval_mode_and_restores_the_mode() -> None:
+    seen: list[tuple[bool, bool]] = []
+
+    def metric(model: torch.nn.Module) -> float:
+        seen.append((torch.is_grad_enabled(), model.training))
+        return 0.0
+
+    task = Task(lambda: torch.nn.Linear(FEATURES, 2), _data(), _loss_fn, metric)
+    run = _run("plain", task, epochs=1)
+    while run.advance():
+        assert run.model.training
+    assert seen and set(seen) == {(False, False)}
+
+
+def test_the_default_training_loss_is_the_mean_of_loss_fn() -> None:
+    task = _task()
+    x, y = _data().tensors
+    model = task.build_model()
+    assert torch.equal(task.step_loss()(model, [x, y]), _loss_fn(model, [x, y]).mean())
+
+
+@pytest.mark.parametrize("arg", ["epochs", "batch_size"])
+def test_bad_settings_are_refused(arg: str) -> None:
+    with pytest.raises(ValueError, match=f"`{arg}`.*got 0"):
+        _run("plain", _task(), **{arg: 0})
+
+
+# ----------------------------------------------------------------------------- plots
+def test_the_figure_shows_whole_curves_the_target_events_and_when_each_run_reached_it() -> None:
+    plain = RunResult("plain", times=[1.0, 2.0, 3.0], values=[0.1, 0.8, 0.9])
+    sifted = RunResult("sifted", times=[0.8, 1.6, 2.4], values=[0.2, 0.85, 0.88])
+    never = RunResult("uniform", times=[1.0, 2.0], values=[0.3, 0.5])
+    fig = runs_figure(
+        [plain, sifted, never],
+        target=0.85,
+        target_label="target 85%",
+        events=[(0.8, "sifting starts")],
+        scale=100.0,
+    )
+    ax, near = fig.axes
+    low, high = ax.get_ylim()
+    assert low < 10.0 and high > 90.0  # nothing cropped: the start of every curve shows
+    low, high = near.get_ylim()  # the second panel zooms in on the target
+    assert low < 85.0 < high and high - low < 20.0
+    labels = ax.get_legend().get_texts()
+    assert [t.get_text() for t in labels] == [
+        "plain: target reached at 3 s",
+        "sifted: target reached at 1.6 s",
+        "uniform: target never reached",
+        "target 85%",
+        "sifting starts",
+    ]
+    markers = [line for line in ax.get_lines() if line.get_marker() == "o"]
+    assert sorted((float(m.get_xdata()[0]), float(m.get_ydata()[0])) for m in markers) == [
+        (1.6, 85.0),
+        (3.0, 90.0),
+    ]
+
+
+def test_plot_runs_writes_a_png_without_pyplot(tmp_path: Path) -> None:
+    had_pyplot = "matplotlib.pyplot" in sys.modules
+    result = RunResult("plain", False, times=[1.0, 2.0], values=[2.0, 1.0])
+    path = plot_runs([result], tmp_path / "sub" / "curves.png", target=1.5)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if not had_pyplot:  # pyplot holds global state (the backend, open figures): not used
+        assert "matplotlib.pyplot" not in sys.modules
