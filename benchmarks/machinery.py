@@ -2,8 +2,9 @@
 
 Two measurements, on one CPU thread, for loss histories of 500, 10 000 and 100 000 losses:
 
-- *internals*: the four stages of a sifted raw batch called directly (loss history update,
-  policy decision, slicing the kept samples, joining them into refined batches);
+- *internals*: the engine's parts that the loader runs for a sifted raw batch, called directly
+  (the selector's history update and decision, slicing the kept samples, the refined batcher
+  joining them into batches), so the figure is of the code the loader really runs;
 - *loader*: a ``SiftingDataLoader`` driven end to end over pre-built raw batches, with an
   identity-cost model: the loss function returns a loss column the batch already carries,
   so the figure is everything the loader does per raw batch but the model.
@@ -24,7 +25,9 @@ import torch
 
 import smartsift as ss
 from benchmarks.common import Section, Target, fmt_spread, markdown_table
-from smartsift.batching import concat, narrow, select
+from smartsift.batcher import RefinedBatcher
+from smartsift.batching import select
+from smartsift.selector import Selector
 
 __all__ = ["run"]
 
@@ -61,39 +64,23 @@ def _policy(history: int) -> ss.RelativeProbabilistic:
 
 
 def internals_rate(history: int, n_batches: int) -> float:
-    """Samples per second through history + decision + slicing + joining, called directly."""
-    policy = _policy(history)
-    hist = policy.make_history()
-    assert hist is not None
-    gen = torch.Generator().manual_seed(0)
+    """Samples per second through the engine's parts that the loader runs for a scored raw
+    batch, called directly: the selector (history update and decision), slicing, and the
+    refined batcher (buffering and joining)."""
+    selector = Selector(_policy(history), seed=0)
+    batcher = RefinedBatcher(batch_size=BATCH)
     batches = _batches(n_batches)
     warm = max(1, history // BATCH + 1)  # fill the history first: eviction is the slow path
     for _, _, loss in _batches(warm, seed=1):
-        hist.extend(loss.numpy())
-    pieces: list[Any] = []
-    buffered = 0
+        selector.decide([loss.numpy()])
     start = time.process_time()
     for x, y, loss in batches:
-        losses = loss.numpy()
-        hist.extend(losses)
-        mask = policy.keep_mask(losses, hist, gen)
-        kept = select((x, y), torch.from_numpy(np.flatnonzero(mask)))
-        n = int(mask.sum())
-        pieces.append(kept)
-        buffered += n
-        while buffered >= BATCH:  # take exactly BATCH samples, splitting the last piece
-            out, need = [], BATCH
-            while need:
-                size = len(pieces[0][1])
-                if size <= need:
-                    out.append(pieces.pop(0))
-                    need -= size
-                else:
-                    out.append(narrow(pieces[0], 0, need))
-                    pieces[0] = narrow(pieces[0], need, size - need)
-                    need = 0
-            concat(out)
-            buffered -= BATCH
+        decision = selector.decide([loss.numpy()])
+        mask, kept = decision.masks[0], decision.kept[0]
+        if kept:
+            batcher.push(select((x, y), torch.from_numpy(np.flatnonzero(mask))), kept)
+        batcher.form_all()
+        batcher.ready.clear()
     return n_batches * BATCH / (time.process_time() - start)
 
 

@@ -500,7 +500,10 @@ class SiftingDataLoader:
                 self._batcher.push(sliceable, size)
             elif kept:
                 self._batcher.push(select(sliceable, torch.from_numpy(np.flatnonzero(mask))), kept)
-        self._emit([p.buffered + k for p, k in zip(peers, decision.kept, strict=True)])
+        if len(peers) == 1:
+            self._emit([peers[0].buffered + kept])
+        else:
+            self._emit([p.buffered + k for p, k in zip(peers, decision.kept, strict=True)])
         self._ledger.times["selection_s"] += time.perf_counter() - t0
 
     def _emit(self, counts: list[int]) -> None:
