@@ -8,10 +8,6 @@ the tests check them in the parent. Jobs run several scenarios each, to pay the 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import os
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -22,7 +18,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from _ddp import free_port, run_ranks
+from _ddp import run_ranks
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
 
 import smartsift as ss
@@ -513,56 +509,10 @@ def test_failing_rank_stops_every_rank() -> None:
         assert results[0]["clean_steps"] > 0
 
 
-def test_example_ddp_train_runs_under_torchrun() -> None:
-    torchrun = Path(sys.executable).with_name("torchrun")
-    if not torchrun.exists():
-        pytest.skip("torchrun is not installed next to this Python")
-    cmd = [
-        str(torchrun),
-        "--nproc_per_node=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}",
-        str(ROOT / "examples" / "ddp_train.py"),
-        "--epochs=2",
-        "--samples=1500",
-        "--width=16",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    try:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=JOB_TIMEOUT_S, env=env, cwd=ROOT
-        )
-    except subprocess.TimeoutExpired as err:
-        pytest.fail(f"torchrun ran past {JOB_TIMEOUT_S} s (a hang?): {err.stdout!r} {err.stderr!r}")
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out
-    for rank in (0, 1):
-        assert f"[rank {rank}] steps=" in proc.stdout, out
-    assert "[global]" in proc.stdout, out
-    ranks = [_fields(line) for line in proc.stdout.splitlines() if line.startswith("[rank ")]
-    (total,) = [_fields(line) for line in proc.stdout.splitlines() if line.startswith("[global]")]
-    assert len(ranks) == 2 and ranks[0]["steps"] == ranks[1]["steps"] > 0, out
-    assert total["steps"] == 2 * ranks[0]["steps"]
-    assert total["seen"] == sum(r["seen"] for r in ranks) == 2 * 1200  # 2 epochs of 1200
-    assert total["trained"] == total["kept"] < total["seen"] and total["dropped"] == 0
-
-
-def _fields(line: str) -> dict[str, float]:
-    """The ``key=number`` fields of a line the example prints."""
-    pairs = (item.split("=", 1) for item in line.split() if "=" in item)
-    return {k: float(v.rstrip("s")) for k, v in pairs}
-
-
 def test_ddp_benchmark_smoke() -> None:
-    spec = importlib.util.spec_from_file_location("bench_ddp", ROOT / "benchmarks" / "ddp.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench
-    try:
-        spec.loader.exec_module(bench)
-        table = bench.run(smoke=True)
-    finally:
-        del sys.modules[spec.name]
+    from benchmarks import ddp
+
+    table = ddp.run(smoke=True).body
     rows = {
         cells[0]: cells[1:]
         for line in table.splitlines()

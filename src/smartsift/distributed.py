@@ -175,14 +175,3 @@ class Lockstep:
         t = torch.tensor(values, dtype=torch.float64, device=self._device)
         dist.all_reduce(t, group=self.info.group)
         return [float(x) for x in t.cpu()]
-
-
-def split_evenly(total: int, parts: int) -> list[int]:
-    """Splits ``total`` into ``parts`` sizes that differ by at most one, larger first.
-
-    Example:
-        >>> split_evenly(7, 3)
-        [3, 2, 2]
-    """
-    q, r = divmod(total, parts)
-    return [q + (1 if i < r else 0) for i in range(parts)]
