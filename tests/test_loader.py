@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
+from typing import Any
 
 import pytest
 import torch
@@ -378,3 +380,69 @@ def test_a_batch_that_cannot_join_the_buffer_fails_before_scoring() -> None:
         list(loader)
     assert scored == [3]  # the second batch was refused before its scoring pass
     assert "raw batch 1 of the epoch" in "".join(getattr(info.value, "__notes__", []))
+
+
+def test_a_batch_size_larger_than_an_epoch_keeps_warns_once_and_stats_show_the_drop() -> None:
+    loader = ss.SiftingDataLoader(
+        DataLoader(_id_data(12), batch_size=4), torch.nn.Identity(), IdLoss(),
+        policy=ss.TopK(keep=0.5), batch_size=8, drop_last=True, seed=0,
+    )  # fmt: skip
+    with pytest.warns(UserWarning) as caught:
+        for _ in range(3):
+            assert list(loader) == []  # 6 kept per epoch: never a full batch of 8
+    messages = [str(w.message) for w in caught if "trained on nothing" in str(w.message)]
+    assert len(messages) == 1
+    assert "batch_size=8" in messages[0] and "drop_last=False" in messages[0]
+    assert loader.stats.samples_dropped == 18 and loader.stats.samples_trained == 0
+    assert "dropped=18" in str(loader.stats)
+
+
+def test_no_empty_epoch_warning_when_an_epoch_trains() -> None:
+    loader = ss.SiftingDataLoader(
+        DataLoader(_id_data(12), batch_size=4), torch.nn.Identity(), IdLoss(),
+        policy=ss.TopK(keep=0.5), batch_size=4, drop_last=True, seed=0,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [len(b["id"]) for b in loader] == [4]
+    assert "dropped=2" in str(loader.stats)
+
+
+@pytest.mark.parametrize("repeat", [False, True])
+def test_a_layout_that_cannot_join_is_refused_during_the_sift_delay(repeat: bool) -> None:
+    # Sifting would start only in epoch 1; the third raw batch is refused in epoch 0 already.
+    batches = [(torch.randn(4, 3), torch.arange(4)) for _ in range(2)]
+    batches.append((torch.randn(4, 5), torch.arange(4)))
+    scored: list[int] = []
+
+    def loss(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        scored.append(len(batch[1]))
+        return batch[1].float()
+
+    loader = ss.SiftingDataLoader(
+        batches, torch.nn.Identity(), loss, policy=ss.TopK(0.5),
+        sift_delay=len(batches), repeat_delay_per_epoch=repeat,
+    )  # fmt: skip
+    got: list[Any] = []
+    with pytest.raises(ValueError, match="cannot be joined") as info:
+        got.extend(loader)
+    message = str(info.value)
+    assert "torch.Size([5])" in message and "torch.Size([3])" in message  # both layouts
+    assert "raw batch 2 of the epoch" in "".join(getattr(info.value, "__notes__", []))
+    assert len(got) == 2 and scored == [] and loader.epoch == 0
+
+
+def test_an_epoch_that_kept_nothing_is_not_blamed_on_drop_last() -> None:
+    # Every loss is NaN and dropped: the epoch trains on nothing, but drop_last is off and no
+    # kept sample was dropped, so a warning must not say so (nor advise drop_last=False).
+    loader = ss.SiftingDataLoader(
+        DataLoader(_id_data(8), batch_size=4), torch.nn.Identity(),
+        lambda m, b: torch.full((len(b["id"]),), float("nan")),
+        policy=ss.TopK(keep=0.5), nonfinite="drop",
+    )  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert list(loader) == []
+    assert loader.stats.samples_kept == 0 and loader.stats.samples_dropped == 0
+    messages = [str(w.message) for w in caught]
+    assert not any("every kept sample was dropped" in m for m in messages), messages

@@ -412,10 +412,25 @@ def _ddp_resume(rank: int, world_size: int) -> list[tuple[int, list[int], Any]]:
             trained += [i for _, _, ids in reference for i in ids.tolist()]
         total = reference.stats.steps  # equal on every rank
         states = assert_resume_matches(make_loader, range(total + 1), set_epoch=True)
+        _check_comm_s_resumes(make_loader)
         assert all(s["world_size"] == world_size and s["rank"] == rank for s in map(_flat, states))
         assert any(s["in_epoch"] and s["buffer"] for s in map(_flat, states))
         out.append((total, trained, reference.audit))
     return out
+
+
+def _check_comm_s_resumes(make_loader: Callable[[], ss.SiftingDataLoader]) -> None:
+    """The time in collectives is restored with the state, and counts on (under DDP)."""
+    first = make_loader()
+    it = iter(first)
+    next(it)
+    saved = first.stats.comm_s
+    resumed = make_loader()
+    resumed.load_state_dict(roundtrip(first.state_dict()))
+    assert saved > 0 and resumed.stats.comm_s == saved
+    it.close()
+    list(resumed)
+    assert resumed.stats.comm_s > saved
 
 
 def test_ddp_ranks_resume_each_from_its_own_state() -> None:
@@ -430,3 +445,29 @@ def test_ddp_ranks_resume_each_from_its_own_state() -> None:
         assert set(audit.epoch(0).seen.tolist()) == set(range(50))
         never = set(audit.never_trained(ids=50).tolist())
         assert never == set(range(50)) - set(trained0 + trained1)
+
+
+# ------------------------------------------------------------------ timers continue
+_TIMERS = ("data_s", "scoring_s", "selection_s", "comm_s")
+
+
+def _timers(loader: ss.SiftingDataLoader) -> dict[str, float]:
+    return {name: getattr(loader.stats, name) for name in _TIMERS}
+
+
+@pytest.mark.parametrize("sift_delay", [0, 3])
+def test_timers_continue_from_their_saved_values(sift_delay: int) -> None:
+    make_loader = _factory(batch_size=5, sift_delay=sift_delay)
+    first = make_loader()
+    it = iter(first)
+    for _ in range(5):
+        next(it)
+    saved = _timers(first)
+    assert saved["data_s"] > 0 and saved["scoring_s"] > 0 and saved["selection_s"] > 0
+    resumed = make_loader()
+    resumed.load_state_dict(roundtrip(first.state_dict()))
+    assert _timers(resumed) == saved  # restored, not restarted at zero
+    run_epochs(resumed, 2)
+    after = _timers(resumed)
+    assert all(after[k] >= saved[k] for k in _TIMERS)
+    assert after["scoring_s"] > saved["scoring_s"]  # and they keep counting

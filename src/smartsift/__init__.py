@@ -12,7 +12,7 @@ from smartsift.distributed import RemoteRankError
 from smartsift.history import LossHistory
 from smartsift.ledger import SiftTrace
 from smartsift.loader import SiftingDataLoader
-from smartsift.padding import PadField, Padding
+from smartsift.padding import Padding, PadField
 from smartsift.policies import Policy, QuantileThreshold, RelativeProbabilistic, TopK, Uniform
 from smartsift.profiling import ProfileReport, profile
 from smartsift.schedules import DataSchedule

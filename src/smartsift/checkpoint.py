@@ -91,6 +91,16 @@ def upgrade(state: dict[str, Any]) -> dict[str, Any]:
             "SiftingDataLoader.state_dict() returned; a state saved by a newer smartsift needs "
             "that release to load."
         )
+    try:
+        return _from_v1(state)
+    except KeyError as err:
+        raise ValueError(
+            f"This version-1 smartsift state lacks the entry {err}; pass the whole dict that "
+            "SiftingDataLoader.state_dict() returned."
+        ) from None
+
+
+def _from_v1(state: dict[str, Any]) -> dict[str, Any]:
     return {
         VERSION_KEY: VERSION,
         CONFIG: {"world_size": state["world_size"], "rank": state["rank"]},
@@ -106,7 +116,11 @@ def upgrade(state: dict[str, Any]) -> dict[str, Any]:
             "ready": state["ready"],
             "types": None,
         },
-        CURSOR: {key: state[key] for key in _V1_CURSOR if key in state},
+        CURSOR: {
+            **{key: state[key] for key in _V1_CURSOR if key in state},
+            # Not saved by version 1; only "none yet" matters (the empty-epoch warning).
+            "steps_in_epoch": state["stats"]["counts"]["steps"] if state["in_epoch"] else 0,
+        },
         RAW_LOADER: state["raw_loader"],
         STATS: state["stats"],
         COMM: {"capacity": state["capacity"], "seconds": state["stats"]["times"].get("comm_s", 0)},

@@ -27,6 +27,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -192,6 +193,7 @@ class SiftingDataLoader:
         self._raw_iter: Iterator[Any] | None = None
         self._active: weakref.ref[Any] | None = None
         self._warned_empty = False
+        self._dropped_before = 0  # samples_dropped when the current epoch began
 
     # ----------------------------------------------------------------- public surface
     @property
@@ -225,6 +227,22 @@ class SiftingDataLoader:
     def trace(self) -> SiftTrace:
         """What sifting did so far: keep counts per scored raw batch and the latest losses."""
         return self._ledger.trace()
+
+    def report(self, path: str | Path, labels: Any = None, title: str | None = None) -> Path:
+        """Saves a PNG of what sifting did: kept against sifted losses, the keep rate over
+        training and, with an ``audit`` and ``labels`` (the class of every sample id), per-class
+        keep rates. See :func:`smartsift.report.plot_report`; needs matplotlib.
+        """
+        from smartsift.report import plot_report
+
+        return plot_report(
+            self.trace,
+            path,
+            audit=self.audit,
+            labels=labels,
+            title=title,
+            nominal_keep=self.policy.expected_keep,
+        )
 
     def global_stats(self) -> SiftStats:
         """Stats summed over all ranks (a collective: call it on every rank).
@@ -353,6 +371,7 @@ class SiftingDataLoader:
                 # new one: let that iterator go unused.
                 iter(dl)
         cursor.load_state_dict(state[ckpt.CURSOR], dl)
+        self._dropped_before = ledger.counts["samples_dropped"]
         self._lockstep.capacity = int(state[ckpt.COMM]["capacity"])
         self._lockstep.seconds = float(state[ckpt.COMM].get("seconds", 0.0))
         self._selector, self._batcher, self._ledger, self._cursor = (
@@ -370,6 +389,8 @@ class SiftingDataLoader:
             cur.seeded = True
         if cur.in_epoch and not cur.resume:
             self._abandon_epoch()
+        if not cur.resume:
+            self._dropped_before = ledger.counts["samples_dropped"]
         self._raw_iter = cur.open(self.dataloader)
         ready = batcher.ready
         while True:
@@ -401,7 +422,8 @@ class SiftingDataLoader:
 
     def _warn_if_empty(self) -> None:
         cur = self._cursor
-        if cur.steps_in_epoch == 0 and cur.raw_in_epoch > 0 and not self._warned_empty:
+        dropped = self._ledger.counts["samples_dropped"] > self._dropped_before
+        if cur.steps_in_epoch == 0 and dropped and self.drop_last and not self._warned_empty:
             self._warned_empty = True
             warnings.warn(
                 f"This epoch pulled {cur.raw_in_epoch} raw batch(es) but trained on nothing: "

@@ -138,8 +138,9 @@ def enable_sifting(
         sift_delay: raw batches (per rank) trained unsifted before sifting starts.
         padding: a :class:`~smartsift.Padding` spec to join kept samples of batches padded to
             different lengths (a collator padding each batch to its longest sequence). The
-            default ``"auto"`` builds ``Padding.huggingface(tokenizer, trim=True)`` from the Trainer's
-            ``processing_class`` when it has a pad token; ``None`` joins only equal shapes.
+            default ``"auto"`` builds ``Padding.huggingface(tokenizer, trim=True)`` from the
+            Trainer's ``processing_class`` when it has a pad token; ``None`` joins only equal
+            shapes.
         seed: seed of the loader's generator; default ``trainer.args.seed``.
         log_stats: add the loader's stats to the Trainer's training logs.
         align_schedule: keep the learning-rate schedule in step with the data consumed
