@@ -123,10 +123,17 @@ def test_demo_smoke_writes_plot_and_table(
         assert row in text
     assert f"plot: {out}" in text
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "cosine schedule following the data" in text  # the default schedule
     # The plain run trains on batches of the refined size, so both take steps of one size:
     # smoke data has 480 training samples, refined batches of 32, 2 epochs.
     steps = next(line for line in text.splitlines() if line.startswith("optimizer steps"))
     assert steps.split()[2] == str(2 * 480 // 32)
+
+
+def test_demo_with_a_constant_rate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo.png"
+    assert main(["demo", "--smoke", "--schedule", "none", "--out", str(out)]) == 0
+    assert "constant rate" in capsys.readouterr().out
 
 
 def test_demo_rejects_bad_settings(capsys: pytest.CaptureFixture[str]) -> None:

@@ -446,3 +446,21 @@ def test_an_epoch_that_kept_nothing_is_not_blamed_on_drop_last() -> None:
     assert loader.stats.samples_kept == 0 and loader.stats.samples_dropped == 0
     messages = [str(w.message) for w in caught]
     assert not any("every kept sample was dropped" in m for m in messages), messages
+
+
+def test_log_fn_is_called_every_log_interval_raw_batches_across_epochs() -> None:
+    calls: list[tuple[int, int]] = []
+    loader = ss.SiftingDataLoader(
+        DataLoader(_id_data(64), batch_size=8),  # 8 raw batches an epoch
+        torch.nn.Linear(3, 1),
+        IdLoss(),
+        ss.TopK(keep=0.5),
+        log_interval=3,
+        log_fn=lambda stats, step: calls.append((stats.raw_batches, step)),
+    )
+    for _ in range(2):
+        for _ in loader:
+            pass
+    # Every 3rd raw batch pulled, the epoch ends (rounds that pull nothing) not counted.
+    assert [raw for raw, _ in calls] == [3, 6, 9, 12, 15]
+    assert all(step <= raw for raw, step in calls)

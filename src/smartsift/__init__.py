@@ -15,6 +15,7 @@ from smartsift.loader import SiftingDataLoader
 from smartsift.padding import Padding, PadField
 from smartsift.policies import Policy, QuantileThreshold, RelativeProbabilistic, TopK, Uniform
 from smartsift.profiling import ProfileReport, profile
+from smartsift.report import plot_report
 from smartsift.schedules import DataSchedule
 from smartsift.scoring import LossFunctionError
 from smartsift.stats import SiftStats
@@ -40,6 +41,7 @@ __all__ = [
     "TopK",
     "Uniform",
     "UnsupportedBatchError",
+    "plot_report",
     "profile",
 ]
 

@@ -1,7 +1,8 @@
 """The ``smartsift`` command: ``smartsift demo`` and ``smartsift profile``.
 
 ``smartsift demo`` trains a 1-D CNN on MNIST-1D twice, plain and sifted, side by side, prints a
-comparison table and saves a plot of test accuracy against training time.
+comparison table, saves a plot of test accuracy against training time and, beside it, the
+sifted run's report (:mod:`smartsift.report`).
 
 ``smartsift profile`` runs :func:`smartsift.profile` on the demo model, or, with
 ``--target module:function``, on your own: the function takes no arguments and returns
@@ -66,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="{demo,profile}")
 
     from smartsift.demo import DemoConfig
+    from smartsift.harness import SCHEDULES
 
     d = DemoConfig()
     demo = sub.add_parser(
@@ -75,7 +77,12 @@ def _parser() -> argparse.ArgumentParser:
         "rule, interleaved, then prints a table and saves a plot of test accuracy against "
         "training time.",
     )
-    demo.add_argument("--out", default="smartsift-demo.png", help="PNG path (%(default)s)")
+    demo.add_argument(
+        "--out",
+        default="smartsift-demo.png",
+        help="PNG path of the accuracy plot (%(default)s); the sifting report goes beside it, "
+        "named NAME-report.png",
+    )
     for flag, kind, text in (
         ("--num-samples", int, "MNIST-1D samples, 80%% for training"),
         ("--width", int, "CNN channels"),
@@ -90,6 +97,12 @@ def _parser() -> argparse.ArgumentParser:
     ):
         default = getattr(d, flag[2:].replace("-", "_"))
         demo.add_argument(flag, type=kind, default=None, help=f"{text} (default {default})")
+    demo.add_argument(
+        "--schedule",
+        choices=[*SCHEDULES, "none"],
+        default=None,
+        help=f"learning-rate schedule of both runs, following the data (default {d.schedule})",
+    )
     demo.add_argument(
         "--threads",
         type=int,
@@ -130,6 +143,8 @@ def _demo(args: argparse.Namespace) -> int:
     base = DemoConfig.smoke() if args.smoke else DemoConfig()
     names = [f.name for f in dataclasses.fields(DemoConfig)]
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if given.get("schedule") == "none":
+        given["schedule"] = None
     config = dataclasses.replace(base, **given)
     for name in ("num_samples", "width", "batch_size", "refined_batch_size", "epochs", "history"):
         if getattr(config, name) is not None and getattr(config, name) < 1:
@@ -157,13 +172,16 @@ def _demo(args: argparse.Namespace) -> int:
         bar.update(sum(epochs.values()) - bar.n)
         bar.set_postfix_str(" | ".join(f"{k} {v:.1%}" for k, v in latest.items()))
 
+    out_path = Path(args.out)
+    report = out_path.with_name(f"{out_path.stem}-report.png")
     try:
-        plain, sifted = run_demo(config, data, on_segment)
+        plain, sifted = run_demo(config, data, on_segment, report_path=report)
     finally:
         bar.close()
     print(summary_table(plain, sifted, config.tolerance))
     out = plot_demo(plain, sifted, config, args.out)
     print(f"plot: {out}")
+    print(f"sifting report (losses kept and sifted, keep rate over training): {report}")
     return 0
 
 

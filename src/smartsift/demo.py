@@ -157,7 +157,10 @@ class DemoConfig:
     fewer steps and, on this task, learn more slowly per second, and comparing against it
     would credit sifting with what smaller batches gain. ``sift_delay_epochs`` epochs are
     trained unsifted first; ``tolerance`` is how far below the plain run's final accuracy the
-    time-to-accuracy target lies.
+    time-to-accuracy target lies. ``schedule`` is the learning-rate schedule (a name of
+    :data:`smartsift.harness.SCHEDULES`, or None for a constant rate): both runs' schedules are
+    sized as for plain training, and the sifted run's follows the data it consumes
+    (:class:`~smartsift.DataSchedule`), so both end where their training ends.
 
     Example:
         >>> DemoConfig.smoke().epochs
@@ -170,7 +173,7 @@ class DemoConfig:
     refined_batch_size: int | None = 128
     epochs: int = 12
     lr: float = 5e-3
-    cosine: bool = False
+    schedule: str | None = "cosine"
     beta: float = 1.0
     history: int = 1000
     sift_delay_epochs: int = 1
@@ -198,13 +201,18 @@ class DemoConfig:
         """One line naming every setting (``seed=False`` leaves the seed out)."""
         text = (
             f"MNIST-1D {self.num_samples} samples, ConvNet width {self.width}, "
-            f"{self.epochs} epochs, AdamW lr {self.lr:g}{' (cosine)' if self.cosine else ''}; "
+            f"{self.epochs} epochs, AdamW lr {self.lr:g}, {self._schedule_text()}; "
             f"plain: batches of {self.plain_batch_size}; sifted: "
             f"RelativeProbabilistic(beta={self.beta:g}, history={self.history}), raw batches "
             f"of {self.batch_size} refined to {self.plain_batch_size}, sift_delay "
             f"{self.sift_delay_epochs} epoch(s)"
         )
         return f"{text}; seed {self.seed}" if seed else text
+
+    def _schedule_text(self) -> str:
+        if self.schedule is None:
+            return "constant rate"
+        return f"{self.schedule.replace('_', ' ')} schedule following the data"
 
     def training_run(
         self,
@@ -236,7 +244,7 @@ class DemoConfig:
             refined_batch_size=self.plain_batch_size,
             seed=self.seed if seed is None else seed,
             evals_per_epoch=self.evals_per_epoch,
-            cosine=self.cosine,
+            schedule=self.schedule,
             clock=clock,
         )
 
@@ -246,11 +254,15 @@ def run_demo(
     data: MnistData | None = None,
     on_segment: Callable[[TrainingRun], None] | None = None,
     policy: Policy | None = None,
+    report_path: str | Path | None = None,
 ) -> tuple[RunResult, RunResult]:
     """Trains the plain and the sifted run side by side; returns (plain, sifted).
 
     ``policy`` replaces the config's reference rule; ``data`` reuses a generated data set;
-    ``on_segment(run)`` is called after each evaluation interval a run trains.
+    ``on_segment(run)`` is called after each evaluation interval a run trains;
+    ``report_path``, when given, receives the sifted run's report (see
+    :func:`smartsift.report.plot_report`: kept against sifted losses and the keep rate over
+    training; the demo runs no audit, so there is no per-class panel).
     """
     config = config or DemoConfig()
     task = mnist1d_task(
@@ -261,6 +273,10 @@ def run_demo(
         "sifted", task, policy=policy if policy is not None else config.policy
     )
     train_side_by_side([plain, sifted], on_segment)
+    if report_path is not None:
+        sifted.loader.report(
+            report_path, title=f"MNIST-1D demo, sifted run: {sifted.loader.policy}"
+        )
     return plain.result, sifted.result
 
 

@@ -478,7 +478,8 @@ class SiftingDataLoader:
             self._pass_through(peers, raw, sliceable, size)
         else:
             self._sift(peers, sliceable, size, losses)
-        if self.log_interval and cur.rounds_total % self.log_interval == 0:
+        pulled = ledger.counts["raw_batches"]
+        if self.log_interval and size > 0 and pulled % self.log_interval == 0:
             if self.log_fn is not None:
                 self.log_fn(self.stats, ledger.counts["steps"])
             else:

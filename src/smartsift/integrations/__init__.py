@@ -6,6 +6,10 @@ Importing :mod:`smartsift` or this package imports no framework; import the subm
   ``Trainer`` train on sifted batches (needs ``transformers`` and ``accelerate``).
 - :mod:`smartsift.integrations.hf_losses`: per-sample losses of the common Hugging Face heads
   (needs only torch).
+- :mod:`smartsift.integrations.lightning`: sifting for a PyTorch Lightning ``Trainer`` (needs
+  ``lightning``).
+- :mod:`smartsift.integrations.tensorboard`: ``tensorboard_logger(writer)``, a ``log_fn`` that
+  writes the loader's stats to a ``SummaryWriter`` (needs ``tensorboard``).
 
 Example:
     >>> import torch
