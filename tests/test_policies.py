@@ -129,3 +129,75 @@ def test_policies_are_frozen() -> None:
     policy = ss.TopK(keep=0.5)
     with pytest.raises(AttributeError):
         policy.keep = 0.1  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------- keep rates users can state
+
+
+def test_relative_probabilistic_takes_beta_or_keep_and_defaults_to_beta_one() -> None:
+    default = ss.RelativeProbabilistic()
+    assert (default.beta, default.keep, default.adaptive) == (1.0, None, False)
+    assert repr(default) == "RelativeProbabilistic(beta=1.0, history=500)"
+    assert default.describe() == {
+        "type": "RelativeProbabilistic",
+        "fields": {"beta": 1.0, "history": 500},
+    }
+    stated = ss.RelativeProbabilistic(keep=0.2, history=64)
+    assert (stated.beta, stated.keep, stated.adaptive) == (None, 0.2, True)
+    assert repr(stated) == "RelativeProbabilistic(history=64, keep=0.2)"
+    assert stated.expected_keep == 0.2 and stated.initial_beta == pytest.approx(4.0)
+    assert not stated.matches(ss.RelativeProbabilistic(beta=4.0, history=64).describe())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"beta": 1.0, "keep": 0.3}, r"exactly one of `beta` and `keep`.*beta=1.0 and keep=0.3"),
+        ({"keep": 0.0}, r"`keep` to be a float in \(0, 1\), but got 0.0"),
+        ({"keep": 1.0}, r"`keep` to be a float in \(0, 1\), but got 1.0"),
+        ({"keep": float("nan")}, r"`keep`.*got nan"),
+        ({"keep": True}, r"`keep`.*got True"),
+    ],
+)
+def test_a_stated_keep_is_validated(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ss.RelativeProbabilistic(**kwargs)
+
+
+def test_a_stated_keep_alone_decides_with_its_stationary_beta() -> None:
+    # Without a selector to adapt it, keep=0.25 is the rule with beta = 1 / 0.25 - 1 = 3.
+    losses = np.random.default_rng(5).random(64)
+    masks = []
+    for policy in (
+        ss.RelativeProbabilistic(keep=0.25, history=64),
+        ss.RelativeProbabilistic(3.0, 64),
+    ):
+        history = policy.make_history()
+        assert history is not None
+        history.extend(losses)
+        masks.append(policy.keep_mask(losses, history, torch.Generator().manual_seed(2)))
+    assert np.array_equal(masks[0], masks[1])
+
+
+def test_beta_keeps_exactly_the_pure_rule() -> None:
+    losses = np.random.default_rng(7).random(100)
+    policy = ss.RelativeProbabilistic(beta=1, history=100)
+    history = policy.make_history()
+    assert history is not None
+    history.extend(losses)
+    mask = policy.keep_mask(losses, history, torch.Generator().manual_seed(3))
+    draws = torch.rand(100, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    expected = relative_probabilistic_mask(losses, np.sort(losses), 1, draws.numpy())
+    assert np.array_equal(mask, expected)
+
+
+def test_keep_probabilities_are_exposed_for_probabilistic_policies_only() -> None:
+    losses = np.array([1.0, 2.0, 3.0, 4.0])
+    policy = ss.RelativeProbabilistic(beta=2.0, history=4)
+    history = policy.make_history()
+    assert history is not None
+    history.extend(losses)
+    assert policy.keep_probabilities(losses, history).tolist() == [0.0625, 0.25, 0.5625, 1.0]
+    assert ss.Uniform(keep=0.3).keep_probabilities(losses, None).tolist() == [0.3] * 4
+    assert ss.TopK(keep=0.5).keep_probabilities(losses, None) is None
+    assert ss.QuantileThreshold(0.5).keep_probabilities(losses, None) is None

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
+import torch
 from _resume import roundtrip
+from torch.utils.data import DataLoader, TensorDataset
 
 import smartsift as ss
 from smartsift.selector import Selector
 
 POLICIES = [
     ss.RelativeProbabilistic(beta=1.0, history=32),
+    ss.RelativeProbabilistic(keep=0.3, history=32),
     ss.QuantileThreshold(exclude=0.4, history=32),
     ss.TopK(keep=0.5),
     ss.Uniform(keep=0.6),
 ]
-_IDS = [type(p).__name__ for p in POLICIES]
+_IDS = [repr(p) for p in POLICIES]
 
 
 def _rounds(n: int, world: int, seed: int = 0, size: int = 8) -> list[list[np.ndarray]]:
@@ -163,3 +168,122 @@ def test_topk_and_uniform_with_the_same_keep_are_different_policies() -> None:
     state = Selector(ss.TopK(keep=0.5)).state_dict()
     with pytest.raises(ValueError, match=r"saved with policy TopK\(keep=0\.5\).*Uniform"):
         Selector(ss.Uniform(keep=0.5)).load_state_dict(state)
+
+
+# ---------------------------------------------------------------- a stated keep rate
+
+
+def _drifting(kind: str, n_batches: int, size: int, seed: int = 1) -> Iterator[np.ndarray]:
+    """Losses that fall steadily over time, or whose mixture of two modes jumps back and forth."""
+    rng = np.random.default_rng(seed)
+    for t in range(n_batches):
+        if kind == "decreasing":
+            yield rng.exponential(size=size) * np.exp(-t / 60)
+        else:
+            high = rng.random(size) < (0.8 if (t // 150) % 2 == 0 else 0.1)
+            yield np.where(high, rng.normal(5.0, 0.5, size), rng.normal(1.0, 0.2, size))
+
+
+@pytest.mark.parametrize("kind", ["decreasing", "bimodal"])
+@pytest.mark.parametrize("keep", [0.1, 0.3, 0.7])
+def test_a_stated_keep_holds_within_two_points_however_losses_drift(kind: str, keep: float) -> None:
+    history = 500
+    selector = Selector(ss.RelativeProbabilistic(keep=keep, history=history), seed=0)
+    kept, seen = [], []
+    for losses in _drifting(kind, 1200, 32):
+        decision = selector.decide([losses])
+        kept.append(decision.kept[0])
+        seen.append(losses.size)
+    k, n = np.array(kept[40:]), np.array(seen[40:])  # after a warm-up of 1280 samples
+    assert k.sum() / n.sum() == pytest.approx(keep, abs=0.005)
+    window = 5000 // 32
+    rates = np.convolve(k, np.ones(window), "valid") / np.convolve(n, np.ones(window), "valid")
+    worst = np.abs(rates - keep).max()
+    assert worst <= 0.02
+    # The plain rule at the matching beta wanders further on the same stream.
+    plain = Selector(ss.RelativeProbabilistic(beta=1 / keep - 1, history=history), seed=0)
+    k_plain = np.array([plain.decide([x]).kept[0] for x in _drifting(kind, 1200, 32)][40:])
+    rates = np.convolve(k_plain, np.ones(window), "valid") / (window * 32)
+    assert np.abs(rates - keep).max() > worst
+    if kind == "decreasing":
+        assert abs(k_plain.sum() / n.sum() - keep) > 0.02
+
+
+def test_a_stated_keep_adapts_on_every_ranks_losses_alike() -> None:
+    ranks = [Selector(ss.RelativeProbabilistic(keep=0.25, history=256), seed=3) for _ in range(2)]
+    streams = [_drifting("decreasing", 600, 16, seed=s) for s in range(3)]
+    kept = seen = 0
+    for t, rounds in enumerate(zip(*streams, strict=True)):
+        decisions = [s.decide(list(rounds)) for s in ranks]
+        assert decisions[0].kept == decisions[1].kept and ranks[0].beta == ranks[1].beta
+        if t >= 50:
+            kept += sum(decisions[0].kept)
+            seen += sum(x.size for x in rounds)
+    assert kept / seen == pytest.approx(0.25, abs=0.005)
+
+
+def test_the_adapted_beta_is_saved_and_a_state_without_it_still_loads() -> None:
+    policy = ss.RelativeProbabilistic(keep=0.3, history=64)
+    selector = Selector(policy, seed=0)
+    for losses in _drifting("decreasing", 50, 16):
+        selector.decide([losses])
+    state = roundtrip(selector.state_dict())
+    assert state["keep_rate"]["decided"] == 800
+    resumed = Selector(policy, seed=0)
+    resumed.load_state_dict(state)
+    assert resumed.beta == selector.beta != pytest.approx(1 / 0.3 - 1)
+    del state["keep_rate"]  # as saved before the adaptation was kept
+    old = Selector(policy, seed=0)
+    old.load_state_dict(state)
+    assert old.beta == pytest.approx(1 / 0.3 - 1)
+    assert "keep_rate" not in Selector(ss.RelativeProbabilistic(beta=1.0)).state_dict()
+    assert Selector(ss.TopK(0.5)).beta is None
+    assert Selector(ss.RelativeProbabilistic(beta=2.0)).beta == 2.0
+
+
+def test_decide_returns_keep_probabilities_when_asked() -> None:
+    selector = Selector(ss.RelativeProbabilistic(beta=1.0, history=4), nonfinite="keep")
+    decision = selector.decide([np.array([1.0, 2.0, np.nan, 4.0])], probabilities=True)
+    assert decision.probabilities is not None
+    assert decision.probabilities[0].tolist() == [
+        pytest.approx(1 / 3),
+        pytest.approx(2 / 3),
+        1.0,
+        1.0,
+    ]
+    assert Selector(ss.TopK(0.5)).decide([np.array([1.0, 2.0])], probabilities=True).probabilities[
+        0
+    ].tolist() == [0.0, 1.0]
+    assert Selector(ss.TopK(0.5)).decide([np.array([1.0, 2.0])]).probabilities is None
+
+
+def test_a_stated_keep_holds_through_a_real_sifting_loader() -> None:
+    # A model that learns: its losses fall epoch after epoch while the loader sifts.
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2048, 8, generator=g)
+    y = (x[:, :2].sum(1) > 0).long()
+    model = torch.nn.Linear(8, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+
+    def loss_fn(m: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(m(batch[0]), batch[1], reduction="none")
+
+    raw = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True, generator=g)
+    loader = ss.SiftingDataLoader(
+        raw, model, loss_fn, ss.RelativeProbabilistic(keep=0.3, history=256), seed=0
+    )
+    first_loss = last_loss = None
+    seen = kept = 0
+    for epoch in range(3):
+        for batch in loader:
+            opt.zero_grad()
+            loss = loss_fn(model, batch).mean()
+            loss.backward()
+            opt.step()
+            first_loss = float(loss.detach()) if first_loss is None else first_loss
+            last_loss = float(loss.detach())
+        if epoch == 0:  # warm-up
+            seen, kept = loader.stats.samples_seen, loader.stats.samples_kept
+    assert last_loss is not None and first_loss is not None and last_loss < first_loss / 2
+    rate = (loader.stats.samples_kept - kept) / (loader.stats.samples_seen - seen)
+    assert rate == pytest.approx(0.3, abs=0.02)

@@ -16,7 +16,9 @@ from smartsift.padding import Padding, PadField
 from smartsift.policies import Policy, QuantileThreshold, RelativeProbabilistic, TopK, Uniform
 from smartsift.profiling import ProfileReport, profile
 from smartsift.report import plot_report
+from smartsift.reuse import ReuseEpochStats, ReuseSampler
 from smartsift.schedules import DataSchedule
+from smartsift.scoretable import ScoreTable
 from smartsift.scoring import LossFunctionError
 from smartsift.stats import SiftStats
 
@@ -34,6 +36,9 @@ __all__ = [
     "QuantileThreshold",
     "RelativeProbabilistic",
     "RemoteRankError",
+    "ReuseEpochStats",
+    "ReuseSampler",
+    "ScoreTable",
     "SiftAudit",
     "SiftStats",
     "SiftTrace",

@@ -213,10 +213,28 @@ class SiftAudit:
 
     def record_scored(self, epoch: int, batch: Any, losses: np.ndarray, mask: np.ndarray) -> None:
         """Records a scored raw batch: its ids, losses and keep mask (called by the loader)."""
+        self.record_scored_ids(epoch, self.ids_of(batch, len(losses)), losses, mask)
+
+    def record_scored_ids(
+        self, epoch: int, ids: np.ndarray, losses: np.ndarray, mask: np.ndarray
+    ) -> None:
+        """Records decided samples by id, with their losses and keep mask.
+
+        For callers that know the ids without a batch, such as
+        :class:`~smartsift.reuse.ReuseSampler`, which decides from reused losses.
+        """
         log = self._log(epoch)
-        log.ids.append(self.ids_of(batch, len(losses)))
+        log.ids.append(np.asarray(ids, dtype=np.int64).copy())
         log.losses.append(np.asarray(losses, dtype=np.float64))
         log.mask.append(np.asarray(mask, dtype=bool))
+
+    def record_passed_ids(self, epoch: int, ids: np.ndarray) -> None:
+        """Records samples passed through undecided, by id."""
+        self._log(epoch).passed.append(np.asarray(ids, dtype=np.int64).copy())
+
+    def record_dropped_ids(self, epoch: int, ids: np.ndarray) -> None:
+        """Records samples kept (or passed) but dropped at the epoch end, by id."""
+        self._log(epoch).dropped.append(np.asarray(ids, dtype=np.int64).copy())
 
     def record_passed(self, epoch: int, batch: Any, size: int) -> None:
         """Records a raw batch passed through unscored during ``sift_delay``."""

@@ -148,19 +148,33 @@ class Policy(ABC):
         ``history`` already holds ``losses``; ``generator`` is the loader's private generator.
         """
 
+    def keep_probabilities(
+        self, losses: np.ndarray, history: LossHistory | None
+    ) -> np.ndarray | None:
+        """Each sample's probability of being kept, or None for a deterministic policy.
+
+        Used to weight kept samples by ``1 / p`` (unbiased rescaling); a deterministic policy
+        keeps a sample with probability 1 or 0, so its kept samples weigh 1.
+        """
+        return None
+
     def make_history(self) -> LossHistory | None:
         """Returns an empty loss history of the policy's length, or None if it needs none."""
         return LossHistory(self.history) if self.history > 0 else None
 
     def describe(self) -> dict[str, Any]:
-        """The policy's type and field values, as plain values (saved in checkpoints).
+        """The policy's type and set field values, as plain values (saved in checkpoints).
 
         Example:
             >>> RelativeProbabilistic(beta=1).describe()
             {'type': 'RelativeProbabilistic', 'fields': {'beta': 1, 'history': 500}}
         """
         values = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
-        return {"type": type(self).__name__, "fields": values}
+        # Fields left unset (None) are omitted, so that states saved before a field existed match.
+        return {
+            "type": type(self).__name__,
+            "fields": {k: v for k, v in values.items() if v is not None},
+        }
 
     def matches(self, description: dict[str, Any]) -> bool:
         """Whether :meth:`describe` of this policy equals ``description`` by value.
@@ -186,41 +200,103 @@ class Policy(ABC):
         return f"{description.get('type')}({args})"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class RelativeProbabilistic(Policy):
     """The reference rule: keep a sample with probability ``percentile ** beta``.
 
     A loss's percentile is its rank among the last ``history`` losses. On stationary losses the
     kept fraction is ``1 / (1 + beta)``: beta 0.5 keeps 67 %, 1 keeps 50 %, 3 keeps 25 %.
 
+    Give either ``beta`` or ``keep``, not both (neither means ``beta=1``). With ``keep``, the
+    kept fraction is stated instead: the :class:`~smartsift.selector.Selector` that runs the
+    policy starts from ``beta = 1 / keep - 1`` and adapts it online so that the realised kept
+    fraction tracks ``keep`` whatever the loss distribution does (see
+    :mod:`smartsift.keeprate`); the policy itself holds no state.
+
     Args:
         beta: positive selectivity; larger keeps fewer, more strongly the highest losses.
         history: how many recent losses to rank against.
+        keep: the fraction of samples to keep, in (0, 1); mutually exclusive with ``beta``.
 
     Example:
         >>> RelativeProbabilistic(beta=1.0).expected_keep
         0.5
+        >>> RelativeProbabilistic(keep=0.3)
+        RelativeProbabilistic(history=500, keep=0.3)
+        >>> round(RelativeProbabilistic(keep=0.25).initial_beta, 6)
+        3.0
     """
 
-    beta: float = 1.0
+    beta: float | None = None
     history: int = 500
+    keep: float | None = None
 
     def __post_init__(self) -> None:
         b = self.beta
-        if not isinstance(b, (int, float)) or isinstance(b, bool) or not math.isfinite(b) or b <= 0:
-            raise ValueError(f"Expected `beta` to be a positive float, but got {b!r}.")
+        if self.keep is not None:
+            if b is not None:
+                raise ValueError(
+                    f"Expected exactly one of `beta` and `keep`, but got beta={b!r} and "
+                    f"keep={self.keep!r}; pass keep= to state the kept fraction, or beta= for "
+                    "the reference rule."
+                )
+            _check_fraction("keep", self.keep, low_open=True, high_open=True)
+        else:
+            if b is None:
+                object.__setattr__(self, "beta", 1.0)
+            elif (
+                not isinstance(b, (int, float))
+                or isinstance(b, bool)
+                or not math.isfinite(b)
+                or b <= 0
+            ):
+                raise ValueError(f"Expected `beta` to be a positive float, but got {b!r}.")
         _check_history(self.history)
+
+    def __repr__(self) -> str:
+        return Policy.format_description(self.describe())
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the kept fraction is stated (``keep``) and ``beta`` adapted online."""
+        return self.keep is not None
+
+    @property
+    def initial_beta(self) -> float:
+        """``beta``, or for ``keep`` the beta that keeps ``keep`` of stationary losses."""
+        if self.keep is not None:
+            return 1.0 / self.keep - 1.0
+        return float(self.beta)  # type: ignore[arg-type]
 
     @property
     def expected_keep(self) -> float:
-        return 1.0 / (1.0 + self.beta)
+        if self.keep is not None:
+            return float(self.keep)
+        return 1.0 / (1.0 + self.beta)  # type: ignore[operator]
+
+    def _beta(self, beta: float | None) -> float:
+        if beta is not None:
+            return beta
+        return self.beta if self.beta is not None else self.initial_beta
+
+    def keep_probabilities(
+        self, losses: np.ndarray, history: LossHistory | None, beta: float | None = None
+    ) -> np.ndarray:
+        """Each loss's keep probability ``percentile ** beta`` (``beta`` overrides the field)."""
+        ranked = history.sorted() if history is not None else np.sort(losses)
+        return weak_percentile(ranked, losses) ** self._beta(beta)
 
     def keep_mask(
-        self, losses: np.ndarray, history: LossHistory | None, generator: torch.Generator
+        self,
+        losses: np.ndarray,
+        history: LossHistory | None,
+        generator: torch.Generator,
+        beta: float | None = None,
     ) -> np.ndarray:
+        """The keep mask; ``beta`` (given by an adapting selector) overrides the field."""
         ranked = history.sorted() if history is not None else np.sort(losses)
         return relative_probabilistic_mask(
-            losses, ranked, self.beta, _draws(generator, losses.size)
+            losses, ranked, self._beta(beta), _draws(generator, losses.size)
         )
 
 
@@ -308,3 +384,6 @@ class Uniform(Policy):
         self, losses: np.ndarray, history: LossHistory | None, generator: torch.Generator
     ) -> np.ndarray:
         return uniform_mask(_draws(generator, losses.size), self.keep)
+
+    def keep_probabilities(self, losses: np.ndarray, history: LossHistory | None) -> np.ndarray:
+        return np.full(losses.size, float(self.keep))

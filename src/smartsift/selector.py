@@ -24,11 +24,16 @@ import numpy as np
 import torch
 
 from smartsift.history import LossHistory
-from smartsift.policies import Policy
+from smartsift.keeprate import KeepRate
+from smartsift.policies import Policy, RelativeProbabilistic
 
-__all__ = ["NONFINITE_MODES", "Decision", "Selector"]
+__all__ = ["KEEP_HORIZON", "NONFINITE_MODES", "Decision", "Selector"]
 
 NONFINITE_MODES = ("raise", "drop", "keep")
+
+# How many decided samples a stated keep rate takes to correct a persistent error (at most): short
+# enough to follow a loss distribution that jumps faster than a long history turns over.
+KEEP_HORIZON = 256
 
 
 @dataclass(frozen=True)
@@ -39,15 +44,24 @@ class Decision:
         masks: a boolean keep mask per rank, in rank order.
         kept: the number of kept samples per rank.
         nonfinite: the number of non-finite losses per rank.
+        probabilities: with ``decide(..., probabilities=True)``, each sample's probability of
+            having been kept, per rank (1 or 0 under a deterministic policy and for non-finite
+            losses); otherwise None.
     """
 
     masks: list[np.ndarray]
     kept: list[int]
     nonfinite: list[int]
+    probabilities: list[np.ndarray] | None = None
 
 
 class Selector:
     """Decides which samples to keep: policy + loss history + private generator.
+
+    A policy with a stated keep rate (``RelativeProbabilistic(keep=...)``) is adapted here: the
+    selector holds its :class:`~smartsift.keeprate.KeepRate` (the current beta, corrected after
+    every decision by what was kept, over a horizon of ``min(history, 256)`` samples) and saves
+    it in :meth:`state_dict`.
 
     Args:
         policy: the selection policy.
@@ -65,6 +79,19 @@ class Selector:
         self.nonfinite = nonfinite
         self.history: LossHistory | None = policy.make_history()
         self.generator = torch.Generator().manual_seed(int(seed))
+        self._adaptive: RelativeProbabilistic | None = None
+        self.keep_rate: KeepRate | None = None
+        if isinstance(policy, RelativeProbabilistic) and policy.keep is not None:
+            self._adaptive = policy
+            self.keep_rate = KeepRate(policy.keep, horizon=min(policy.history, KEEP_HORIZON))
+
+    @property
+    def beta(self) -> float | None:
+        """The beta of the next decision under ``RelativeProbabilistic`` (adapted for ``keep``)."""
+        if self.keep_rate is not None:
+            return self.keep_rate.beta
+        policy = self.policy
+        return policy.initial_beta if isinstance(policy, RelativeProbabilistic) else None
 
     def reseed(self, seed: int) -> None:
         """Restarts the private generator from ``seed``."""
@@ -84,20 +111,27 @@ class Selector:
                 "them; they never enter the loss history either way."
             )
 
-    def decide(self, losses: Sequence[np.ndarray]) -> Decision:
+    def decide(self, losses: Sequence[np.ndarray], probabilities: bool = False) -> Decision:
         """Adds every rank's finite losses to the history, then returns every rank's keep mask.
 
         Args:
             losses: one float array of per-sample losses per rank, in rank order (a rank with
                 no raw batch this round gives an empty array).
+            probabilities: also return each sample's keep probability (for ``1 / p`` weights).
         """
         history = self.history
+        if self.keep_rate is not None or probabilities:
+            return self._decide_general(losses, probabilities)
         if len(losses) == 1 and np.isfinite(losses[0]).all():  # the single-process fast path
             x = losses[0]
             if history is not None:
                 history.extend(x)
             mask = self.policy.keep_mask(x, history, self.generator)
             return Decision([mask], [int(np.count_nonzero(mask))], [0])
+        return self._decide_general(losses, False)
+
+    def _decide_general(self, losses: Sequence[np.ndarray], probabilities: bool) -> Decision:
+        history = self.history
         finite = [np.isfinite(x) for x in losses]
         clean = [bool(f.all()) for f in finite]
         if history is not None:
@@ -105,19 +139,49 @@ class Selector:
                 history.extend(losses[0] if len(losses) == 1 else np.concatenate(losses))
             else:
                 history.extend(np.concatenate([x[f] for x, f in zip(losses, finite, strict=True)]))
-        masks, kept, bad = [], [], []
+        # One beta for the whole round (every rank), then one feedback step on what it kept.
+        beta = self.keep_rate.beta if self.keep_rate is not None else None
+        masks, kept, bad, probs = [], [], [], []
+        policy_kept = policy_decided = 0
         for x, fin, ok in zip(losses, finite, clean, strict=True):
             if ok:
-                mask = self.policy.keep_mask(x, history, self.generator)
+                mask = self._mask(x, beta)
                 bad.append(0)
+                policy_kept += int(np.count_nonzero(mask))
+                policy_decided += x.size
             else:
                 mask = np.full(x.size, self.nonfinite == "keep", dtype=bool)
                 if fin.any():
-                    mask[fin] = self.policy.keep_mask(x[fin], history, self.generator)
+                    mask[fin] = self._mask(x[fin], beta)
+                    policy_kept += int(np.count_nonzero(mask[fin]))
+                    policy_decided += int(np.count_nonzero(fin))
                 bad.append(int(x.size - np.count_nonzero(fin)))
             masks.append(mask)
             kept.append(int(np.count_nonzero(mask)))
-        return Decision(masks, kept, bad)
+            if probabilities:
+                probs.append(self._probabilities(x, fin, mask, beta))
+        if self.keep_rate is not None:
+            self.keep_rate.update(policy_kept, policy_decided)
+        return Decision(masks, kept, bad, probs if probabilities else None)
+
+    def _mask(self, x: np.ndarray, beta: float | None) -> np.ndarray:
+        if self._adaptive is not None:
+            return self._adaptive.keep_mask(x, self.history, self.generator, beta=beta)
+        return self.policy.keep_mask(x, self.history, self.generator)
+
+    def _probabilities(
+        self, x: np.ndarray, finite: np.ndarray, mask: np.ndarray, beta: float | None
+    ) -> np.ndarray:
+        out = mask.astype(np.float64)  # deterministic policies and non-finite losses: 1 or 0
+        if finite.any():
+            p: np.ndarray | None
+            if self._adaptive is not None:
+                p = self._adaptive.keep_probabilities(x[finite], self.history, beta=beta)
+            else:
+                p = self.policy.keep_probabilities(x[finite], self.history)
+            if p is not None:
+                out[finite] = p
+        return out
 
     def quantiles(self) -> dict[str, float]:
         """The 10th, 50th and 90th percentiles of the loss history (empty without one)."""
@@ -127,13 +191,16 @@ class Selector:
         return {"p10": h.quantile(0.1), "p50": h.quantile(0.5), "p90": h.quantile(0.9)}
 
     def state_dict(self) -> dict[str, Any]:
-        """The policy's description, the generator state and the history (tensors and plain
-        values)."""
-        return {
+        """The policy's description, the generator state, the history and, for a stated keep
+        rate, its adaptation state (tensors and plain values)."""
+        state: dict[str, Any] = {
             "policy": self.policy.describe(),
             "generator": self.generator.get_state(),
             "history": self.history.state_dict() if self.history is not None else None,
         }
+        if self.keep_rate is not None:
+            state["keep_rate"] = self.keep_rate.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores :meth:`state_dict`'s output.
@@ -153,3 +220,8 @@ class Selector:
             self.history = self.policy.make_history()
             if state["history"] is not None:
                 self.history.load_state_dict(state["history"])  # type: ignore[union-attr]
+        if self.keep_rate is not None:
+            # A state saved before the adaptation was kept restarts it from the initial beta.
+            self.keep_rate = KeepRate(self.keep_rate.target, self.keep_rate.horizon)
+            if state.get("keep_rate") is not None:
+                self.keep_rate.load_state_dict(state["keep_rate"])

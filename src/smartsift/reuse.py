@@ -1,0 +1,607 @@
+"""Loss reuse: sift each epoch before loading, from the losses the training step computed.
+
+:class:`ReuseSampler` wraps the sampler you would give your ``DataLoader`` and, once per epoch,
+drops from its indices the samples predicted to be learnt, judged by the per-sample losses that
+the training step recorded in a :class:`~smartsift.scoretable.ScoreTable`. There is no scoring
+pass, and skipped samples are never loaded. The decision is made by a
+:class:`~smartsift.selector.Selector`, so every policy works, including a stated keep rate
+(``RelativeProbabilistic(keep=0.3)``). The training loop needs two lines::
+
+    table = ScoreTable(len(dataset))
+    sampler = ReuseSampler(RandomSampler(dataset), table, policy=ss.RelativeProbabilistic(keep=0.3))
+    loader = DataLoader(ss.IndexedDataset(dataset), sampler=sampler, batch_size=64)
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)                          # optional; see "Epochs" below
+        for ids, x, y in loader:
+            per_sample = F.cross_entropy(model(x), y, reduction="none")
+            table.update(ids, per_sample)                 # hook 1: record the losses
+            loss = (per_sample * sampler.weights(ids)).mean()   # hook 2 (rescale=True only)
+            ...
+
+**What an epoch trains.** The base sampler's indices for the epoch are the candidates. A
+candidate with a *fresh* score (finite, recorded at most ``max_age`` epochs before this one) is
+decided by the selector; the rest pass: never-scored samples, non-finite losses, and stale
+scores are always trained (the refresh rule: a sample is skipped at most ``max_age`` epochs in a
+row, then trained and so re-scored). Scores reach the selector in the epoch's order, in chunks
+of ``chunk_size``, as a ``SiftingDataLoader`` hands it raw batches. In the last ``anneal``
+fraction of ``epochs`` every candidate is trained.
+
+**Epochs.** The decision for an epoch is made exactly once, when the epoch's first index is
+drawn (or by ``len()``), however many times anything calls ``iter()``: iterators are lazy and
+bind to an epoch only when first advanced, so the iterators that ``DataLoader`` or
+``StatefulDataLoader`` create and discard decide nothing. The epoch is ``set_epoch(epoch)``'s
+value once it has been called (as for ``DistributedSampler``: every iteration until the next
+``set_epoch`` replays the same epoch, and ``len()`` gives its exact length). Without
+``set_epoch``, an internal counter: every iteration that draws an index starts the next epoch
+(0 first), except the first one after :meth:`ReuseSampler.load_state_dict`, which continues
+the saved epoch from its saved position; ``len()`` then reports the epoch being iterated (or,
+between epochs, the last one).
+
+**DDP.** With a ``DistributedSampler`` as base sampler, the whole permutation it draws for the
+epoch (the same on every rank) is pruned, identically on every rank from the shared table, and
+the pruned list is then sharded evenly (padded by repeating its start, or with ``drop_last`` cut
+to a multiple of the world size), so every rank yields the same number of samples. Another base
+sampler is sharded likewise with ``num_replicas`` and ``rank``, if its order is the same on every
+rank.
+
+Example:
+    >>> import torch
+    >>> from torch.utils.data import SequentialSampler
+    >>> from smartsift.policies import TopK
+    >>> table = ScoreTable(8)
+    >>> sampler = ReuseSampler(SequentialSampler(range(8)), table, TopK(keep=0.5), chunk_size=8)
+    >>> first = list(sampler)                       # epoch 0: nothing scored, all trained
+    >>> table.update(torch.tensor(first), torch.arange(8.0))   # the training step's losses
+    >>> list(sampler)                               # epoch 1: the four lowest losses skipped
+    [4, 5, 6, 7]
+    >>> sampler.stats.skipped, sampler.stats.keep_rate
+    (4, 0.5)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DistributedSampler, Sampler
+
+from smartsift.audit import SiftAudit
+from smartsift.policies import Policy, RelativeProbabilistic
+from smartsift.scoretable import ScoreTable
+from smartsift.selector import Selector
+
+__all__ = [
+    "ReuseEpochStats",
+    "ReuseSampler",
+    "annealing",
+    "fresh_scores",
+    "shard_evenly",
+]
+
+_STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ReuseEpochStats:
+    """What :class:`ReuseSampler` decided for one epoch (over all ranks).
+
+    Attributes:
+        epoch: the epoch.
+        candidates: indices the base sampler gave (the whole permutation under DDP).
+        decided: candidates with a fresh score, handed to the selector.
+        kept: decided candidates the selector kept.
+        skipped: decided candidates skipped (not loaded this epoch).
+        passed: candidates trained undecided: never scored, non-finite, stale, or annealing.
+        stale: of ``passed``, those whose score was older than ``max_age`` epochs.
+        annealing: whether the epoch trains on every candidate (the ``anneal`` tail).
+        padded: indices repeated so that the ranks' shares are equal (DDP).
+        dropped: kept or passed indices cut so that the ranks' shares are equal
+            (DDP with ``drop_last``).
+    """
+
+    epoch: int
+    candidates: int
+    decided: int
+    kept: int
+    skipped: int
+    passed: int
+    stale: int
+    annealing: bool
+    padded: int = 0
+    dropped: int = 0
+
+    @property
+    def trained(self) -> int:
+        """Candidates trained this epoch over all ranks (kept and passed, before padding)."""
+        return self.kept + self.passed
+
+    @property
+    def keep_rate(self) -> float:
+        """The fraction of candidates trained (1.0 for an empty epoch)."""
+        return self.trained / self.candidates if self.candidates else 1.0
+
+    @property
+    def decided_keep_rate(self) -> float:
+        """The fraction of decided candidates kept (what a stated ``keep`` targets); NaN if none."""
+        return self.kept / self.decided if self.decided else float("nan")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields and the derived rates as plain values (ready for a logger)."""
+        out = asdict(self)
+        out.update(
+            trained=self.trained,
+            keep_rate=self.keep_rate,
+            decided_keep_rate=self.decided_keep_rate,
+        )
+        return out
+
+
+def fresh_scores(
+    losses: np.ndarray, scored_epoch: np.ndarray, epoch: int, max_age: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which scores may decide ``epoch``: finite and at most ``max_age`` epochs old.
+
+    Returns:
+        ``(fresh, stale)`` boolean masks: ``stale`` marks finite scores older than ``max_age``.
+
+    Example:
+        >>> fresh, stale = fresh_scores(
+        ...     np.array([0.5, np.nan, 0.2, 0.9]), np.array([4, 4, 1, -1]), epoch=5, max_age=2
+        ... )
+        >>> fresh.tolist(), stale.tolist()
+        ([True, False, False, False], [False, False, True, False])
+    """
+    scored = np.isfinite(losses) & (scored_epoch >= 0)
+    if max_age is None:
+        return scored, np.zeros_like(scored)
+    stale = scored & (epoch - scored_epoch > max_age)
+    return scored & ~stale, stale
+
+
+def annealing(epoch: int, epochs: int | None, anneal: float) -> bool:
+    """Whether ``epoch`` is one of the last ``ceil(anneal * epochs)``, which train on all data.
+
+    Example:
+        >>> [annealing(e, 8, 0.125) for e in range(8)]
+        [False, False, False, False, False, False, False, True]
+        >>> annealing(9, None, 0.0)
+        False
+    """
+    if anneal <= 0 or epochs is None:
+        return False
+    return epoch >= epochs - math.ceil(anneal * epochs - 1e-9)
+
+
+def shard_evenly(
+    indices: np.ndarray, num_replicas: int, rank: int, drop_last: bool
+) -> tuple[np.ndarray, int, int]:
+    """This rank's share of ``indices``, as ``DistributedSampler`` deals out its permutation.
+
+    Without ``drop_last`` the list is padded by repeating its start to a multiple of
+    ``num_replicas``; with it, cut to one. Rank ``r`` gets items ``r, r + W, r + 2W, ...``.
+
+    Returns:
+        ``(share, padded, dropped)``.
+
+    Example:
+        >>> share, padded, dropped = shard_evenly(np.arange(5), 2, 1, drop_last=False)
+        >>> share.tolist(), padded, dropped
+        ([1, 3, 0], 1, 0)
+        >>> shard_evenly(np.arange(5), 2, 1, drop_last=True)[0].tolist()
+        [1, 3]
+    """
+    n = indices.size
+    if num_replicas == 1:
+        return indices, 0, 0
+    if drop_last:
+        total = n // num_replicas * num_replicas
+        return np.ascontiguousarray(indices[rank:total:num_replicas]), 0, n - total
+    total = -(-n // num_replicas) * num_replicas
+    padded = total - n
+    if padded and n:
+        indices = np.concatenate([indices, np.resize(indices, padded)])
+    return np.ascontiguousarray(indices[rank:total:num_replicas]), padded if n else 0, 0
+
+
+@dataclass
+class _Epoch:
+    """One epoch's decision: this rank's indices and the weights by dataset index."""
+
+    epoch: int
+    indices: np.ndarray
+    weights: np.ndarray | None
+    started: bool = False
+
+
+class ReuseSampler(Sampler[int]):
+    """Wraps a sampler of dataset indices and skips, once per epoch, those predicted learnt.
+
+    See the module documentation for the training loop, the epoch rule, the refresh rule and
+    DDP.
+
+    Args:
+        sampler: the base sampler (``RandomSampler``, ``SequentialSampler``,
+            ``DistributedSampler`` or any sized iterable of indices in ``[0, table.size)``).
+        table: the score table the training step feeds.
+        policy: the selection policy; default ``RelativeProbabilistic()`` (``beta=1``).
+        max_age: the refresh rule: a score recorded more than ``max_age`` epochs before the
+            current one counts as never scored, so a sample is skipped at most ``max_age``
+            epochs in a row (and an epoch trains at least about ``1 / (max_age + 1)`` of the
+            data in the long run). None: scores never go stale.
+        rescale: weight kept decided samples by ``1 / p`` (``p`` their keep probability), so
+            that the epoch's expected gradient is that of all candidates (InfoBatch's
+            rescaling); read the weights with :meth:`weights`. Deterministic policies keep
+            with ``p = 1``, so their weights are 1.
+        max_weight: caps the weights (trading the unbiasedness for a bounded variance).
+        epochs: the number of epochs of the run (needed by ``anneal``).
+        anneal: the last ``ceil(anneal * epochs)`` epochs train on every candidate.
+        chunk_size: how many scores the selector decides at once (a raw batch's worth).
+        seed: seed of the selector's private generator (the same on every rank).
+        num_replicas, rank: shard the pruned list over ranks; taken from a
+            ``DistributedSampler`` base; default 1 and 0 otherwise.
+        drop_last: cut instead of pad when sharding; default the ``DistributedSampler``'s own,
+            else False.
+        audit: records per epoch the ids kept (with their reused losses), skipped ("sifted",
+            with their losses), passed, and cut by ``drop_last``. Under DDP each rank records
+            its share; :meth:`~smartsift.SiftAudit.merge` joins them.
+    """
+
+    def __init__(
+        self,
+        sampler: Sampler[int] | Iterable[int],
+        table: ScoreTable,
+        policy: Policy | None = None,
+        *,
+        max_age: int | None = 3,
+        rescale: bool = False,
+        max_weight: float | None = None,
+        epochs: int | None = None,
+        anneal: float = 0.0,
+        chunk_size: int = 256,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        drop_last: bool | None = None,
+        audit: SiftAudit | None = None,
+    ) -> None:
+        super().__init__()
+        policy = RelativeProbabilistic() if policy is None else policy
+        if not isinstance(policy, Policy):
+            raise ValueError(
+                "Expected `policy` to be a smartsift Policy (e.g. "
+                f"ss.RelativeProbabilistic(keep=0.3)), but got {policy!r}."
+            )
+        if not isinstance(table, ScoreTable):
+            raise ValueError(f"Expected `table` to be a ScoreTable, but got {table!r}.")
+        _check_int("max_age", max_age, low=0, optional=True)
+        _check_int("epochs", epochs, low=1, optional=True)
+        _check_int("chunk_size", chunk_size, low=1)
+        if not isinstance(anneal, (int, float)) or not 0.0 <= anneal < 1.0:
+            raise ValueError(f"Expected `anneal` to be a float in [0, 1), but got {anneal!r}.")
+        if anneal > 0 and epochs is None:
+            raise ValueError(
+                f"anneal={anneal} needs `epochs` (the run's number of epochs) to know which "
+                "epochs are the last ones; pass epochs=..."
+            )
+        if max_weight is not None and not (
+            isinstance(max_weight, (int, float)) and max_weight >= 1
+        ):
+            raise ValueError(
+                f"Expected `max_weight` to be a float >= 1 or None, but got {max_weight!r}."
+            )
+        self.sampler = sampler
+        self.table = table
+        self.policy = policy
+        self.max_age = max_age
+        self.rescale = bool(rescale)
+        self.max_weight = max_weight
+        self.epochs = epochs
+        self.anneal = float(anneal)
+        self.chunk_size = chunk_size
+        self.audit = audit
+        self.num_replicas, self.rank, self.drop_last = _sharding(
+            sampler, num_replicas, rank, drop_last
+        )
+        self.selector = Selector(policy, seed=seed)
+        self._stats: dict[int, ReuseEpochStats] = {}
+        self._explicit: int | None = None  # set_epoch's value
+        self._current: _Epoch | None = None
+        self._position = 0  # indices drawn in the current epoch by its latest iteration
+        self._resume = False  # the next iteration continues the current epoch at _position
+        self._token = 0  # which iteration owns _position
+        self._saved: dict[str, Any] | None = None  # the state parts fixed until the next decision
+
+    # ------------------------------------------------------------ epochs
+    def set_epoch(self, epoch: int) -> None:
+        """Sets the epoch that iterations and ``len()`` use from now on (decided on first use).
+
+        A pending resume (after :meth:`load_state_dict`) is kept only for the same epoch.
+        """
+        _check_int("epoch", epoch, low=0)
+        self._explicit = epoch
+        if self._resume and (self._current is None or self._current.epoch != epoch):
+            self._resume = False
+
+    @property
+    def epoch(self) -> int | None:
+        """The epoch of the current decision (None before the first)."""
+        return None if self._current is None else self._current.epoch
+
+    def __len__(self) -> int:
+        current = self._current
+        if current is None or (self._explicit is not None and current.epoch != self._explicit):
+            current = self._current = self._decide(0 if self._explicit is None else self._explicit)
+        return int(current.indices.size)
+
+    def __iter__(self) -> Iterator[int]:
+        if self._resume and self._current is not None:
+            self._resume = False
+            return self._run((self._current, self._position))
+        return self._run(None)
+
+    def _run(self, bound: tuple[_Epoch, int] | None) -> Iterator[int]:
+        # A generator: nothing below runs, and nothing is decided, until the first index is drawn.
+        current, start = bound if bound is not None else (self._bind(), 0)
+        current.started = True
+        self._token += 1
+        token = self._token
+        self._position = start
+        for i, index in enumerate(current.indices[start:].tolist(), start + 1):
+            if self._token == token:
+                self._position = i
+            yield index
+
+    def _bind(self) -> _Epoch:
+        """The epoch a new iteration runs: ``set_epoch``'s, one ``len()`` decided, or the next."""
+        current = self._current
+        if self._explicit is not None:
+            if current is None or current.epoch != self._explicit:
+                current = self._current = self._decide(self._explicit)
+            return current
+        if current is not None and not current.started:
+            return current
+        current = self._current = self._decide(0 if current is None else current.epoch + 1)
+        return current
+
+    # ------------------------------------------------------------ the decision
+    def _decide(self, epoch: int) -> _Epoch:
+        table = self.table
+        table.epoch = epoch
+        order = self._order(epoch)
+        losses = table.losses[order]
+        fresh, stale = fresh_scores(losses, table.scored_epoch[order], epoch, self.max_age)
+        anneals = annealing(epoch, self.epochs, self.anneal)
+        if anneals:
+            fresh = np.zeros_like(fresh)
+        keep = np.ones(order.size, dtype=bool)
+        probs = np.ones(order.size, dtype=np.float64)
+        decided = np.flatnonzero(fresh)
+        for start in range(0, decided.size, self.chunk_size):
+            pos = decided[start : start + self.chunk_size]
+            decision = self.selector.decide([losses[pos]], probabilities=self.rescale)
+            keep[pos] = decision.masks[0]
+            if decision.probabilities is not None:
+                probs[pos] = decision.probabilities[0]
+        weights = None
+        if self.rescale:
+            weights = np.ones(table.size, dtype=np.float32)
+            pos = decided[keep[decided]]
+            w = 1.0 / probs[pos]
+            if self.max_weight is not None:
+                w = np.minimum(w, self.max_weight)
+            weights[order[pos]] = w
+        trained_pos = np.flatnonzero(keep)
+        share, padded, dropped = shard_evenly(
+            order[trained_pos], self.num_replicas, self.rank, self.drop_last
+        )
+        n_kept = int(np.count_nonzero(keep[decided]))
+        self._stats[epoch] = ReuseEpochStats(
+            epoch=epoch,
+            candidates=int(order.size),
+            decided=int(decided.size),
+            kept=n_kept,
+            skipped=int(decided.size) - n_kept,
+            passed=int(order.size - decided.size),
+            stale=0 if anneals else int(np.count_nonzero(stale)),
+            annealing=anneals,
+            padded=padded,
+            dropped=dropped,
+        )
+        if self.audit is not None:
+            self._record(self.audit, epoch, order, losses, fresh, keep, trained_pos)
+        self._saved = None
+        return _Epoch(epoch, share, weights)
+
+    def _order(self, epoch: int) -> np.ndarray:
+        """The epoch's candidates: the base sampler's indices (every rank's under DDP)."""
+        base = self.sampler
+        if hasattr(base, "set_epoch"):
+            base.set_epoch(epoch)
+        if isinstance(base, DistributedSampler):
+            # The whole permutation: the same sampler seen as the only rank.
+            whole = copy.copy(base)
+            whole.num_replicas, whole.rank, whole.drop_last = 1, 0, False
+            whole.num_samples = whole.total_size = len(base.dataset)  # type: ignore[arg-type]
+            base = whole
+        order = np.fromiter(iter(base), dtype=np.int64)
+        if order.size and (order.min() < 0 or order.max() >= self.table.size):
+            bad = order[(order < 0) | (order >= self.table.size)][0]
+            raise ValueError(
+                f"The base sampler gave index {int(bad)}, outside the score table's "
+                f"[0, {self.table.size}); build the table with ScoreTable(len(dataset))."
+            )
+        return order
+
+    def _record(
+        self,
+        audit: SiftAudit,
+        epoch: int,
+        order: np.ndarray,
+        losses: np.ndarray,
+        fresh: np.ndarray,
+        keep: np.ndarray,
+        trained_pos: np.ndarray,
+    ) -> None:
+        """Audits this rank's share: trained items by position in the pruned list, skipped ones
+        by position in the candidates, so that the ranks' audits merge into the whole epoch."""
+        w, r = self.num_replicas, self.rank
+        mine = trained_pos[r::w]
+        decided = fresh[mine]
+        audit.record_scored_ids(
+            epoch, order[mine[decided]], losses[mine[decided]], keep[mine[decided]]
+        )
+        audit.record_passed_ids(epoch, order[mine[~decided]])
+        skipped = np.flatnonzero(fresh & ~keep)
+        skipped = skipped[skipped % w == r]
+        audit.record_scored_ids(
+            epoch, order[skipped], losses[skipped], np.zeros(skipped.size, dtype=bool)
+        )
+        if self.drop_last and w > 1:
+            total = trained_pos.size // w * w
+            cut = np.arange(total, trained_pos.size)
+            audit.record_dropped_ids(epoch, order[trained_pos[cut[cut % w == r]]])
+
+    # ------------------------------------------------------------ weights and stats
+    def weights(self, ids: Any) -> torch.Tensor:
+        """The current epoch's loss weights of the samples ``ids`` (all 1 without ``rescale``).
+
+        Returns a float32 tensor on the device of ``ids`` (if a tensor); multiply the
+        per-sample losses by it: ``loss = (per_sample * sampler.weights(ids)).mean()``.
+        """
+        if isinstance(ids, torch.Tensor):
+            device = ids.device
+            ids_np = ids.detach().to("cpu").numpy()
+        else:
+            device, ids_np = torch.device("cpu"), np.asarray(ids)
+        current = self._current
+        if current is None or current.weights is None:
+            return torch.ones(ids_np.shape, dtype=torch.float32, device=device)
+        return torch.from_numpy(current.weights[ids_np.astype(np.int64)]).to(device)
+
+    @property
+    def stats(self) -> ReuseEpochStats | None:
+        """The current epoch's decision counts (None before the first decision)."""
+        return None if self._current is None else self._stats.get(self._current.epoch)
+
+    @property
+    def epoch_stats(self) -> dict[int, ReuseEpochStats]:
+        """Every decided epoch's counts, by epoch (a copy)."""
+        return dict(self._stats)
+
+    # ------------------------------------------------------------ saving
+    def state_dict(self) -> dict[str, Any]:
+        """The epoch's decision, the position in it, the selector, the base sampler's generator
+        and the stats, as tensors and plain values (``torch.load(weights_only=True)`` loadable).
+
+        The score table is saved separately (:meth:`ScoreTable.state_dict`). Cheap to call
+        often (``StatefulDataLoader`` with workers calls it per batch): the parts fixed for the
+        epoch are built once per decision and shared, never copied.
+        """
+        if self._saved is None:
+            self._saved = self._epoch_state()
+        current = self._current
+        return {
+            **self._saved,
+            "explicit_epoch": self._explicit,
+            "started": bool(current is not None and current.started),
+            "position": self._position,
+        }
+
+    def _epoch_state(self) -> dict[str, Any]:
+        current = self._current
+        base_gen = getattr(self.sampler, "generator", None)
+        return {
+            "version": _STATE_VERSION,
+            "num_replicas": self.num_replicas,
+            "rank": self.rank,
+            "epoch": None if current is None else current.epoch,
+            # The decision's arrays are never changed in place, so the tensors share them.
+            "indices": None if current is None else torch.from_numpy(current.indices),
+            "weights": (
+                None
+                if current is None or current.weights is None
+                else torch.from_numpy(current.weights)
+            ),
+            "selector": self.selector.state_dict(),
+            "base_generator": (
+                base_gen.get_state() if isinstance(base_gen, torch.Generator) else None
+            ),
+            "stats": [asdict(s) for s in self._stats.values()],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores :meth:`state_dict`'s output; the next iteration continues the saved epoch
+        from the saved position (yielding nothing if it was complete).
+
+        Raises:
+            ValueError: if the state was saved with another rank layout or another policy.
+        """
+        if int(state.get("version", 0)) != _STATE_VERSION:
+            raise ValueError(
+                f"This is not a ReuseSampler state of a known version (got "
+                f"{state.get('version')!r}, expected {_STATE_VERSION})."
+            )
+        saved = (int(state["num_replicas"]), int(state["rank"]))
+        if saved != (self.num_replicas, self.rank):
+            raise ValueError(
+                f"The state was saved by rank {saved[1]} of {saved[0]}, but this sampler is rank "
+                f"{self.rank} of {self.num_replicas}; load each rank's own state."
+            )
+        self.selector.load_state_dict(state["selector"])
+        base_gen = getattr(self.sampler, "generator", None)
+        if isinstance(base_gen, torch.Generator) and state["base_generator"] is not None:
+            base_gen.set_state(state["base_generator"])
+        names = {f.name for f in fields(ReuseEpochStats)}
+        self._stats = {
+            int(s["epoch"]): ReuseEpochStats(**{k: v for k, v in s.items() if k in names})
+            for s in state["stats"]
+        }
+        self._explicit = None if state["explicit_epoch"] is None else int(state["explicit_epoch"])
+        self._position = int(state["position"])
+        self._current = None
+        self._resume = False
+        self._saved = None
+        if state["epoch"] is not None:
+            weights = state["weights"]
+            self._current = _Epoch(
+                epoch=int(state["epoch"]),
+                indices=state["indices"].numpy().astype(np.int64, copy=True),
+                weights=None if weights is None else weights.numpy().copy(),
+                started=bool(state["started"]),
+            )
+            self._resume = self._current.started
+
+
+def _check_int(name: str, value: Any, low: int, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        extra = " or None" if optional else ""
+        raise ValueError(f"Expected `{name}` to be an int >= {low}{extra}, but got {value!r}.")
+
+
+def _sharding(
+    sampler: Any, num_replicas: int | None, rank: int | None, drop_last: bool | None
+) -> tuple[int, int, bool]:
+    """The rank layout: a ``DistributedSampler``'s own, or the given one (default one rank)."""
+    if isinstance(sampler, DistributedSampler):
+        own = (sampler.num_replicas, sampler.rank)
+        for name, given, have in (("num_replicas", num_replicas, own[0]), ("rank", rank, own[1])):
+            if given is not None and given != have:
+                raise ValueError(
+                    f"Expected `{name}` to match the DistributedSampler's ({have}), but got "
+                    f"{given!r}; leave it out to use the sampler's."
+                )
+        return own[0], own[1], sampler.drop_last if drop_last is None else bool(drop_last)
+    w = 1 if num_replicas is None else num_replicas
+    r = 0 if rank is None else rank
+    _check_int("num_replicas", w, low=1)
+    _check_int("rank", r, low=0)
+    if r >= w:
+        raise ValueError(f"Expected `rank` in [0, {w}) (num_replicas={w}), but got {r}.")
+    return w, r, bool(drop_last)

@@ -1,0 +1,203 @@
+"""The score table: each dataset index's last training loss, fed by the training step itself.
+
+Loss reuse (:mod:`smartsift.reuse`) sifts without a scoring pass: the per-sample losses that the
+training step computes anyway are written into a :class:`ScoreTable`, keyed by dataset index,
+and the next epoch's :class:`~smartsift.reuse.ReuseSampler` decides from them which indices to
+skip before they are loaded. Feeding it is one line after the forward pass::
+
+    per_sample = loss_fn(model(x), y)            # reduction="none", shape (B,)
+    table.update(ids, per_sample)                # ids: the batch's dataset indices
+
+Per index the table records the last finite or non-finite loss, the epoch it was recorded in
+(``table.epoch``, which the sampler sets when it decides an epoch) and the update count
+(``table.updates``, one per :meth:`ScoreTable.update` call). Under DDP, with a process group
+initialised, :meth:`ScoreTable.update` all-gathers every rank's ``(ids, losses)`` so that every
+rank holds the same table: one ``all_gather`` per call, a second one only when some rank's batch
+is larger than any before (on the first call, and rarely after).
+
+Example:
+    >>> import torch
+    >>> table = ScoreTable(5)
+    >>> table.update(torch.tensor([3, 1]), torch.tensor([0.5, 2.0]))
+    >>> table.losses.tolist()
+    [nan, 2.0, nan, 0.5, nan]
+    >>> table.scored_update.tolist(), table.updates
+    ([-1, 0, -1, 0, -1], 1)
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+__all__ = ["ScoreTable"]
+
+
+def _to_numpy(value: Any, float64: bool) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().to("cpu")
+        return (value.to(torch.float64) if float64 else value).numpy()
+    return np.asarray(value, dtype=np.float64 if float64 else None)
+
+
+class ScoreTable:
+    """Each dataset index's last per-sample training loss, when it was recorded, and by which
+    update.
+
+    Args:
+        size: the number of dataset indices (``len(dataset)``); ids are ``0 .. size-1``.
+        distributed: whether :meth:`update` all-gathers every rank's ids and losses; default:
+            when a ``torch.distributed`` process group with more than one rank is initialised
+            (checked on each call). Pass False to keep a table per rank.
+        group: the process group to gather over (default: the world).
+
+    Attributes:
+        epoch: the epoch that new losses are stamped with; the :class:`~smartsift.reuse.
+            ReuseSampler` sets it when it decides an epoch (-1 before).
+        updates: how many :meth:`update` calls have been made (every rank counts alike).
+        sync_seconds: seconds spent in the all-gather, summed.
+        collectives: how many collectives :meth:`update` has run.
+    """
+
+    def __init__(self, size: int, distributed: bool | None = None, group: Any = None) -> None:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(
+                f"Expected `size` to be a positive int (the dataset's length), but got {size!r}."
+            )
+        self.size = size
+        self.distributed = distributed
+        self.group = group
+        self.epoch = -1
+        self.updates = 0
+        self.losses = np.full(size, np.nan, dtype=np.float64)
+        self.scored_epoch = np.full(size, -1, dtype=np.int64)
+        self.scored_update = np.full(size, -1, dtype=np.int64)
+        self.sync_seconds = 0.0
+        self.collectives = 0
+        self._capacity = 0  # the per-rank message length every rank agreed on
+
+    # ------------------------------------------------------------ feeding
+    def update(self, ids: Any, losses: Any) -> None:
+        """Records the per-sample training losses of one step (call it after the forward pass).
+
+        Args:
+            ids: the batch's dataset indices (a tensor, array or list of ints), shape ``(B,)``;
+                :class:`~smartsift.IndexedDataset` puts them in every batch.
+            losses: the unweighted per-sample losses of the same samples, shape ``(B,)``
+                (``reduction="none"``); detached here, any float dtype or device. A NaN or
+                infinite loss is stored, and the sample counts as never scored.
+
+        Raises:
+            ValueError: if the shapes differ, an id is out of range, or ids are not integers.
+        """
+        ids_np = _to_numpy(ids, float64=False)
+        loss_np = _to_numpy(losses, float64=True)
+        if ids_np.ndim != 1 or loss_np.shape != ids_np.shape:
+            raise ValueError(
+                f"Expected `ids` and `losses` to be 1-D and of the same length (one loss per "
+                f"sample, reduction='none'), but got shapes {ids_np.shape} and {loss_np.shape}."
+            )
+        if ids_np.size and not np.issubdtype(ids_np.dtype, np.integer):
+            raise ValueError(
+                f"Expected `ids` to hold integer dataset indices, but got dtype {ids_np.dtype}."
+            )
+        ids_np = ids_np.astype(np.int64, copy=False)
+        if ids_np.size and (ids_np.min() < 0 or ids_np.max() >= self.size):
+            bad = ids_np[(ids_np < 0) | (ids_np >= self.size)][0]
+            raise ValueError(
+                f"Expected `ids` in [0, {self.size}) (the table's size), but got {int(bad)}; "
+                "build the table with ScoreTable(len(dataset))."
+            )
+        if self._syncs():
+            ids_np, loss_np = self._gather(ids_np, loss_np)
+        self.losses[ids_np] = loss_np
+        self.scored_epoch[ids_np] = self.epoch
+        self.scored_update[ids_np] = self.updates
+        self.updates += 1
+
+    def _syncs(self) -> bool:
+        if self.distributed is False or not (dist.is_available() and dist.is_initialized()):
+            return False
+        return dist.get_world_size(self.group) > 1
+
+    def _gather(self, ids: np.ndarray, losses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        start = time.perf_counter()
+        try:
+            n = ids.size
+            if self._capacity == 0:
+                self._capacity = max(1, int(self._all_gather(np.array([n], np.float64)).max()))
+            cap = self._capacity
+            msg = np.zeros(2 + 2 * cap, dtype=np.float64)
+            msg[:2] = (n, n > cap)
+            msg[2 : 2 + min(n, cap)] = ids[:cap]
+            msg[2 + cap : 2 + cap + min(n, cap)] = losses[:cap]
+            rows = self._all_gather(msg)
+            sizes = rows[:, 0].astype(np.int64)
+            if rows[:, 1].any():
+                # Some rank's batch outgrew the agreed length: agree on a new one and resend.
+                self._capacity = cap = int(sizes.max())
+                body = np.zeros(2 * cap, dtype=np.float64)
+                body[:n], body[cap : cap + n] = ids, losses
+                rows = np.concatenate([rows[:, :2], self._all_gather(body)], axis=1)
+            all_ids = np.concatenate([r[2 : 2 + k] for r, k in zip(rows, sizes, strict=True)])
+            all_losses = np.concatenate(
+                [r[2 + cap : 2 + cap + k] for r, k in zip(rows, sizes, strict=True)]
+            )
+            return all_ids.astype(np.int64), all_losses
+        finally:
+            self.sync_seconds += time.perf_counter() - start
+
+    def _all_gather(self, msg: np.ndarray) -> np.ndarray:
+        device = torch.device("cpu")
+        if dist.get_backend(self.group) == "nccl":
+            device = torch.device("cuda", torch.cuda.current_device())
+        tensor = torch.from_numpy(msg).to(device)
+        out = [torch.empty_like(tensor) for _ in range(dist.get_world_size(self.group))]
+        dist.all_gather(out, tensor, group=self.group)
+        self.collectives += 1
+        return torch.stack(out).cpu().numpy()
+
+    # ------------------------------------------------------------ reading
+    def scored(self) -> np.ndarray:
+        """A boolean mask over indices: holds a finite loss.
+
+        Example:
+            >>> table = ScoreTable(3)
+            >>> table.update([0, 2], [1.0, float("nan")])
+            >>> table.scored().tolist()
+            [True, False, False]
+        """
+        return np.isfinite(self.losses)
+
+    # ------------------------------------------------------------ saving
+    def state_dict(self) -> dict[str, Any]:
+        """The table as tensors and plain values (``torch.load(weights_only=True)`` loadable)."""
+        return {
+            "size": self.size,
+            "epoch": self.epoch,
+            "updates": self.updates,
+            "losses": torch.from_numpy(self.losses.copy()),
+            "scored_epoch": torch.from_numpy(self.scored_epoch.copy()),
+            "scored_update": torch.from_numpy(self.scored_update.copy()),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores :meth:`state_dict`'s output.
+
+        Raises:
+            ValueError: if the state was saved by a table of another size.
+        """
+        if int(state["size"]) != self.size:
+            raise ValueError(
+                f"The score table state holds {state['size']} indices but this table holds "
+                f"{self.size}; build the table with the same dataset length to resume."
+            )
+        self.epoch = int(state["epoch"])
+        self.updates = int(state["updates"])
+        self.losses = state["losses"].numpy().astype(np.float64, copy=True)
+        self.scored_epoch = state["scored_epoch"].numpy().astype(np.int64, copy=True)
+        self.scored_update = state["scored_update"].numpy().astype(np.int64, copy=True)

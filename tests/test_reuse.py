@@ -1,0 +1,663 @@
+"""Loss reuse: the score table and the sampler, against torch's own loaders, DDP and resume."""
+
+from __future__ import annotations
+
+import io
+import itertools
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from _ddp import run_ranks
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    DistributedSampler,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    TensorDataset,
+)
+
+import smartsift as ss
+from smartsift.reuse import ReuseSampler, annealing, fresh_scores, shard_evenly
+from smartsift.scoretable import ScoreTable
+
+N = 96
+BS = 8
+
+pytestmark = pytest.mark.filterwarnings("ignore:'set_vital' is deprecated")
+
+
+def _data(n: int = N) -> ss.IndexedDataset:
+    return ss.IndexedDataset(TensorDataset(torch.randn(n, 3), torch.zeros(n)))
+
+
+def _losses(ids: torch.Tensor, epoch: int) -> torch.Tensor:
+    """A deterministic per-sample 'training loss' that falls with the epochs."""
+    base = (ids.double() * 37 % 101) / 101 + 0.01
+    return base * 0.8**epoch
+
+
+def _roundtrip(state: dict[str, Any]) -> dict[str, Any]:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+class CountingSampler(Sampler[int]):
+    """A base sampler that counts how often it is iterated (the sampler decides once per
+    iteration of its base)."""
+
+    def __init__(self, inner: Sampler[int]) -> None:
+        self.inner = inner
+        self.iterations = 0
+
+    def __iter__(self) -> Iterator[int]:
+        self.iterations += 1
+        return iter(self.inner)
+
+    def __len__(self) -> int:
+        return len(self.inner)  # type: ignore[arg-type]
+
+
+def _ids_of(batch: Any) -> torch.Tensor:
+    return torch.as_tensor(batch[0]).reshape(-1)
+
+
+def _train_epoch(loader: Any, table: ScoreTable, epoch: int) -> tuple[list[int], int]:
+    """Iterates one epoch, feeding the table as a training step would; returns the trained ids
+    and the batch count, failing if the epoch does not end."""
+    trained: list[int] = []
+    batches = 0
+    for batch in itertools.islice(loader, 4 * N):
+        ids = _ids_of(batch)
+        table.update(ids, _losses(ids, epoch))
+        trained += ids.tolist()
+        batches += 1
+    assert batches < 4 * N, "the epoch did not end"
+    return trained, batches
+
+
+# ---------------------------------------------------------------- the pure parts
+
+
+def test_fresh_scores_mark_never_scored_nonfinite_and_stale() -> None:
+    losses = np.array([0.1, np.nan, 0.3, 0.4, np.inf])
+    scored = np.array([5, 5, 3, 2, 5])
+    fresh, stale = fresh_scores(losses, scored, epoch=5, max_age=2)
+    assert fresh.tolist() == [True, False, True, False, False]
+    assert stale.tolist() == [False, False, False, True, False]
+    fresh, stale = fresh_scores(losses, scored, epoch=5, max_age=None)
+    assert fresh.tolist() == [True, False, True, True, False] and not stale.any()
+
+
+def test_annealing_is_the_last_fraction_of_epochs() -> None:
+    assert [e for e in range(10) if annealing(e, 10, 0.125)] == [8, 9]  # ceil(1.25) = 2
+    assert [e for e in range(8) if annealing(e, 8, 0.125)] == [7]
+    assert not any(annealing(e, 8, 0.0) for e in range(8))
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 6, 7])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_shards_are_equal_and_cover_the_list_once_up_to_padding(n: int, drop_last: bool) -> None:
+    w = 3
+    shards = [shard_evenly(np.arange(n), w, r, drop_last) for r in range(w)]
+    sizes = {s.size for s, _, _ in shards}
+    assert len(sizes) == 1
+    joined = Counter(np.concatenate([s for s, _, _ in shards]).tolist())
+    _, padded, dropped = shards[0]
+    assert sum(joined.values()) == n + padded - dropped
+    assert set(joined) <= set(range(n)) and (drop_last or set(joined) == set(range(n)))
+    assert (padded == 0) if drop_last else (dropped == 0 and padded < w)
+
+
+# ---------------------------------------------------------------- the table
+
+
+def test_the_table_records_loss_epoch_and_update_of_each_index() -> None:
+    table = ScoreTable(6)
+    table.epoch = 2
+    table.update(torch.tensor([4, 1]), torch.tensor([0.5, 1.5], dtype=torch.bfloat16))
+    table.epoch = 3
+    table.update([1], torch.tensor([0.25], requires_grad=True))
+    assert table.losses[[1, 4]].tolist() == [0.25, 0.5]
+    assert table.scored_epoch.tolist() == [-1, 3, -1, -1, 2, -1]
+    assert table.scored_update.tolist() == [-1, 1, -1, -1, 0, -1]
+    assert table.scored().tolist() == [False, True, False, False, True, False]
+    table.update([0], [float("nan")])
+    assert not table.scored()[0] and table.updates == 3 and table.collectives == 0
+
+
+@pytest.mark.parametrize(
+    ("ids", "losses", "message"),
+    [
+        ([0, 1], [0.1], r"same length.*\(2,\) and \(1,\)"),
+        ([0, 9], [0.1, 0.2], r"`ids` in \[0, 6\).*got 9.*ScoreTable\(len\(dataset\)\)"),
+        ([0.0, 1.0], [0.1, 0.2], r"integer dataset indices.*float64"),
+        ([[0, 1]], [[0.1, 0.2]], "1-D"),
+    ],
+)
+def test_the_table_refuses_bad_updates(ids: Any, losses: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ScoreTable(6).update(ids, losses)
+
+
+def test_the_table_saves_and_refuses_another_size() -> None:
+    table = ScoreTable(5)
+    table.epoch = 1
+    table.update([2, 3], [1.0, 2.0])
+    copy = ScoreTable(5)
+    copy.load_state_dict(_roundtrip(table.state_dict()))
+    np.testing.assert_array_equal(copy.losses, table.losses)
+    assert (copy.epoch, copy.updates) == (1, 1)
+    assert copy.scored_update.tolist() == table.scored_update.tolist()
+    with pytest.raises(ValueError, match="holds 5 indices but this table holds 4"):
+        ScoreTable(4).load_state_dict(table.state_dict())
+    with pytest.raises(ValueError, match="`size` to be a positive int"):
+        ScoreTable(0)
+
+
+# ---------------------------------------------------------------- against torch's loaders
+
+
+def _loader(kind: str, data: Any, sampler: ReuseSampler) -> Any:
+    if kind == "batch_size":
+        return DataLoader(data, sampler=sampler, batch_size=BS)
+    if kind == "batch_size_drop_last":
+        return DataLoader(data, sampler=sampler, batch_size=BS, drop_last=True)
+    if kind == "batch_sampler":
+        return DataLoader(data, batch_sampler=BatchSampler(sampler, BS, drop_last=False))
+    if kind == "batch_sampler_drop_last":
+        return DataLoader(data, batch_sampler=BatchSampler(sampler, BS, drop_last=True))
+    if kind == "workers":
+        return DataLoader(data, sampler=sampler, batch_size=BS, num_workers=2)
+    if kind == "workers_persistent_unbatched":
+        # No auto-collation: torch calls iter() on the sampler itself, twice per epoch.
+        return DataLoader(
+            data, sampler=sampler, batch_size=None, num_workers=2, persistent_workers=True
+        )
+    if kind == "stateful":
+        stateful = pytest.importorskip("torchdata.stateful_dataloader")
+        return stateful.StatefulDataLoader(data, sampler=sampler, batch_size=BS)
+    if kind == "stateful_workers":
+        stateful = pytest.importorskip("torchdata.stateful_dataloader")
+        return stateful.StatefulDataLoader(data, sampler=sampler, batch_size=BS, num_workers=2)
+    raise AssertionError(kind)
+
+
+KINDS = [
+    "batch_size",
+    "batch_size_drop_last",
+    "batch_sampler",
+    "batch_sampler_drop_last",
+    "workers",
+    "workers_persistent_unbatched",
+    "stateful",
+    "stateful_workers",
+]
+
+
+CASES = [(kind, False) for kind in KINDS] + [
+    (kind, True) for kind in ("batch_size", "workers", "stateful")
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "explicit"), CASES, ids=[f"{k}-{'set_epoch' if e else 'counter'}" for k, e in CASES]
+)
+def test_every_sample_is_trained_or_skipped_once_per_epoch_and_pruning_goes_on(
+    kind: str, explicit: bool
+) -> None:
+    data = _data()
+    table = ScoreTable(N)
+    audit = ss.SiftAudit(id_key=0)
+    base = CountingSampler(RandomSampler(range(N), generator=torch.Generator().manual_seed(0)))
+    sampler = ReuseSampler(
+        base, table, ss.RelativeProbabilistic(keep=0.5, history=64), chunk_size=16, audit=audit
+    )
+    loader = _loader(kind, data, sampler)
+    drop_last = "drop_last" in kind
+    epochs = 4
+    for epoch in range(epochs):
+        if explicit:
+            sampler.set_epoch(epoch)
+            expected_batches = len(loader)  # exact before the epoch with set_epoch
+        trained, batches = _train_epoch(loader, table, epoch)
+        assert sampler.epoch == epoch and base.iterations == epoch + 1  # one decision each
+        if explicit:
+            assert batches == expected_batches
+        stats = sampler.stats
+        assert stats is not None and stats.epoch == epoch
+        skipped = audit.epoch(epoch).sifted.tolist()
+        tail = len(sampler) % BS if drop_last else 0
+        assert len(trained) == len(sampler) - tail == stats.trained - tail
+        assert max(Counter(trained).values()) == 1 and not set(trained) & set(skipped)
+        assert len(trained) + len(skipped) + tail == N
+        if epoch == 0:
+            assert stats.skipped == 0 and stats.passed == N
+        else:  # pruning happens after the first epoch, and goes on
+            assert stats.skipped > N // 4 and len(trained) < N
+    assert sorted(sampler.epoch_stats) == list(range(epochs))
+
+
+def test_iterators_decide_nothing_until_advanced() -> None:
+    table = ScoreTable(N)
+    base = CountingSampler(SequentialSampler(range(N)))
+    sampler = ReuseSampler(base, table, ss.TopK(keep=0.5))
+    unused = [iter(sampler) for _ in range(3)]  # e.g. discarded by a loader's machinery
+    assert base.iterations == 0 and sampler.epoch is None and len(unused) == 3
+    assert len(list(sampler)) == N and sampler.epoch == 0 and base.iterations == 1
+
+
+def test_len_decides_the_epoch_that_the_next_iteration_runs() -> None:
+    table = ScoreTable(N)
+    table.epoch = 0
+    table.update(torch.arange(N), _losses(torch.arange(N), 0))
+    base = CountingSampler(SequentialSampler(range(N)))
+    sampler = ReuseSampler(base, table, ss.TopK(keep=0.25), chunk_size=N, max_age=None)
+    n = len(sampler)
+    assert n == N // 4 and len(sampler) == n and base.iterations == 1
+    assert len(list(sampler)) == n and base.iterations == 1  # the same decision
+    list(sampler)  # without set_epoch, the next iteration is the next epoch
+    assert sampler.epoch == 1 and base.iterations == 2
+
+
+def test_set_epoch_replays_the_same_epoch_until_changed() -> None:
+    table = ScoreTable(N)
+    base = CountingSampler(RandomSampler(range(N), generator=torch.Generator().manual_seed(1)))
+    sampler = ReuseSampler(base, table, ss.TopK(keep=0.5))
+    sampler.set_epoch(3)
+    first = list(sampler)
+    assert list(sampler) == first and len(sampler) == N and base.iterations == 1
+    sampler.set_epoch(3)
+    assert list(sampler) == first and base.iterations == 1
+    sampler.set_epoch(4)
+    list(sampler)
+    assert sampler.epoch == 4 and base.iterations == 2
+
+
+def test_only_the_latest_iteration_advances_the_saved_position() -> None:
+    sampler = ReuseSampler(SequentialSampler(range(N)), ScoreTable(N), ss.TopK(keep=0.5))
+    sampler.set_epoch(0)
+    first = iter(sampler)
+    assert [next(first) for _ in range(5)] == [0, 1, 2, 3, 4]
+    second = iter(sampler)
+    assert next(second) == 0 and sampler.state_dict()["position"] == 1
+    assert next(first) == 5 and sampler.state_dict()["position"] == 1
+    state = sampler.state_dict()
+    assert state["indices"] is sampler.state_dict()["indices"]  # built once per decision
+
+
+def test_never_scored_samples_are_always_trained() -> None:
+    table = ScoreTable(N)
+    audit = ss.SiftAudit(id_key=0)
+    sampler = ReuseSampler(SequentialSampler(range(N)), table, ss.TopK(keep=0.1), audit=audit)
+    unscored = set(range(0, N, 3))
+    for epoch in range(4):
+        trained = list(sampler)
+        scored = torch.tensor([i for i in trained if i not in unscored])
+        table.update(scored, _losses(scored, epoch))
+        assert unscored <= set(trained)
+        assert set(audit.epoch(epoch).passed.tolist()) >= unscored
+
+
+@pytest.mark.parametrize("max_age", [1, 2, None])
+def test_a_sample_is_skipped_at_most_max_age_epochs_in_a_row(max_age: int | None) -> None:
+    table = ScoreTable(N)
+    audit = ss.SiftAudit(id_key=0)
+    sampler = ReuseSampler(
+        SequentialSampler(range(N)), table, ss.TopK(keep=0.1), max_age=max_age, audit=audit
+    )
+    epochs = 8
+    for epoch in range(epochs):
+        ids = torch.tensor(list(sampler))
+        table.update(ids, _losses(ids, epoch))
+    skipped = [set(audit.epoch(e).sifted.tolist()) for e in range(epochs)]
+    runs = Counter[int]()
+    longest = 0
+    for e in range(epochs):
+        for i in range(N):
+            runs[i] = runs[i] + 1 if i in skipped[e] else 0
+        longest = max(longest, max(runs.values()))
+    if max_age is None:
+        assert longest == epochs - 1  # the easiest samples are never refreshed
+    else:
+        assert longest == max_age
+        assert sum(s.stale for s in sampler.epoch_stats.values()) > 0
+
+
+def test_annealing_epochs_train_on_everything() -> None:
+    table = ScoreTable(N)
+    sampler = ReuseSampler(
+        SequentialSampler(range(N)), table, ss.TopK(keep=0.5), epochs=8, anneal=0.25
+    )
+    for epoch in range(8):
+        ids = torch.tensor(list(sampler))
+        table.update(ids, _losses(ids, epoch))
+        stats = sampler.stats
+        assert stats is not None and stats.annealing == (epoch >= 6)
+        assert (ids.numel() == N) == (epoch == 0 or epoch >= 6)
+    with pytest.raises(ValueError, match=r"anneal=0\.25 needs `epochs`"):
+        ReuseSampler(SequentialSampler(range(N)), table, anneal=0.25)
+
+
+# ---------------------------------------------------------------- rescaling
+
+
+def test_weights_are_one_over_the_keep_probability() -> None:
+    table = ScoreTable(N)
+    table.epoch = 0
+    table.update(torch.arange(N), _losses(torch.arange(N), 0))
+    sampler = ReuseSampler(
+        SequentialSampler(range(N)), table, ss.Uniform(keep=0.25), rescale=True, max_age=None
+    )
+    kept = torch.tensor(list(sampler))
+    assert sampler.weights(kept).tolist() == [4.0] * kept.numel()
+    never = ReuseSampler(SequentialSampler(range(N)), ScoreTable(N), rescale=True)
+    assert never.weights(torch.arange(3)).tolist() == [1.0] * 3  # before any decision
+    ids = torch.tensor(list(never))
+    assert never.weights(ids).tolist() == [1.0] * N  # never scored: weight 1
+    capped = ReuseSampler(
+        SequentialSampler(range(N)), table, ss.Uniform(keep=0.25), rescale=True, max_weight=3.0
+    )
+    assert set(capped.weights(torch.tensor(list(capped))).tolist()) == {3.0}
+    plain = ReuseSampler(SequentialSampler(range(N)), table, ss.Uniform(keep=0.25))
+    assert set(plain.weights(torch.tensor(list(plain))).tolist()) == {1.0}
+
+
+def test_rescaled_weights_make_epoch_sums_unbiased() -> None:
+    # The weight of a kept sample is exactly 1 / its keep probability (percentile ** beta), so
+    # summed over the trained samples with their weights, any per-sample quantity averages to
+    # its sum over all candidates.
+    table = ScoreTable(N)
+    table.epoch = 0
+    losses = _losses(torch.arange(N), 0)
+    table.update(torch.arange(N), losses)
+    percentile = (losses.argsort().argsort() + 1).double() / N  # all losses differ
+    values = torch.linspace(1.0, 2.0, N)
+    sums = []
+    for seed in range(200):
+        sampler = ReuseSampler(
+            SequentialSampler(range(N)),
+            table,
+            ss.RelativeProbabilistic(beta=1.0, history=N),
+            rescale=True,
+            chunk_size=N,
+            seed=seed,
+        )
+        ids = torch.tensor(list(sampler))
+        assert 0 < ids.numel() < N
+        weights = sampler.weights(ids)
+        torch.testing.assert_close(weights.double(), 1 / percentile[ids], rtol=1e-6, atol=0)
+        sums.append(float((values[ids] * weights).sum()))
+    assert np.mean(sums) == pytest.approx(float(values.sum()), rel=0.05)
+
+
+# ---------------------------------------------------------------- keep rates, DDP
+
+
+def test_a_stated_keep_rate_holds_in_the_reuse_mode() -> None:
+    n = 3000
+    table = ScoreTable(n)
+    rng = np.random.default_rng(0)
+    sampler = ReuseSampler(
+        RandomSampler(range(n), generator=torch.Generator().manual_seed(0)),
+        table,
+        ss.RelativeProbabilistic(keep=0.3, history=512),
+        max_age=None,
+    )
+    for epoch in range(6):
+        ids = torch.tensor(list(sampler))
+        # losses drift down, and half the data turns hard at epoch 3 (a bimodal shift)
+        loss = rng.exponential(size=ids.numel()) * 0.7**epoch
+        if epoch >= 3:
+            loss = loss + 2.0 * (ids.numpy() % 2)
+        table.update(ids, torch.from_numpy(loss))
+        stats = sampler.stats
+        assert stats is not None
+        if epoch >= 1:
+            assert stats.decided_keep_rate == pytest.approx(0.3, abs=0.02)
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_simulated_ranks_decide_alike_and_yield_equal_batches(drop_last: bool) -> None:
+    n, world = 90, 2
+    data = _data(n)
+    table = ScoreTable(n)  # one table: what every rank holds after the all-gather
+    audits = [ss.SiftAudit(id_key=0) for _ in range(world)]
+    samplers = [
+        ReuseSampler(
+            DistributedSampler(data, num_replicas=world, rank=r, seed=4, drop_last=drop_last),
+            table,
+            ss.RelativeProbabilistic(keep=0.5, history=64),
+            audit=audits[r],
+        )
+        for r in range(world)
+    ]
+    loaders = [DataLoader(data, sampler=s, batch_size=BS) for s in samplers]
+    for epoch in range(4):
+        for s in samplers:
+            s.set_epoch(epoch)
+        trained: list[list[int]] = [[] for _ in range(world)]
+        for batches in itertools.zip_longest(*loaders):
+            assert None not in batches, "ranks yielded different numbers of batches"
+            for r, batch in enumerate(batches):
+                trained[r] += batch[0].tolist()
+            ids = torch.cat([b[0] for b in batches])
+            table.update(ids, _losses(ids, epoch))
+        s0, s1 = (s.stats for s in samplers)
+        assert s0 == s1 and s0 is not None
+        merged = ss.SiftAudit.merge(audits).epoch(epoch)
+        everyone = Counter(trained[0] + trained[1])
+        skipped = merged.sifted.tolist()
+        assert not set(everyone) & set(skipped)
+        assert len(set(everyone)) + len(skipped) + s0.dropped == n
+        assert sum(everyone.values()) == s0.trained + s0.padded - s0.dropped
+        assert set(merged.trained.tolist()) == set(everyone)
+        assert epoch == 0 or s0.skipped > 0
+
+
+def _ddp_job(rank: int, world: int) -> dict[str, Any]:
+    n = 64
+    torch.manual_seed(0)
+    data = _data(n)
+    table = ScoreTable(n)
+    sampler = ReuseSampler(
+        DistributedSampler(data, seed=1),
+        table,
+        ss.RelativeProbabilistic(keep=0.5, history=64),
+        chunk_size=16,
+    )
+    loader = DataLoader(data, sampler=sampler, batch_size=4)
+    out: dict[str, Any] = {"batches": [], "trained": [], "skipped": []}
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        trained, batches = _train_epoch(loader, table, epoch)
+        out["batches"].append(batches)
+        out["trained"].append(trained)
+        stats = sampler.stats
+        assert stats is not None
+        out["skipped"].append(stats.skipped)
+    out["losses"] = table.losses.tolist()
+    out["updates"], out["collectives"] = table.updates, table.collectives
+    out["seconds_per_update"] = table.sync_seconds / table.updates
+    return out
+
+
+def test_real_ddp_ranks_share_one_table_and_step_alike() -> None:
+    r0, r1 = run_ranks(_ddp_job, 2, timeout=60)
+    assert r0["losses"] == r1["losses"]  # every rank holds the same table
+    assert not np.isnan(r0["losses"]).any()
+    assert r0["batches"] == r1["batches"]
+    assert r0["updates"] == r1["updates"] == sum(r0["batches"])
+    # one all-gather per step, plus one on the first step to agree on the message length
+    assert r0["collectives"] == r0["updates"] + 1
+    for epoch in range(3):
+        trained = r0["trained"][epoch] + r1["trained"][epoch]
+        assert len(set(trained)) + r0["skipped"][epoch] == 64
+    assert r0["skipped"][0] == 0 and min(r0["skipped"][1:]) > 0
+
+
+# ---------------------------------------------------------------- resume
+
+
+def _make(seed: int = 0, explicit: bool = False) -> tuple[ScoreTable, ReuseSampler]:
+    table = ScoreTable(N)
+    base = RandomSampler(range(N), generator=torch.Generator().manual_seed(seed))
+    sampler = ReuseSampler(
+        base,
+        table,
+        ss.RelativeProbabilistic(keep=0.4, history=64),
+        chunk_size=16,
+        rescale=True,
+        audit=ss.SiftAudit(id_key=0),
+    )
+    return table, sampler
+
+
+def _steps(table: ScoreTable, sampler: ReuseSampler, epoch: int, it: Iterator[int]) -> list:
+    """The rest of an epoch from iterator ``it``, in steps of 5, with weights."""
+    out = []
+    while chunk := list(itertools.islice(it, 5)):
+        ids = torch.tensor(chunk)
+        table.update(ids, _losses(ids, epoch))
+        out.append((chunk, sampler.weights(ids).tolist()))
+    return out
+
+
+@pytest.mark.parametrize("explicit", [False, True], ids=["counter", "set_epoch"])
+@pytest.mark.parametrize("stop", [(0, 0), (1, 0), (1, 23), (2, 40), (2, 10_000)])
+def test_a_resumed_sampler_yields_exactly_the_remaining_indices(
+    stop: tuple[int, int], explicit: bool
+) -> None:
+    epochs = 4
+
+    def run(table: ScoreTable, sampler: ReuseSampler, start: int, resume_it: Any) -> list:
+        out = []
+        for epoch in range(start, epochs):
+            if explicit and resume_it is None:
+                sampler.set_epoch(epoch)
+            it = resume_it if resume_it is not None else iter(sampler)
+            resume_it = None
+            out.append(_steps(table, sampler, epoch, it))
+        return out
+
+    expected = run(*_make(), 0, None)
+    table, sampler = _make()
+    stop_epoch, stop_at = stop
+    for epoch in range(stop_epoch):
+        if explicit:
+            sampler.set_epoch(epoch)
+        _steps(table, sampler, epoch, iter(sampler))
+    if explicit:
+        sampler.set_epoch(stop_epoch)
+    it = iter(sampler)
+    head = list(itertools.islice(it, stop_at))
+    if head:
+        ids = torch.tensor(head)
+        table.update(ids, _losses(ids, stop_epoch))
+    states = _roundtrip({"table": table.state_dict(), "sampler": sampler.state_dict()})
+    table2, sampler2 = _make(seed=99)  # the base generator comes from the state
+    table2.load_state_dict(states["table"])
+    sampler2.load_state_dict(states["sampler"])
+    if explicit:
+        sampler2.set_epoch(stop_epoch)  # the same epoch: the resume stands
+    elif not head and stop_epoch > 0:
+        # Saved between epochs, the counter resumes the (complete) last epoch: nothing left.
+        assert list(sampler2) == [] and sampler2.epoch == stop_epoch - 1
+    resumed = run(table2, sampler2, stop_epoch, iter(sampler2))
+    flat = [i for chunk, _ in expected[stop_epoch] for i in chunk]
+    assert [i for chunk, _ in resumed[0] for i in chunk] == flat[len(head) :]
+    assert resumed[1:] == expected[stop_epoch + 1 :]
+    assert sampler2.epoch_stats == _final_stats(explicit)
+
+
+def _final_stats(explicit: bool) -> dict:
+    table, sampler = _make()
+    for epoch in range(4):
+        if explicit:
+            sampler.set_epoch(epoch)
+        _steps(table, sampler, epoch, iter(sampler))
+    return sampler.epoch_stats
+
+
+@pytest.mark.parametrize("stop", [3, "last", "after"])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stateful_dataloader_resumes_mid_epoch_exactly(workers: int, stop: Any) -> None:
+    # Saved after 3 batches of epoch 1, after its last batch (before the loader knows the
+    # epoch ended), or after the epoch's loop: the resumed run trains exactly what is left.
+    stateful = pytest.importorskip("torchdata.stateful_dataloader")
+    data = _data()
+
+    def make() -> tuple[ScoreTable, ReuseSampler, Any]:
+        table, sampler = _make()
+        loader = stateful.StatefulDataLoader(
+            data, sampler=sampler, batch_size=BS, num_workers=workers
+        )
+        return table, sampler, loader
+
+    def steps(table: ScoreTable, it: Any, epoch: int, limit: int | None = None) -> list:
+        out = []
+        for batch in itertools.islice(it, limit):
+            ids = batch[0]
+            table.update(ids, _losses(ids, epoch))
+            out.append(ids.tolist())
+        return out
+
+    table, _, loader = make()
+    expected = [steps(table, loader, e) for e in range(3)]
+    table, _, loader = make()
+    steps(table, loader, 0)
+    it = iter(loader)
+    if stop == "after":
+        head = steps(table, it, 1)
+    else:
+        head = steps(table, it, 1, 3 if stop == 3 else len(expected[1]))
+    state = _roundtrip({"loader": loader.state_dict(), "table": table.state_dict()})
+    del it, loader
+    table2, sampler2, loader2 = make()
+    loader2.load_state_dict(state["loader"])
+    table2.load_state_dict(state["table"])
+    if stop != "after":
+        assert head + steps(table2, loader2, 1) == expected[1]
+    assert steps(table2, loader2, 2) == expected[2]
+    assert sampler2.epoch == 2
+
+
+# ---------------------------------------------------------------- argument checks
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_age": -1}, r"`max_age` to be an int >= 0 or None, but got -1"),
+        ({"chunk_size": 0}, r"`chunk_size` to be an int >= 1, but got 0"),
+        ({"anneal": 1.0}, r"`anneal` to be a float in \[0, 1\), but got 1.0"),
+        ({"max_weight": 0.5}, r"`max_weight` to be a float >= 1 or None"),
+        ({"policy": "topk"}, r"`policy` to be a smartsift Policy"),
+        ({"num_replicas": 2, "rank": 2}, r"`rank` in \[0, 2\)"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ReuseSampler(SequentialSampler(range(N)), ScoreTable(N), **kwargs)
+
+
+def test_indices_outside_the_table_and_foreign_states_are_refused() -> None:
+    sampler = ReuseSampler(SequentialSampler(range(N + 1)), ScoreTable(N))
+    with pytest.raises(ValueError, match=rf"index {N}, outside.*\[0, {N}\)"):
+        list(sampler)
+    data = _data()
+    ranks = [
+        ReuseSampler(DistributedSampler(data, num_replicas=2, rank=r), ScoreTable(N))
+        for r in range(2)
+    ]
+    with pytest.raises(ValueError, match="saved by rank 0 of 2, but this sampler is rank 1"):
+        ranks[1].load_state_dict(ranks[0].state_dict())
+    with pytest.raises(ValueError, match="match the DistributedSampler's"):
+        ReuseSampler(DistributedSampler(data, num_replicas=2, rank=0), ScoreTable(N), rank=1)
