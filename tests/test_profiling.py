@@ -136,6 +136,67 @@ def test_report_prints_a_table() -> None:
     assert _report().as_dict()["recommended"] in (True, False)
 
 
+# ------------------------------------------------------------------ how far training has got
+def test_a_loss_still_falling_fast_is_too_early_to_judge() -> None:
+    cheap = _report(scoring_s=0.2, selection_s=0.0, data_s=0.0, loss_concentration=0.9)
+    fresh = dataclasses.replace(cheap, train_loss=1.7, loss_trend=-0.36, loss_trend_t=-9.0)
+    assert cheap.recommended and not cheap.too_early
+    assert fresh.too_early and not fresh.recommended
+    assert fresh.recommended_keep == cheap.recommended_keep  # the cost verdict stands
+    advice = fresh.recommendation
+    assert advice.startswith("Too early to judge: the training loss fell by 36% across")
+    assert "sift_delay" in advice and "ss.Auto" in advice and "profile again" in advice
+    assert "training loss: 1.7, -36% across the pilot" in str(fresh)
+    # A fall that is small, or not sure (a noisy pilot), is no reason to wait.
+    assert not dataclasses.replace(fresh, loss_trend=-0.05).too_early
+    assert not dataclasses.replace(fresh, loss_trend_t=-1.0).too_early
+
+
+def test_a_loss_near_the_chance_level_is_too_early_to_judge() -> None:
+    r = _report(scoring_s=0.2, selection_s=0.0, train_loss=2.2, chance_loss=math.log(10))
+    assert r.too_early and not r.recommended
+    assert "near the chance level (2.3 = log of the number of classes)" in r.recommendation
+    assert not dataclasses.replace(r, train_loss=0.5).too_early
+    # Where sifting does not pay on cost, that is said first: no need to wait and see.
+    dear = dataclasses.replace(r, scoring_s=4.0)
+    assert dear.recommendation.startswith("Do not sift")
+
+
+def _mnist_like(n: int = 1024, seed: int = 0) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 4, (n,), generator=g)
+    x = torch.randn(n, 16, generator=g) * 0.5 + F.one_hot(y, 16).float() * 3.0
+    return DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True, generator=g)
+
+
+def test_profile_of_a_fresh_network_says_it_cannot_judge_yet() -> None:
+    torch.manual_seed(0)
+    model = _ExpensiveBackwardNet()  # a step costs many scoring passes: cheap on cost
+    model.head = torch.nn.Linear(32, 4)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    fresh = ss.profile(model, _mnist_like(), _ce, opt, steps=12, warmup=2, num_classes=4)
+    assert fresh.recommended_keep is not None, str(fresh)
+    assert fresh.too_early and not fresh.recommended, str(fresh)
+    assert fresh.recommendation.startswith("Too early to judge")
+    assert fresh.chance_loss == pytest.approx(math.log(4)) and fresh.loss_trend < -0.1
+    # Trained first, the same network is judged on its merits.
+    loader = _mnist_like()
+    for _ in range(3):
+        for batch in loader:
+            opt.zero_grad()
+            _ce(model, batch).mean().backward()
+            opt.step()
+    trained = ss.profile(model, loader, _ce, opt, steps=12, warmup=2, num_classes=4)
+    assert not trained.too_early, str(trained)
+    assert trained.train_loss < 0.5 * math.log(4)
+
+
+def test_num_classes_is_checked() -> None:
+    model = torch.nn.Linear(16, 3)
+    with pytest.raises(ValueError, match="num_classes"):
+        ss.profile(model, _loader(), _ce, torch.optim.SGD(model.parameters()), 2, 0, num_classes=1)
+
+
 # ------------------------------------------------------------------ the pilot run
 def test_profile_figures_are_consistent() -> None:
     torch.manual_seed(0)

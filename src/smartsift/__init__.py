@@ -7,8 +7,10 @@ Example:
 """
 
 from smartsift.audit import EpochRecord, IndexedDataset, SiftAudit
+from smartsift.auto import Auto
 from smartsift.batching import BatchTransform, UnsupportedBatchError
 from smartsift.distributed import RemoteRankError
+from smartsift.guards import Guarded
 from smartsift.history import LossHistory
 from smartsift.ledger import SiftTrace
 from smartsift.loader import SiftingDataLoader
@@ -23,9 +25,11 @@ from smartsift.scoring import LossFunctionError
 from smartsift.stats import SiftStats
 
 __all__ = [
+    "Auto",
     "BatchTransform",
     "DataSchedule",
     "EpochRecord",
+    "Guarded",
     "IndexedDataset",
     "LossFunctionError",
     "LossHistory",

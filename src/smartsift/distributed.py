@@ -2,10 +2,13 @@
 
 Every round, each rank pulls at most one raw batch and scores it locally; then one
 ``all_gather`` carries from every rank a small header (batch size, buffered count, exhausted
-and error flags) and its losses. With that message every rank knows every rank's losses, so all
-ranks share one loss history and compute every rank's keep mask alike (with a generator seeded
-the same everywhere), hence every rank's buffered count, and all yield the same number of
-refined batches. The epoch's leftovers are balanced across ranks once, at the end.
+and error flags) and its losses, and, when the policy asks for them, per-sample side values
+(sample ids and labels for :class:`~smartsift.Guarded`) and a few per-rank numbers (the
+timings :class:`~smartsift.Auto` decides from). With that message every rank knows every
+rank's losses, so all ranks share one loss history and compute every rank's keep mask alike
+(with a generator seeded the same everywhere), hence every rank's buffered count, and all
+yield the same number of refined batches. The epoch's leftovers are balanced across ranks
+once, at the end.
 
 Example:
     >>> info = resolve_ranks(None, None, None)   # no process group: a single process
@@ -16,7 +19,7 @@ Example:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,6 +29,14 @@ import torch.distributed as dist
 __all__ = ["PeerRound", "RankInfo", "RemoteRankError", "resolve_ranks"]
 
 _HEADER = 5  # size, buffered, exhausted, error, overflow
+
+
+def _no_channels() -> np.ndarray:
+    return np.zeros((0, 0), dtype=np.float64)
+
+
+def _no_scalars() -> np.ndarray:
+    return np.zeros(0, dtype=np.float64)
 
 
 class RemoteRankError(RuntimeError):
@@ -47,13 +58,19 @@ class RankInfo:
 
 @dataclass
 class PeerRound:
-    """One rank's part of a round, as every rank sees it."""
+    """One rank's part of a round, as every rank sees it.
+
+    ``channels`` holds per-sample side values, shape ``(k, size)`` (ids, labels); ``scalars``
+    a fixed number of per-rank values. Both are empty unless the round's caller sent some.
+    """
 
     size: int
     buffered: int
     exhausted: bool
     error: bool
     losses: np.ndarray
+    channels: np.ndarray = field(default_factory=_no_channels)
+    scalars: np.ndarray = field(default_factory=_no_scalars)
 
 
 def resolve_ranks(rank: int | None, world_size: int | None, group: Any) -> RankInfo:
@@ -103,44 +120,77 @@ class Lockstep:
         self._device = _comm_device(info.group) if info.distributed else torch.device("cpu")
 
     def exchange(
-        self, size: int, losses: np.ndarray, buffered: int, exhausted: bool, error: bool
+        self,
+        size: int,
+        losses: np.ndarray,
+        buffered: int,
+        exhausted: bool,
+        error: bool,
+        channels: np.ndarray | None = None,
+        scalars: np.ndarray | None = None,
     ) -> list[PeerRound]:
         """Shares this rank's round with all ranks; returns every rank's, in rank order.
 
-        ``losses`` is empty (a pass-through round) or holds ``size`` losses.
+        ``losses`` is empty (a pass-through round) or holds ``size`` losses. ``channels``, of
+        shape ``(k, len(losses))``, travel with the losses (float64: integer ids are exact up
+        to 2**53); ``scalars`` are ``m`` numbers of this rank. Every rank must send the same
+        ``k`` and ``m`` (they follow from the policy, which is the same on every rank); with
+        neither, the message is exactly the header and the losses.
         """
+        if channels is None:
+            channels = _no_channels()
+        if scalars is None:
+            scalars = _no_scalars()
         if not self.info.distributed:
-            return [PeerRound(size, buffered, exhausted, error, losses)]
+            return [PeerRound(size, buffered, exhausted, error, losses, channels, scalars)]
         start = time.perf_counter()
         try:
-            return self._exchange(size, losses, buffered, exhausted, error)
+            return self._exchange(size, losses, buffered, exhausted, error, channels, scalars)
         finally:
             self.seconds += time.perf_counter() - start
 
     def _exchange(
-        self, size: int, losses: np.ndarray, buffered: int, exhausted: bool, error: bool
+        self,
+        size: int,
+        losses: np.ndarray,
+        buffered: int,
+        exhausted: bool,
+        error: bool,
+        channels: np.ndarray,
+        scalars: np.ndarray,
     ) -> list[PeerRound]:
         n = losses.size
+        k, m = channels.shape[0], scalars.size
         cap = self.capacity
-        msg = np.zeros(_HEADER + cap, dtype=np.float64)
+        head = _HEADER + m
+        msg = np.zeros(head + (1 + k) * cap, dtype=np.float64)
         msg[:_HEADER] = (size, buffered, exhausted, error, n > cap)
-        msg[_HEADER : _HEADER + min(n, cap)] = losses[:cap]
+        msg[_HEADER:head] = scalars
+        body = msg[head:].reshape(1 + k, cap)
+        body[0, : min(n, cap)] = losses[:cap]
+        if k:
+            body[1:, : min(n, cap)] = channels[:, :cap]
         rows = self._gather(torch.from_numpy(msg))
         if rows[:, 4].any():
             # Someone's raw batch outgrew the agreed capacity: agree on a new one and resend.
             self.capacity = cap = int(rows[:, 0].max())
-            padded = np.zeros(cap, dtype=np.float64)
-            padded[:n] = losses
-            loss_rows = self._gather(torch.from_numpy(padded))
+            padded = np.zeros((1 + k, cap), dtype=np.float64)
+            padded[0, :n] = losses
+            if k:
+                padded[1:, :n] = channels
+            loss_rows = self._gather(torch.from_numpy(padded.ravel()))
         else:
-            loss_rows = rows[:, _HEADER:]
+            loss_rows = rows[:, head:]
+        loss_rows = loss_rows.reshape(len(rows), 1 + k, cap)
         return [
             PeerRound(
                 size=int(row[0]),
                 buffered=int(row[1]),
                 exhausted=bool(row[2]),
                 error=bool(row[3]),
-                losses=loss_rows[r, : int(row[0])],
+                losses=loss_rows[r, 0, : int(row[0])],
+                channels=loss_rows[r, 1:, : int(row[0])],
+                scalars=rows[r, _HEADER:head],
             )
             for r, row in enumerate(rows)
         ]

@@ -131,12 +131,21 @@ class Ledger:
         """Samples seen and kept over the recent scored raw batches."""
         return sum(s for s, _ in self.recent), sum(k for _, k in self.recent)
 
-    def snapshot(self, buffered: int, comm_s: float, quantiles: dict[str, float]) -> SiftStats:
-        """The counters as :class:`~smartsift.SiftStats` (nothing is changed)."""
+    def snapshot(
+        self,
+        buffered: int,
+        comm_s: float,
+        quantiles: dict[str, float],
+        auto: tuple[str, str] | None = None,
+    ) -> SiftStats:
+        """The counters as :class:`~smartsift.SiftStats` (nothing is changed); ``auto`` is
+        :class:`~smartsift.Auto`'s state and reason, when the policy is one."""
         seen, kept = self.recent_rate()
         values: dict[str, Any] = {**self.counts, **self.times}
         values["samples_buffered"] = buffered
         values["comm_s"] = comm_s
+        if auto is not None:
+            values["auto_state"], values["auto_reason"] = auto
         rate = kept / seen if seen else float("nan")
         return SiftStats(**values, recent_keep_rate=rate, loss_quantiles=quantiles)
 

@@ -35,6 +35,7 @@ import torch
 
 from smartsift import checkpoint as ckpt
 from smartsift.audit import SiftAudit
+from smartsift.auto import SKIP
 from smartsift.batcher import Joiner, RefinedBatcher
 from smartsift.batching import BatchTransform, inspect_batch, narrow, select, to_device
 from smartsift.checks import (
@@ -85,6 +86,9 @@ class SiftingDataLoader:
         model: the model being trained; DDP and ``torch.compile`` wrappers are accepted.
         loss_fn: ``loss_fn(model, batch) -> Tensor`` of shape ``(B,)``, one loss per sample.
         policy: which samples to keep; default ``RelativeProbabilistic(beta=1.0, history=500)``.
+            :class:`~smartsift.Guarded` limits any policy against noise (reading sample ids
+            and labels from the batch); :class:`~smartsift.Auto` sifts only where it pays,
+            training plain (raw batches passed through unscored) where it does not.
         sift_delay: raw batches passed through unsifted (and unscored) before sifting starts;
             raw batches larger than ``batch_size`` are cut into batches of ``batch_size``.
         repeat_delay_per_epoch: apply ``sift_delay`` at the start of every epoch.
@@ -194,6 +198,11 @@ class SiftingDataLoader:
         self._active: weakref.ref[Any] | None = None
         self._warned_empty = False
         self._dropped_before = 0  # samples_dropped when the current epoch began
+        # What Auto measures between rounds: the user's steps, and the loader's own overhead.
+        self._user_s = 0.0
+        self._user_n = 0
+        self._overhead_s = 0.0
+        self._round_kept: list[int] = []
 
     # ----------------------------------------------------------------- public surface
     @property
@@ -220,7 +229,10 @@ class SiftingDataLoader:
     def stats(self) -> SiftStats:
         """A snapshot of this process's counters and timers (a pure read)."""
         return self._ledger.snapshot(
-            self._batcher.pending, self._lockstep.seconds, self._selector.quantiles()
+            self._batcher.pending,
+            self._lockstep.seconds,
+            self._selector.quantiles(),
+            self._selector.auto_status(),
         )
 
     @property
@@ -254,7 +266,7 @@ class SiftingDataLoader:
         values = [float(getattr(local, k)) for k in stats_fields()] + [float(seen), float(kept)]
         *sums, seen_all, kept_all = self._lockstep.sum(values)
         rate = kept_all / seen_all if seen_all else float("nan")
-        return from_sums(sums, rate, local.loss_quantiles)
+        return from_sums(sums, rate, local.loss_quantiles, local.auto_state, local.auto_reason)
 
     def set_epoch(self, epoch: int) -> None:
         """Forwards ``epoch`` to the wrapped loader, its sampler or its dataset."""
@@ -401,7 +413,10 @@ class SiftingDataLoader:
                 batch = item.batch
                 if not item.raw and self.transform is not None:
                     batch = self.transform.reverse_transform(batch)
+                t0 = time.perf_counter()
                 yield batch
+                self._user_s += time.perf_counter() - t0  # the user's step, for Auto
+                self._user_n += item.size
                 continue
             if cur.flushed:
                 break
@@ -435,12 +450,17 @@ class SiftingDataLoader:
 
     def _round(self) -> None:
         """One round: pull a raw batch, score it, agree with the other ranks, select, batch."""
-        cur, ledger = self._cursor, self._ledger
+        cur, ledger, selector = self._cursor, self._ledger, self._selector
         delay = cur.in_delay(self.sift_delay, self.repeat_delay_per_epoch)
+        auto = selector.auto is not None and not delay
+        if auto and selector.round_kind() == SKIP:
+            delay = True  # Auto trains plain: pass through unscored, as in the sift delay
         raw: Any = None
         sliceable: Any = None
         size = 0
         losses = _EMPTY
+        side: np.ndarray | None = None
+        data_s = 0.0
         error: BaseException | None = None
         if not cur.exhausted:
             t0 = time.perf_counter()
@@ -450,7 +470,8 @@ class SiftingDataLoader:
                 cur.exhausted = True
             except Exception as err:  # reported to the other ranks before it is raised
                 error = _annotate(err, f"while loading raw batch {cur.raw_in_epoch} of the epoch")
-            ledger.times["data_s"] += time.perf_counter() - t0
+            data_s = time.perf_counter() - t0
+            ledger.times["data_s"] += data_s
         if raw is not None:
             cur.raw_in_epoch += 1
             try:
@@ -462,11 +483,17 @@ class SiftingDataLoader:
                     self._batcher.check_layout(sliceable, layout)  # before the exchange
                     if not delay:
                         losses = self._score(raw, size)
+                        side = self._side_values(sliceable, size)
             except Exception as err:
                 error = _annotate(err, f"on raw batch {cur.raw_in_epoch - 1} of the epoch")
-                size, losses = 0, _EMPTY
+                size, losses, side = 0, _EMPTY, None
         buffered = self._batcher.buffered
-        peers = self._lockstep.exchange(size, losses, buffered, cur.exhausted, error is not None)
+        if side is None and (selector.needs_ids or selector.needs_labels):
+            side = np.zeros((int(selector.needs_ids) + int(selector.needs_labels), 0))
+        scalars = self._auto_scalars(losses.size, size, data_s) if auto else None
+        peers = self._lockstep.exchange(
+            size, losses, buffered, cur.exhausted, error is not None, side, scalars
+        )
         _raise_errors(peers, error, self.ranks.rank)
         cur.advance()
         if self._batcher.batch_size is None and max(p.size for p in peers) > 0:
@@ -478,6 +505,8 @@ class SiftingDataLoader:
             self._pass_through(peers, raw, sliceable, size)
         else:
             self._sift(peers, sliceable, size, losses)
+        if auto and any(p.size for p in peers):
+            self._auto_round(peers, delay)
         pulled = ledger.counts["raw_batches"]
         if self.log_interval and size > 0 and pulled % self.log_interval == 0:
             if self.log_fn is not None:
@@ -495,9 +524,36 @@ class SiftingDataLoader:
             train_mode=self.score_in_train_mode,
             autocast_dtype=self.autocast_dtype,
         ).numpy()
-        self._ledger.times["scoring_s"] += time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        self._ledger.times["scoring_s"] += seconds
+        self._overhead_s += seconds
         self._selector.screen(losses)
         return losses
+
+    def _side_values(self, sliceable: Any, size: int) -> np.ndarray | None:
+        """The sample ids and labels a guarded policy decides with, as rows of floats (ids
+        first), to travel with the losses; None when the policy needs neither."""
+        guard = self._selector.guard
+        if guard is None:
+            return None
+        rows = [v for v in guard.sample_inputs(sliceable, size) if v is not None]
+        return np.stack(rows).astype(np.float64) if rows else None
+
+    def _auto_scalars(self, scored: int, size: int, data_s: float) -> np.ndarray:
+        """This rank's timings since the last round, for Auto (see ``smartsift.auto.SCALARS``)."""
+        out = np.array(
+            [self._overhead_s, scored, self._user_s, self._user_n, data_s, size], dtype=np.float64
+        )
+        self._overhead_s = self._user_s = 0.0
+        self._user_n = 0
+        return out
+
+    def _auto_round(self, peers: list[PeerRound], skipped: bool) -> None:
+        kept = None if skipped else self._round_kept
+        if self._selector.end_round([p.losses for p in peers], kept, [p.scalars for p in peers]):
+            status = self._selector.auto_status()
+            if self.ranks.rank == 0 and status is not None:
+                logger.info("smartsift auto, epoch %d: %s", self._cursor.epoch, status[1])
 
     def _pass_through(self, peers: list[PeerRound], raw: Any, sliceable: Any, size: int) -> None:
         batcher = self._batcher
@@ -514,7 +570,15 @@ class SiftingDataLoader:
 
     def _sift(self, peers: list[PeerRound], sliceable: Any, size: int, losses: np.ndarray) -> None:
         t0 = time.perf_counter()
-        decision = self._selector.decide([p.losses for p in peers])
+        selector = self._selector
+        if selector.needs_ids or selector.needs_labels:
+            rows = [p.channels.astype(np.int64) for p in peers]
+            ids = [r[0] for r in rows] if selector.needs_ids else None
+            labels = [r[-1] for r in rows] if selector.needs_labels else None
+            decision = selector.decide([p.losses for p in peers], ids=ids, labels=labels)
+        else:
+            decision = selector.decide([p.losses for p in peers])
+        self._round_kept = decision.kept
         me = self.ranks.rank if self.ranks.distributed else 0
         mask, kept = decision.masks[me], decision.kept[me]
         if size > 0:
@@ -527,7 +591,9 @@ class SiftingDataLoader:
             self._emit([peers[0].buffered + kept])
         else:
             self._emit([p.buffered + k for p, k in zip(peers, decision.kept, strict=True)])
-        self._ledger.times["selection_s"] += time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        self._ledger.times["selection_s"] += seconds
+        self._overhead_s += seconds
 
     def _emit(self, counts: list[int]) -> None:
         """Forms as many full refined batches as every rank can form."""

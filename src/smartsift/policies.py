@@ -192,12 +192,20 @@ class Policy(ABC):
     def format_description(description: dict[str, Any]) -> str:
         """Formats :meth:`describe`'s output like a policy's repr.
 
+        A wrapped policy's description (the field ``policy`` of a wrapper) is formatted in
+        place, first.
+
         Example:
             >>> Policy.format_description(TopK(keep=0.5).describe())
             'TopK(keep=0.5)'
         """
-        args = ", ".join(f"{k}={v!r}" for k, v in dict(description.get("fields", {})).items())
-        return f"{description.get('type')}({args})"
+        args = []
+        for k, v in dict(description.get("fields", {})).items():
+            if k == "policy" and isinstance(v, dict) and "type" in v:
+                args.append(Policy.format_description(v))
+            else:
+                args.append(f"{k}={v!r}")
+        return f"{description.get('type')}({', '.join(args)})"
 
 
 @dataclass(frozen=True, repr=False)

@@ -19,7 +19,12 @@ reaches a given accuracy sooner also depends on how much the dropped samples wou
 it, which a short pilot cannot measure; a model that still needs all of its data (early in
 training, or a language model in its first epochs) can lose more accuracy than it saves time.
 The report's ``loss_concentration`` is a hint: when the losses are spread evenly over the
-samples, the recommendation says so.
+samples, the recommendation says so. And the pilot reads how far training has got: when the
+training loss is still near the chance level (``log(num_classes)``, given ``num_classes``) or
+still falls fast across the pilot's steps (by :data:`FALLING_FAST` or more, surely), the
+network is too early in training to judge (``report.too_early``): an untrained network's losses
+say little about where sifting will pay later, so the advice is to train first (a
+``sift_delay``, or :class:`~smartsift.Auto`) and profile again.
 
 Example:
     >>> import torch
@@ -60,6 +65,7 @@ from smartsift.checks import (
     check_policy,
     check_transform,
 )
+from smartsift.lossstats import EVEN_LOSSES, loss_concentration, relative_trend, trend_t
 from smartsift.policies import Policy, RelativeProbabilistic
 from smartsift.scoring import LossFn, score
 from smartsift.selector import Selector
@@ -67,8 +73,10 @@ from smartsift.selector import Selector
 __all__ = [
     "CANDIDATE_KEEPS",
     "EVEN_LOSSES",
+    "FALLING_FAST",
     "GOOD_SPEEDUP",
     "MIN_SPEEDUP",
+    "NEAR_CHANCE",
     "ProfileReport",
     "loss_concentration",
     "profile",
@@ -83,8 +91,12 @@ GOOD_SPEEDUP = 1.2
 """The mildest candidate keep predicted to be at least this much faster is recommended."""
 MIN_SPEEDUP = 1.1
 """Below this predicted speedup at the last candidate keep, the report advises not to sift."""
-EVEN_LOSSES = 0.7
-"""A loss concentration below this: losses too even for sifting to pay; the advice cautions."""
+FALLING_FAST = 0.1
+"""A training loss that fell by this share or more across the pilot (surely: a fitted line's
+t statistic below -2) is still falling fast: too early in training to judge."""
+NEAR_CHANCE = 0.8
+"""A mean training loss of at least this share of the chance level ``log(num_classes)``: the
+network has barely learnt; too early to judge."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +121,12 @@ class ProfileReport:
             scored samples carries: near 0.5 when losses are even (every sample still
             teaches, so dropping samples costs accuracy), near 1 when a few samples carry
             the loss (what sifting needs). NaN when unknown.
+        train_loss: the mean training loss of the pilot's steps (each batch's before its
+            update). NaN when unknown.
+        loss_trend: how much the training loss changed across the pilot's steps, relative to
+            where it started, from a fitted line (-0.2: it fell by 20 %); NaN when unknown.
+        loss_trend_t: the t statistic of that line's slope (below -2: surely falling).
+        chance_loss: ``log(num_classes)`` when ``num_classes`` was given, else NaN.
 
     Example:
         >>> report = ProfileReport(data_s=0.0, scoring_s=1.0, selection_s=0.0, forward_s=1.0,
@@ -127,6 +145,39 @@ class ProfileReport:
     steps: int = 0
     device: str = "cpu"
     loss_concentration: float = math.nan
+    train_loss: float = math.nan
+    loss_trend: float = math.nan
+    loss_trend_t: float = math.nan
+    chance_loss: float = math.nan
+
+    @property
+    def too_early(self) -> bool:
+        """Whether the network is too early in training for the pilot to judge sifting: its
+        training loss is near the chance level or still falls fast (see :attr:`early_reason`).
+
+        Example:
+            >>> fresh = ProfileReport(0.0, 1.0, 0.0, 1.0, 2.0, 1.0, loss_trend=-0.3,
+            ...                       loss_trend_t=-6.0)
+            >>> fresh.too_early, fresh.recommended, fresh.recommended_keep
+            (True, False, 0.5)
+        """
+        return self.early_reason is not None
+
+    @property
+    def early_reason(self) -> str | None:
+        """Why the network is too early in training to judge, in words; None when it is not."""
+        reasons = []
+        if self.chance_loss > 0 and self.train_loss >= NEAR_CHANCE * self.chance_loss:
+            reasons.append(
+                f"the training loss ({self.train_loss:.3g}) is still near the chance level "
+                f"({self.chance_loss:.3g} = log of the number of classes)"
+            )
+        if self.loss_trend <= -FALLING_FAST and self.loss_trend_t <= -2.0:
+            reasons.append(
+                f"the training loss fell by {-self.loss_trend:.0%} across the pilot's "
+                f"{self.steps} measured steps and their warm-up"
+            )
+        return " and ".join(reasons) if reasons else None
 
     @property
     def step_s(self) -> float:
@@ -176,8 +227,9 @@ class ProfileReport:
 
     @property
     def recommended(self) -> bool:
-        """Whether sifting is predicted to pay on this model and data."""
-        return self.recommended_keep is not None
+        """Whether to sift now: sifting is predicted to pay on cost (``recommended_keep``) and
+        the network is not :attr:`too_early` in training to judge."""
+        return self.recommended_keep is not None and not self.too_early
 
     @property
     def recommendation(self) -> str:
@@ -194,6 +246,19 @@ class ProfileReport:
                 "Sifting pays when the backward pass and optimizer step dominate the forward pass."
             )
         beta = 1.0 / keep - 1.0
+        early = self.early_reason
+        if early is not None:
+            return (
+                f"Too early to judge: {early}. An untrained network's losses say little about "
+                "where sifting pays later (they look concentrated or even for reasons that "
+                "pass), and while every batch still lowers the loss fast, dropping samples "
+                "costs more learning than it saves time. On cost alone, a training step costs "
+                f"{ratio:.1f}x a scoring pass, so keeping {keep:.0%} of the samples would be "
+                f"{self.predicted_speedup(keep):.2f}x faster per epoch (break-even below keep "
+                f"{self.break_even_keep:.2f}). Train plain first (a sift_delay of an epoch or "
+                "more), or let ss.Auto(...) start sifting when the losses concentrate, and "
+                "profile again after some training."
+            )
         advice = (
             f"Sift: a training step costs {ratio:.1f}x a scoring pass, so keeping {keep:.0%} of "
             f"the samples is predicted {self.predicted_speedup(keep):.2f}x faster per epoch "
@@ -252,6 +317,16 @@ class ProfileReport:
                 f"loss concentration: the higher-loss half of the samples carries "
                 f"{self.loss_concentration:.0%} of the loss"
             )
+        if not math.isnan(self.loss_trend):
+            chance = (
+                f" (chance level {self.chance_loss:.3g})"
+                if not math.isnan(self.chance_loss)
+                else ""
+            )
+            lines.append(
+                f"training loss: {self.train_loss:.3g}{chance}, {self.loss_trend:+.0%} across "
+                "the pilot"
+            )
         lines.append(self.recommendation)
         return "\n".join(lines)
 
@@ -273,6 +348,7 @@ def profile(
     transform: BatchTransform | None = None,
     score_in_train_mode: bool = False,
     autocast_dtype: torch.dtype | None = None,
+    num_classes: int | None = None,
 ) -> ProfileReport:
     """Runs a short pilot of real training steps and scoring passes; returns the costs.
 
@@ -303,6 +379,9 @@ def profile(
         transform: a :class:`~smartsift.BatchTransform` for batches that cannot be sliced.
         score_in_train_mode: score in train mode, as the loader option of that name.
         autocast_dtype: score under ``torch.autocast`` with this dtype, as the loader option.
+        num_classes: for a classifier trained with cross-entropy, the number of classes: the
+            report then tells an untrained network (loss near ``log(num_classes)``) from one
+            that has learnt.
 
     Returns:
         A :class:`ProfileReport`; ``print(report)`` shows a table and the recommendation.
@@ -324,6 +403,8 @@ def profile(
         (2, True)
     """
     _validate(model, dataloader, loss_fn, optimizer, steps, warmup, train_step, policy, transform)
+    if num_classes is not None:
+        check_int("num_classes", num_classes, 2)
     policy = RelativeProbabilistic() if policy is None else policy
     dev = torch.device(device) if device is not None else None
     step_fn: TrainStep = train_step if train_step is not None else _mean_loss(loss_fn)
@@ -357,6 +438,7 @@ def profile(
         )
     measured = samples[warmup:]
     losses = np.concatenate([m["losses"] for m in measured])
+    train_losses = np.array([m["train_loss"] for m in samples])
 
     def median(key: str) -> float:
         return statistics.median(m[key] / m["size"] for m in measured)
@@ -372,29 +454,10 @@ def profile(
         steps=len(measured),
         device=measured[0]["device"],
         loss_concentration=loss_concentration(losses),
-    )
-
-
-def loss_concentration(losses: np.ndarray) -> float:
-    """The share of the total loss carried by the higher-loss half of ``losses``.
-
-    Non-finite losses are ignored; NaN when there are fewer than two or their sum is not
-    positive.
-
-    Example:
-        >>> loss_concentration(np.array([1.0, 1.0, 1.0, 1.0]))
-        0.5
-        >>> loss_concentration(np.array([0.0, 0.0, 1.0, 3.0]))
-        1.0
-    """
-    x = np.sort(np.asarray(losses, dtype=np.float64)[np.isfinite(losses)])
-    total = float(x.sum())
-    if x.size < 2 or not total > 0:
-        return math.nan
-    return (
-        float(x[x.size // 2 :].sum() / total)
-        if x.size % 2 == 0
-        else float((x[x.size // 2 + 1 :].sum() + 0.5 * x[x.size // 2]) / total)
+        train_loss=float(np.mean(train_losses[warmup:])),
+        loss_trend=relative_trend(train_losses),
+        loss_trend_t=trend_t(train_losses),
+        chance_loss=math.log(num_classes) if num_classes is not None else math.nan,
     )
 
 
@@ -494,6 +557,7 @@ def _pilot(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         t["optimizer"] = clock.stop()
+        t["train_loss"] = float(loss.detach())
         clock.start()
         losses = score(
             model,
@@ -507,7 +571,7 @@ def _pilot(
         t["losses"] = losses
 
         clock.start()
-        _machinery(losses, sliceable, selector, batcher)
+        _machinery(losses, sliceable, selector, batcher, size)
         t["selection"] = clock.stop()
 
         out.append(t)
@@ -515,12 +579,19 @@ def _pilot(
 
 
 def _machinery(
-    losses: np.ndarray, sliceable: Any, selector: Selector, batcher: RefinedBatcher
+    losses: np.ndarray, sliceable: Any, selector: Selector, batcher: RefinedBatcher, size: int
 ) -> None:
     """What the loader does with a scored batch, with the loader's own parts: history and
     decision (the selector), slicing, buffering and joining into refined batches (the
     batcher)."""
-    mask = selector.decide([losses]).masks[0]
+    ids = labels = None
+    if selector.guard is not None:
+        ids, labels = selector.guard.sample_inputs(sliceable, size)
+    mask = selector.decide(
+        [losses],
+        ids=None if ids is None else [ids],
+        labels=None if labels is None else [labels],
+    ).masks[0]
     kept = int(np.count_nonzero(mask))
     if kept == mask.size:
         batcher.push(sliceable, kept)

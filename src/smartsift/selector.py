@@ -5,6 +5,12 @@ order) and returns one keep mask per rank. Given the same inputs and state it re
 masks on every rank, which is what keeps DDP ranks in step; it needs no loader, so a sampler, a
 trainer hook, the profiler or a benchmark can drive it.
 
+It also holds the state of the policies that wrap others: the streaks of a
+:class:`~smartsift.Guarded` policy (per sample id; ids and labels come with the losses, one
+array per rank) and the :class:`~smartsift.auto.AutoController` of :class:`~smartsift.Auto`,
+which the loader asks what each round does (:meth:`Selector.round_kind`) and tells what each
+round measured (:meth:`Selector.end_round`).
+
 Example:
     >>> import numpy as np
     >>> import smartsift as ss
@@ -23,6 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from smartsift.auto import MEASURE, SIFT, Auto, AutoController
+from smartsift.guards import Guarded, StreakTable
 from smartsift.history import LossHistory
 from smartsift.keeprate import KeepRate
 from smartsift.policies import Policy, RelativeProbabilistic
@@ -77,21 +85,58 @@ class Selector:
             )
         self.policy = policy
         self.nonfinite = nonfinite
+        self.auto = AutoController(policy) if isinstance(policy, Auto) else None
+        inner = policy.policy if isinstance(policy, Auto) else policy
+        self.guard: Guarded | None = inner if isinstance(inner, Guarded) else None
+        self.base: Policy = self.guard.policy if self.guard is not None else inner
+        self.streaks = StreakTable() if self.guard is not None and self.guard.needs_ids else None
         self.history: LossHistory | None = policy.make_history()
         self.generator = torch.Generator().manual_seed(int(seed))
         self._adaptive: RelativeProbabilistic | None = None
         self.keep_rate: KeepRate | None = None
-        if isinstance(policy, RelativeProbabilistic) and policy.keep is not None:
-            self._adaptive = policy
-            self.keep_rate = KeepRate(policy.keep, horizon=min(policy.history, KEEP_HORIZON))
+        base = self.base
+        if isinstance(base, RelativeProbabilistic) and base.keep is not None:
+            self._adaptive = base
+            self.keep_rate = KeepRate(base.keep, horizon=min(base.history, KEEP_HORIZON))
+
+    @property
+    def needs_ids(self) -> bool:
+        """Whether decisions need each sample's id (a ``Guarded`` policy with ``max_streak``)."""
+        return self.streaks is not None
+
+    @property
+    def needs_labels(self) -> bool:
+        """Whether decisions need each sample's label (``Guarded`` with ``class_floor``)."""
+        return self.guard is not None and self.guard.needs_labels
 
     @property
     def beta(self) -> float | None:
         """The beta of the next decision under ``RelativeProbabilistic`` (adapted for ``keep``)."""
         if self.keep_rate is not None:
             return self.keep_rate.beta
-        policy = self.policy
-        return policy.initial_beta if isinstance(policy, RelativeProbabilistic) else None
+        base = self.base
+        return base.initial_beta if isinstance(base, RelativeProbabilistic) else None
+
+    def round_kind(self) -> str:
+        """What the next round does: ``"sift"`` (decide), or under ``Auto`` also ``"measure"``
+        (score, keep everything) or ``"skip"`` (pass through unscored)."""
+        return self.auto.kind() if self.auto is not None else SIFT
+
+    def end_round(
+        self,
+        losses: Sequence[np.ndarray],
+        kept: Sequence[int] | None,
+        scalars: Sequence[np.ndarray],
+    ) -> bool:
+        """Tells ``Auto`` what a round measured (see :meth:`AutoController.observe`); returns
+        whether its state changed. Does nothing for other policies."""
+        if self.auto is None:
+            return False
+        return self.auto.observe(losses, kept, scalars)
+
+    def auto_status(self) -> tuple[str, str] | None:
+        """``Auto``'s state and the reason for it, or None for other policies."""
+        return None if self.auto is None else (self.auto.state, self.auto.reason)
 
     def reseed(self, seed: int) -> None:
         """Restarts the private generator from ``seed``."""
@@ -111,15 +156,25 @@ class Selector:
                 "them; they never enter the loss history either way."
             )
 
-    def decide(self, losses: Sequence[np.ndarray], probabilities: bool = False) -> Decision:
+    def decide(
+        self,
+        losses: Sequence[np.ndarray],
+        probabilities: bool = False,
+        ids: Sequence[np.ndarray] | None = None,
+        labels: Sequence[np.ndarray] | None = None,
+    ) -> Decision:
         """Adds every rank's finite losses to the history, then returns every rank's keep mask.
 
         Args:
             losses: one float array of per-sample losses per rank, in rank order (a rank with
                 no raw batch this round gives an empty array).
             probabilities: also return each sample's keep probability (for ``1 / p`` weights).
+            ids: each rank's sample ids, for a ``Guarded`` policy with ``max_streak``.
+            labels: each rank's sample labels, for a ``Guarded`` policy with ``class_floor``.
         """
         history = self.history
+        if self.guard is not None or self.auto is not None:
+            return self._decide_general(losses, probabilities, ids, labels)
         if self.keep_rate is not None or probabilities:
             return self._decide_general(losses, probabilities)
         if len(losses) == 1 and np.isfinite(losses[0]).all():  # the single-process fast path
@@ -130,58 +185,108 @@ class Selector:
             return Decision([mask], [int(np.count_nonzero(mask))], [0])
         return self._decide_general(losses, False)
 
-    def _decide_general(self, losses: Sequence[np.ndarray], probabilities: bool) -> Decision:
+    def _decide_general(
+        self,
+        losses: Sequence[np.ndarray],
+        probabilities: bool,
+        ids: Sequence[np.ndarray] | None = None,
+        labels: Sequence[np.ndarray] | None = None,
+    ) -> Decision:
         history = self.history
         finite = [np.isfinite(x) for x in losses]
         clean = [bool(f.all()) for f in finite]
+        if self.needs_ids and ids is None:
+            raise ValueError(
+                f"{self.guard!r} needs each sample's id; pass ids= (the SiftingDataLoader reads "
+                "them at the policy's `id_key`)."
+            )
+        if self.needs_labels and labels is None:
+            raise ValueError(
+                f"{self.guard!r} needs each sample's label; pass labels= (the SiftingDataLoader "
+                "reads them at the policy's `label_key`)."
+            )
         if history is not None:
             if all(clean):
                 history.extend(losses[0] if len(losses) == 1 else np.concatenate(losses))
             else:
                 history.extend(np.concatenate([x[f] for x, f in zip(losses, finite, strict=True)]))
+        keep_all = self.auto is not None and self.auto.kind() == MEASURE
         # One beta for the whole round (every rank), then one feedback step on what it kept.
         beta = self.keep_rate.beta if self.keep_rate is not None else None
         masks, kept, bad, probs = [], [], [], []
         policy_kept = policy_decided = 0
-        for x, fin, ok in zip(losses, finite, clean, strict=True):
-            if ok:
-                mask = self._mask(x, beta)
-                bad.append(0)
-                policy_kept += int(np.count_nonzero(mask))
-                policy_decided += x.size
-            else:
-                mask = np.full(x.size, self.nonfinite == "keep", dtype=bool)
-                if fin.any():
-                    mask[fin] = self._mask(x[fin], beta)
-                    policy_kept += int(np.count_nonzero(mask[fin]))
-                    policy_decided += int(np.count_nonzero(fin))
-                bad.append(int(x.size - np.count_nonzero(fin)))
+        for r, (x, fin, ok) in enumerate(zip(losses, finite, clean, strict=True)):
+            mask = np.full(x.size, self.nonfinite == "keep", dtype=bool)
+            p_fin: np.ndarray | None = None
+            sub: Any = slice(None) if ok else fin
+            if ok or fin.any():
+                xf = x if ok else x[fin]
+                if keep_all:
+                    mask_f = np.ones(xf.size, dtype=bool)
+                    p_fin = mask_f.astype(np.float64) if probabilities else None
+                else:
+                    mask_f = self._mask(xf, beta)
+                    if probabilities:
+                        p_fin = self._base_probabilities(xf, mask_f, beta)
+                    if self.guard is not None:
+                        mask_f, p_fin = self._guard(r, mask_f, xf, p_fin, sub, ids, labels)
+                    policy_kept += int(np.count_nonzero(mask_f))
+                    policy_decided += xf.size
+                    if self.streaks is not None and ids is not None:
+                        self.streaks.update(np.asarray(ids[r])[sub], mask_f)
+                if ok:
+                    mask = mask_f
+                else:
+                    mask[fin] = mask_f
             masks.append(mask)
             kept.append(int(np.count_nonzero(mask)))
+            bad.append(0 if ok else int(x.size - np.count_nonzero(fin)))
             if probabilities:
-                probs.append(self._probabilities(x, fin, mask, beta))
-        if self.keep_rate is not None:
+                out = mask.astype(np.float64)  # non-finite losses: 1 or 0
+                if p_fin is not None:
+                    out[sub] = p_fin
+                probs.append(out)
+        if self.keep_rate is not None and not keep_all:
             self.keep_rate.update(policy_kept, policy_decided)
         return Decision(masks, kept, bad, probs if probabilities else None)
+
+    def _guard(
+        self,
+        rank: int,
+        mask: np.ndarray,
+        losses: np.ndarray,
+        probs: np.ndarray | None,
+        sub: Any,
+        ids: Sequence[np.ndarray] | None,
+        labels: Sequence[np.ndarray] | None,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        guard = self.guard
+        if guard is None:  # pragma: no cover - called only with a guard
+            return mask, probs
+        streaks = None
+        if self.streaks is not None and ids is not None:
+            streaks = self.streaks.get(np.asarray(ids[rank])[sub])
+        rank_labels = np.asarray(labels[rank])[sub] if labels is not None else None
+        out, excluded = guard.guard(mask, losses, self.history, streaks, rank_labels)
+        if probs is not None:
+            probs = np.where(excluded & ~out, 0.0, probs)
+            probs = np.where(out & ~mask, 1.0, probs)  # added back by the class floor
+        return out, probs
 
     def _mask(self, x: np.ndarray, beta: float | None) -> np.ndarray:
         if self._adaptive is not None:
             return self._adaptive.keep_mask(x, self.history, self.generator, beta=beta)
-        return self.policy.keep_mask(x, self.history, self.generator)
+        return self.base.keep_mask(x, self.history, self.generator)
 
-    def _probabilities(
-        self, x: np.ndarray, finite: np.ndarray, mask: np.ndarray, beta: float | None
+    def _base_probabilities(
+        self, x: np.ndarray, mask: np.ndarray, beta: float | None
     ) -> np.ndarray:
-        out = mask.astype(np.float64)  # deterministic policies and non-finite losses: 1 or 0
-        if finite.any():
-            p: np.ndarray | None
-            if self._adaptive is not None:
-                p = self._adaptive.keep_probabilities(x[finite], self.history, beta=beta)
-            else:
-                p = self.policy.keep_probabilities(x[finite], self.history)
-            if p is not None:
-                out[finite] = p
-        return out
+        p: np.ndarray | None
+        if self._adaptive is not None:
+            p = self._adaptive.keep_probabilities(x, self.history, beta=beta)
+        else:
+            p = self.base.keep_probabilities(x, self.history)
+        return mask.astype(np.float64) if p is None else p
 
     def quantiles(self) -> dict[str, float]:
         """The 10th, 50th and 90th percentiles of the loss history (empty without one)."""
@@ -192,7 +297,7 @@ class Selector:
 
     def state_dict(self) -> dict[str, Any]:
         """The policy's description, the generator state, the history and, for a stated keep
-        rate, its adaptation state (tensors and plain values)."""
+        rate, a guard's streaks and ``Auto``, their state (tensors and plain values)."""
         state: dict[str, Any] = {
             "policy": self.policy.describe(),
             "generator": self.generator.get_state(),
@@ -200,6 +305,10 @@ class Selector:
         }
         if self.keep_rate is not None:
             state["keep_rate"] = self.keep_rate.state_dict()
+        if self.streaks is not None:
+            state["streaks"] = self.streaks.state_dict()
+        if self.auto is not None:
+            state["auto"] = self.auto.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -225,3 +334,11 @@ class Selector:
             self.keep_rate = KeepRate(self.keep_rate.target, self.keep_rate.horizon)
             if state.get("keep_rate") is not None:
                 self.keep_rate.load_state_dict(state["keep_rate"])
+        if self.streaks is not None:
+            self.streaks = StreakTable()
+            if state.get("streaks") is not None:
+                self.streaks.load_state_dict(state["streaks"])
+        if self.auto is not None:
+            self.auto = AutoController(self.auto.auto)
+            if state.get("auto") is not None:
+                self.auto.load_state_dict(state["auto"])

@@ -64,6 +64,10 @@ class SiftStats:
         loss_quantiles: the 10th, 50th and 90th percentiles of the loss history.
         data_s, scoring_s, selection_s, comm_s: seconds spent waiting for raw batches, in the
             scoring pass, in decisions, history, slicing and joining, and in collectives.
+        auto_state: under :class:`~smartsift.Auto`, what it does now: ``"measuring"``,
+            ``"sift"`` or ``"plain"`` (empty for other policies). Raw batches Auto trains
+            plain pass through unscored and count in ``samples_passed``.
+        auto_reason: why, in words (empty for other policies).
     """
 
     samples_seen: int = 0
@@ -83,6 +87,8 @@ class SiftStats:
     scoring_s: float = 0.0
     selection_s: float = 0.0
     comm_s: float = 0.0
+    auto_state: str = ""
+    auto_reason: str = ""
 
     @property
     def keep_rate(self) -> float:
@@ -102,22 +108,26 @@ class SiftStats:
         return (self.samples_kept - self.samples_passed) / scored if scored else float("nan")
 
     def as_dict(self) -> dict[str, Any]:
-        """Returns a flat dict of numbers, ready for any logger."""
+        """Returns a flat dict of numbers, ready for any logger; under ``Auto``,
+        ``auto_sifting`` is 1 while it sifts and 0 otherwise."""
         out: dict[str, Any] = {k: getattr(self, k) for k in _COUNTERS + _TIMERS}
         out["keep_rate"] = self.keep_rate
         out["sift_keep_rate"] = self.sift_keep_rate
         out["recent_keep_rate"] = self.recent_keep_rate
         out.update({f"loss_{k}": v for k, v in self.loss_quantiles.items()})
+        if self.auto_state:
+            out["auto_sifting"] = 1.0 if self.auto_state == "sift" else 0.0
         return out
 
     def __str__(self) -> str:
-        return (
+        text = (
             f"seen={self.samples_seen} kept={self.samples_kept} ({self.keep_rate:.1%}; "
             f"{self.sift_keep_rate:.1%} of scored) sifted={self.samples_sifted} "
             f"trained={self.samples_trained} dropped={self.samples_dropped} steps={self.steps} "
             f"recent_keep={self.recent_keep_rate:.1%} scoring={self.scoring_s:.2f}s "
             f"selection={self.selection_s:.2f}s"
         )
+        return f"{text} auto={self.auto_reason}" if self.auto_state else text
 
 
 def conservation_errors(stats: SiftStats) -> list[str]:
@@ -157,13 +167,24 @@ def stats_fields() -> tuple[str, ...]:
     return _COUNTERS + _TIMERS
 
 
-def from_sums(sums: list[float], recent_keep_rate: float, quantiles: dict[str, float]) -> SiftStats:
+def from_sums(
+    sums: list[float],
+    recent_keep_rate: float,
+    quantiles: dict[str, float],
+    auto_state: str = "",
+    auto_reason: str = "",
+) -> SiftStats:
     """Builds a :class:`SiftStats` from summed fields in :func:`stats_fields` order."""
     values: dict[str, Any] = dict(zip(stats_fields(), sums, strict=True))
     for key in _COUNTERS:
         values[key] = int(values[key])
     return dataclasses.replace(
-        SiftStats(), **values, recent_keep_rate=recent_keep_rate, loss_quantiles=quantiles
+        SiftStats(),
+        **values,
+        recent_keep_rate=recent_keep_rate,
+        loss_quantiles=quantiles,
+        auto_state=auto_state,
+        auto_reason=auto_reason,
     )
 
 

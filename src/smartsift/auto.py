@@ -1,0 +1,552 @@
+"""``Auto``: sift only where it pays, decided online from cheap signals, the reason in ``stats``.
+
+Sifting pays only where a scoring pass is cheap against a training step *and* a few samples
+carry most of the loss; while the model is still data-hungry every dropped sample is learning
+forgone. :class:`Auto` wraps a policy and decides, as training goes, whether to run it or to
+train plain (every sample kept and, between short probes, not even scored, so that plain costs
+nothing extra). The decision is the :class:`AutoController`'s, held by the
+:class:`~smartsift.selector.Selector`; the :class:`~smartsift.SiftingDataLoader` feeds it.
+
+The signals, all global (summed or pooled over DDP ranks, so that every rank decides alike):
+
+- ``f``: the scoring pass and the sifting machinery per sample, over ``T``, the user's training
+  step per sample (the time between the loader handing over a batch and the next request,
+  which is the user's step), and ``d``, data loading per sample over ``T``: medians over the
+  last 32 rounds that measured them. Or ``f = cost_ratio`` when stated (``d = 0``): then no
+  clock enters the decision and runs are reproducible.
+- ``keep``: the kept fraction of the recent sifted rounds (the policy's nominal one before).
+- ``c``: the loss concentration (:func:`smartsift.lossstats.loss_concentration`) of the last
+  ``probe`` scored rounds' losses, and its rise since the previous judgement.
+- progress: while sifting, every ``every`` rounds a window of ``probe`` rounds trains plain
+  (scored, everything kept); the loss decrease per unit of compute (the slope of each round's
+  mean loss against the compute spent, in training-step units: a plain round costs its samples,
+  a sifted one ``f`` per sample plus its kept samples) of that window is compared with the
+  sifted windows just before and after it.
+
+The rule, judged after each probe (plain) or each cycle of ``every`` rounds (sifting); the
+first gate that fails decides plain, with its reason:
+
+1. cost: the predicted per-epoch speedup ``(1 + d) / (d + f + keep)`` must reach
+   ``min_speedup`` (``min_speedup - 0.05`` to stay sifting);
+2. concentration: ``c`` must reach ``min_concentration`` (``- 0.05`` to stay sifting);
+3. trend, to start sifting: ``c`` must not have risen by more than 0.05 since the previous
+   judgement (the model is still learning its easier samples, which sifting would drop);
+4. progress, to stay sifting: over at least 3 comparisons, plain windows must not lower the
+   loss per unit of compute significantly faster (mean difference over two standard errors)
+   and by more than 10 % than the sifted windows around them. After such a fallback the next
+   attempt waits twice as long each time (up to 16 cycles).
+
+Plain is the fallback and the start: Auto begins by measuring (``probe`` rounds scored, all
+kept), then sifts or trains plain; training plain, it probes again every ``every`` rounds.
+
+Example:
+    >>> import smartsift as ss
+    >>> auto = ss.Auto(ss.RelativeProbabilistic(beta=1.0), cost_ratio=0.2)
+    >>> sift, reason = judge(sifting=False, f=0.2, d=0.0, keep=0.5, c=0.95, rise=math.nan,
+    ...                      comparison=None, auto=auto)
+    >>> sift, reason[:50]
+    (True, 'sift: predicted 1.43x faster per epoch at keep 0.5')
+    >>> judge(sifting=False, f=0.2, d=0.0, keep=0.5, c=0.58, rise=math.nan,
+    ...       comparison=None, auto=auto)[1][:40]
+    'plain (even losses): the higher-loss hal'
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from smartsift.history import LossHistory
+from smartsift.lossstats import EVEN_LOSSES, loss_concentration
+from smartsift.policies import Policy, RelativeProbabilistic
+
+__all__ = [
+    "MEASURE",
+    "PLAIN",
+    "SCALARS",
+    "SIFT",
+    "SKIP",
+    "Auto",
+    "AutoController",
+    "judge",
+    "progress_rate",
+]
+
+# States, and what a round does.
+MEASURING, SIFTING, PLAIN_STATE = "measuring", "sift", "plain"
+SKIP, MEASURE, SIFT = "skip", "measure", "sift"
+PLAIN = PLAIN_STATE
+
+SCALARS = 6
+"""Per-rank numbers a round sends: overhead s, scored n, step s, trained n, data s, raw n."""
+
+TIMING_WINDOW = 32
+SPEEDUP_HYSTERESIS = 0.05
+CONCENTRATION_HYSTERESIS = 0.05
+CONCENTRATING = 0.05
+MIN_COMPARISONS = 3
+COMPARISONS = 8
+PROGRESS_MARGIN = 0.1
+MAX_BACKOFF = 4
+
+
+@dataclass(frozen=True, repr=False)
+class Auto(Policy):
+    """Sift with ``policy`` where it pays, train plain where it does not (see the module).
+
+    Args:
+        policy: how to sift when sifting pays (a :class:`~smartsift.Guarded` policy too).
+        every: raw batches (rounds) between judgements: a sifting cycle, or the plain stretch
+            between probes.
+        probe: rounds of a probe: scored with everything kept; also the length of the windows
+            that compare progress.
+        min_speedup: the predicted per-epoch speedup needed to sift.
+        min_concentration: the loss concentration needed to sift (the share of the loss the
+            higher-loss half of the samples carries).
+        cost_ratio: the scoring pass over a training step, per sample (``F/T``, e.g. from
+            ``ss.profile``: ``report.scoring_s / report.step_s``), instead of timing them; then
+            no clock enters the decision and runs are reproducible.
+
+    Example:
+        >>> import smartsift as ss
+        >>> ss.Auto(ss.TopK(0.5), cost_ratio=0.2)
+        Auto(TopK(keep=0.5), cost_ratio=0.2)
+        >>> ss.Auto().expected_keep
+        0.5
+    """
+
+    policy: Policy = field(default_factory=RelativeProbabilistic)
+    every: int = 100
+    probe: int = 5
+    min_speedup: float = 1.1
+    min_concentration: float = EVEN_LOSSES
+    cost_ratio: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.policy, Policy) or isinstance(self.policy, Auto):
+            raise TypeError(
+                f"Expected `policy` to be a smartsift Policy other than Auto, but got "
+                f"{self.policy!r}."
+            )
+        p = self.probe
+        if not isinstance(p, int) or isinstance(p, bool) or p < 2:
+            raise ValueError(f"Expected `probe` to be an int of at least 2, but got {p!r}.")
+        e = self.every
+        if not isinstance(e, int) or isinstance(e, bool) or e < 3 * p:
+            raise ValueError(
+                f"Expected `every` to be an int of at least 3 * probe = {3 * p}, but got {e!r}."
+            )
+        s = self.min_speedup
+        if not _is_real(s) or s <= 0:
+            raise ValueError(f"Expected `min_speedup` to be a positive float, but got {s!r}.")
+        c = self.min_concentration
+        if not _is_real(c) or not 0.5 <= c <= 1:
+            raise ValueError(
+                f"Expected `min_concentration` to be a float in [0.5, 1], but got {c!r}."
+            )
+        r = self.cost_ratio
+        if r is not None and (not _is_real(r) or r < 0):
+            raise ValueError(
+                f"Expected `cost_ratio` to be None or a non-negative float (scoring over a "
+                f"training step, per sample), but got {r!r}."
+            )
+
+    def __repr__(self) -> str:
+        return Policy.format_description(self.describe())
+
+    @property
+    def history(self) -> int:  # type: ignore[override]
+        return self.policy.history
+
+    @property
+    def expected_keep(self) -> float:
+        """The wrapped policy's: a planning figure (Auto may train plain, keeping everything)."""
+        return self.policy.expected_keep
+
+    def describe(self) -> dict[str, Any]:
+        """The type and the fields that differ from their defaults, the policy's nested."""
+        fields: dict[str, Any] = {"policy": self.policy.describe()}
+        defaults = Auto.__dataclass_fields__
+        for name in ("every", "probe", "min_speedup", "min_concentration", "cost_ratio"):
+            value = getattr(self, name)
+            if value != defaults[name].default:
+                fields[name] = value
+        return {"type": "Auto", "fields": fields}
+
+    def make_history(self) -> LossHistory | None:
+        return self.policy.make_history()
+
+    def keep_mask(
+        self, losses: np.ndarray, history: LossHistory | None, generator: torch.Generator
+    ) -> np.ndarray:
+        """The wrapped policy's mask; whether it runs at all is the controller's decision."""
+        return self.policy.keep_mask(losses, history, generator)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def progress_rate(costs: Sequence[float], losses: Sequence[float]) -> float:
+    """How fast the loss fell per unit of compute over a window of rounds (NaN if unknown).
+
+    ``losses[i]`` is round ``i``'s mean loss, measured before its training; ``costs[i]`` the
+    compute round ``i`` spent, so round ``i``'s loss follows ``sum(costs[:i])`` of compute.
+    Returns minus the least-squares slope: positive when the loss falls.
+
+    Example:
+        >>> progress_rate([1.0, 1.0, 1.0], [3.0, 2.0, 1.0])
+        1.0
+    """
+    if len(losses) < 2:
+        return math.nan
+    x = np.concatenate([[0.0], np.cumsum(np.asarray(costs[:-1], dtype=np.float64))])
+    y = np.asarray(losses, dtype=np.float64)
+    xc = x - x.mean()
+    denom = float((xc * xc).sum())
+    if not denom > 0 or not np.isfinite(y).all():
+        return math.nan
+    return -float((xc * (y - y.mean())).sum() / denom)
+
+
+def judge(
+    *,
+    sifting: bool,
+    f: float,
+    d: float,
+    keep: float,
+    c: float,
+    rise: float,
+    comparison: tuple[float, float, int] | None,
+    auto: Auto,
+) -> tuple[bool, str] | None:
+    """The rule: whether to sift from here, and why; None when the signals cannot tell yet.
+
+    Args:
+        sifting: whether Auto sifts now (the thresholds to stay are lower, by a hysteresis).
+        f: scoring and machinery over a training step, per sample.
+        d: data loading over a training step, per sample.
+        keep: the kept fraction when sifting.
+        c: the loss concentration of the latest scored losses.
+        rise: how much ``c`` rose since the previous judgement (NaN if unknown).
+        comparison: ``(t, ratio, n)`` of the progress comparisons so far: the t statistic of
+            plain-minus-sifted loss decrease per compute, the ratio of the mean decreases and
+            their number; None before any.
+        auto: the thresholds.
+    """
+    if math.isnan(f) or math.isnan(c):
+        return None
+    speedup = (1.0 + d) / (d + f + keep) if d + f + keep > 0 else math.inf
+    need = auto.min_speedup - (SPEEDUP_HYSTERESIS if sifting else 0.0)
+    if speedup < need:
+        return False, (
+            f"plain (cost): a scoring pass costs {f:.0%} of a training step, so sifting at keep "
+            f"{keep:.2f} would be at most {speedup:.2f}x faster per epoch (needs {need:.2f}x)"
+        )
+    need_c = auto.min_concentration - (CONCENTRATION_HYSTERESIS if sifting else 0.0)
+    if c < need_c:
+        return False, (
+            f"plain (even losses): the higher-loss half of the samples carries {c:.0%} of the "
+            f"loss (needs {need_c:.0%}): the model still learns from nearly every sample"
+        )
+    if not sifting and math.isfinite(rise) and rise > CONCENTRATING:
+        return False, (
+            f"plain (still concentrating): the higher-loss half's share of the loss rose by "
+            f"{rise:.0%} since the last check, to {c:.0%}: the model is still learning the "
+            "samples sifting would drop"
+        )
+    if sifting and comparison is not None:
+        t, ratio, n = comparison
+        if n >= MIN_COMPARISONS and t > 2.0 and ratio > 1.0 + PROGRESS_MARGIN:
+            return False, (
+                f"plain (progress): per unit of compute, plain windows lowered the loss "
+                f"{ratio:.2f}x as fast as the sifted windows around them ({n} comparisons)"
+            )
+    return True, (
+        f"sift: predicted {speedup:.2f}x faster per epoch at keep {keep:.2f}; the higher-loss "
+        f"half of the samples carries {c:.0%} of the loss"
+    )
+
+
+class AutoController:
+    """The state of one :class:`Auto`: what each round does, the signals, the decision.
+
+    Every rank holds one and feeds it the same global figures, so all decide alike. Per round:
+    :meth:`kind` says what the round does (``"skip"``: pass through unscored; ``"measure"``:
+    score, keep everything; ``"sift"``: run the policy); then :meth:`observe` takes the round's
+    losses, kept counts and timings and, at a judgement, applies :func:`judge`.
+
+    Example:
+        >>> import smartsift as ss
+        >>> ctl = AutoController(ss.Auto(ss.TopK(0.5), probe=2, every=6, cost_ratio=0.1))
+        >>> ctl.kind(), ctl.state
+        ('measure', 'measuring')
+        >>> concentrated = [np.array([0.0, 0.0, 0.0, 4.0])]
+        >>> for _ in range(2):
+        ...     _ = ctl.observe(concentrated, [4], [np.zeros(SCALARS)])
+        >>> ctl.state, ctl.kind()
+        ('sift', 'sift')
+    """
+
+    def __init__(self, auto: Auto) -> None:
+        self.auto = auto
+        self.state = MEASURING
+        self.reason = "measuring: every raw batch scored and kept, to judge whether sifting pays"
+        self.position = 0  # rounds since the state began
+        self.wait = 0  # plain: rounds passed through before the next probe
+        self.backoff = 0
+        self.f: deque[float] = deque(maxlen=TIMING_WINDOW)
+        self.t: deque[float] = deque(maxlen=TIMING_WINDOW)
+        self.d: deque[float] = deque(maxlen=TIMING_WINDOW)
+        self.recent: deque[np.ndarray] = deque(maxlen=auto.probe)
+        self.kept: deque[tuple[int, int]] = deque(maxlen=auto.every)
+        self.last_c = math.nan
+        self.window: list[tuple[float, float]] = []  # (cost, mean loss) of the current window
+        self.rates: dict[str, float] = {}
+        self.pairs: deque[tuple[float, float]] = deque(maxlen=COMPARISONS)  # (plain, sifted)
+        self.judgements = 0
+
+    # ------------------------------------------------------------------ the round plan
+    def kind(self) -> str:
+        """What the next round does: ``"skip"``, ``"measure"`` or ``"sift"``."""
+        if self.state == MEASURING:
+            return MEASURE
+        if self.state == PLAIN_STATE:
+            return SKIP if self.position < self.wait else MEASURE
+        return MEASURE if self._cycle() < self.auto.probe else SIFT
+
+    def _cycle(self) -> int:
+        return self.position % self.auto.every
+
+    def _window_name(self) -> str | None:
+        """Which comparison window a sifting-state round belongs to, if any."""
+        if self.state != SIFTING:
+            return None
+        p, probe, every = self._cycle(), self.auto.probe, self.auto.every
+        if p < probe:
+            return "plain"
+        if p < 2 * probe:
+            return "after"
+        if p >= every - probe:
+            return "before"
+        return None
+
+    # ------------------------------------------------------------------ the signals
+    @property
+    def f_over_t(self) -> float:
+        """The scoring pass and machinery over a training step, per sample (NaN if unknown)."""
+        if self.auto.cost_ratio is not None:
+            return float(self.auto.cost_ratio)
+        if not self.f or not self.t:
+            return math.nan
+        t = statistics.median(self.t)
+        return statistics.median(self.f) / t if t > 0 else math.inf
+
+    @property
+    def d_over_t(self) -> float:
+        if self.auto.cost_ratio is not None or not self.d or not self.t:
+            return 0.0
+        t = statistics.median(self.t)
+        return statistics.median(self.d) / t if t > 0 else 0.0
+
+    @property
+    def keep(self) -> float:
+        """The kept fraction of the recent sifted rounds, or the policy's nominal one."""
+        decided = sum(n for _, n in self.kept)
+        if decided:
+            return sum(k for k, _ in self.kept) / decided
+        return self.auto.policy.expected_keep
+
+    def concentration(self) -> float:
+        """The loss concentration of the last ``probe`` scored rounds."""
+        if not self.recent:
+            return math.nan
+        return loss_concentration(np.concatenate(list(self.recent)))
+
+    def comparison(self) -> tuple[float, float, int] | None:
+        """``(t, ratio, n)`` of the progress comparisons so far (see :func:`judge`)."""
+        n = len(self.pairs)
+        if n == 0:
+            return None
+        plain = np.array([p for p, _ in self.pairs])
+        sifted = np.array([s for _, s in self.pairs])
+        diff = float((plain - sifted).mean())
+        sd = float((plain - sifted).std(ddof=1)) if n > 1 else math.inf
+        # Identical differences: certain, or no difference at all.
+        certain = math.copysign(math.inf, diff) if diff else 0.0
+        t = diff / (sd / math.sqrt(n)) if sd > 0 else certain
+        mean_plain, mean_sifted = float(plain.mean()), float(sifted.mean())
+        # Sifted windows that made no progress: plain's is infinitely better, or no better.
+        stalled = math.inf if mean_plain > 0 else 1.0
+        ratio = mean_plain / mean_sifted if mean_sifted > 0 else stalled
+        return t, ratio, n
+
+    # ------------------------------------------------------------------ observing
+    def observe(
+        self,
+        losses: Sequence[np.ndarray],
+        kept: Sequence[int] | None,
+        scalars: Sequence[np.ndarray],
+    ) -> bool:
+        """Takes one round's global figures; returns whether the state, or the kind of reason
+        for it, changed.
+
+        Args:
+            losses: every rank's scored losses this round (empty arrays when skipped).
+            kept: every rank's kept count in a sifted round, else None.
+            scalars: every rank's :data:`SCALARS` timings (all zero when not measured).
+        """
+        kind = self.kind()
+        window = self._window_name()
+        self._timings(scalars)
+        finite = [x[np.isfinite(x)] for x in losses]
+        pooled = np.concatenate(finite) if finite else np.empty(0)
+        n_raw = sum(x.size for x in losses)
+        if kind != SKIP and pooled.size:
+            self.recent.append(pooled)
+        if kind == SIFT and kept is not None and n_raw:
+            self.kept.append((int(sum(kept)), n_raw))
+        if window is not None and pooled.size:
+            cost = self._cost(kind, n_raw, kept)
+            self._track(window, cost, float(pooled.mean()))
+        self.position += 1
+        return self._maybe_judge()
+
+    def _timings(self, scalars: Sequence[np.ndarray]) -> None:
+        if not scalars or scalars[0].size < SCALARS:
+            return
+        total = np.sum(np.stack(list(scalars)), axis=0)
+        over_s, scored, step_s, trained, data_s, raw = (float(v) for v in total[:SCALARS])
+        if scored > 0:
+            self.f.append(over_s / scored)
+        if trained > 0:
+            self.t.append(step_s / trained)
+        if raw > 0:
+            self.d.append(data_s / raw)
+
+    def _cost(self, kind: str, n_raw: int, kept: Sequence[int] | None) -> float:
+        """The compute of a round in training-step units, as the mode would spend it alone."""
+        if kind == MEASURE:
+            return float(n_raw)  # plain training: no scoring pass
+        f = self.f_over_t
+        return (f if math.isfinite(f) else 0.0) * n_raw + float(sum(kept or ()))
+
+    def _track(self, window: str, cost: float, mean_loss: float) -> None:
+        self.window.append((cost, mean_loss))
+        if len(self.window) < self.auto.probe:
+            return
+        costs, means = zip(*self.window, strict=True)
+        self.rates[window] = progress_rate(costs, means)
+        self.window = []
+        if window == "after" and "plain" in self.rates:
+            sifted = [self.rates[w] for w in ("before", "after") if w in self.rates]
+            pair = (self.rates["plain"], float(np.mean(sifted)))
+            if all(math.isfinite(v) for v in pair):
+                self.pairs.append(pair)
+            self.rates = {}
+
+    # ------------------------------------------------------------------ judging
+    def _due(self) -> bool:
+        probe, every = self.auto.probe, self.auto.every
+        if self.state == MEASURING:
+            return self.position >= probe and self.position % probe == 0
+        if self.state == PLAIN_STATE:
+            return self.position >= self.wait + probe
+        return self.position % every == 0
+
+    def _maybe_judge(self) -> bool:
+        if not self._due():
+            return False
+        sifting = self.state == SIFTING
+        c = self.concentration()
+        verdict = judge(
+            sifting=sifting,
+            f=self.f_over_t,
+            d=self.d_over_t,
+            keep=self.keep,
+            c=c,
+            rise=c - self.last_c,
+            comparison=self.comparison() if sifting else None,
+            auto=self.auto,
+        )
+        self.judgements += 1
+        if math.isfinite(c):
+            self.last_c = c
+        if verdict is None:  # cannot tell yet: go on as now, judge again at the next due point
+            if self.state == PLAIN_STATE:
+                self._enter_plain(self.reason, progress=False)
+            return False
+        sift, reason = verdict
+        before = (self.state, self.reason.split(":")[0])
+        if sift:
+            if not sifting:
+                self._enter_sift()
+        else:
+            self._enter_plain(reason, progress=sifting and reason.startswith("plain (progress)"))
+        self.reason = reason
+        return (self.state, reason.split(":")[0]) != before
+
+    def _enter_sift(self) -> None:
+        self.state = SIFTING
+        self.position = self.auto.probe  # the probe just run stands for the cycle's first
+        self.pairs.clear()
+        self.rates, self.window = {}, []
+
+    def _enter_plain(self, reason: str, progress: bool) -> None:
+        if progress:
+            self.backoff = min(MAX_BACKOFF, self.backoff + 1)
+        if self.state != PLAIN_STATE or progress:
+            self.kept.clear()
+        self.state = PLAIN_STATE
+        self.position = 0
+        self.wait = self.auto.every * 2**self.backoff - self.auto.probe
+        self.rates, self.window = {}, []
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """The state as plain values."""
+        return {
+            "state": self.state,
+            "reason": self.reason,
+            "position": self.position,
+            "wait": self.wait,
+            "backoff": self.backoff,
+            "f": list(self.f),
+            "t": list(self.t),
+            "d": list(self.d),
+            "recent": [torch.from_numpy(np.asarray(x, dtype=np.float64)) for x in self.recent],
+            "kept": [list(x) for x in self.kept],
+            "last_c": self.last_c,
+            "window": [list(x) for x in self.window],
+            "rates": dict(self.rates),
+            "pairs": [list(x) for x in self.pairs],
+            "judgements": self.judgements,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores :meth:`state_dict`'s output."""
+        self.state = str(state["state"])
+        self.reason = str(state["reason"])
+        self.position = int(state["position"])
+        self.wait = int(state["wait"])
+        self.backoff = int(state["backoff"])
+        for name in ("f", "t", "d"):
+            getattr(self, name).clear()
+            getattr(self, name).extend(float(v) for v in state[name])
+        self.recent.clear()
+        self.recent.extend(x.numpy() for x in state["recent"])
+        self.kept.clear()
+        self.kept.extend((int(k), int(n)) for k, n in state["kept"])
+        self.last_c = float(state["last_c"])
+        self.window = [(float(c), float(m)) for c, m in state["window"]]
+        self.rates = {str(k): float(v) for k, v in state["rates"].items()}
+        self.pairs.clear()
+        self.pairs.extend((float(p), float(s)) for p, s in state["pairs"])
+        self.judgements = int(state["judgements"])

@@ -1,0 +1,317 @@
+"""Tests of ``ss.Auto``: the decision rule on synthetic signals, the controller's round plan, and
+Auto through a real ``SiftingDataLoader`` (plain where scoring is too dear or losses are even,
+sifting where it pays, the reason in ``stats`` and the log, exact resume, DDP agreement)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+from _ddp import run_ranks
+from _resume import assert_resume_matches
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+import smartsift as ss
+from smartsift.auto import (
+    MEASURE,
+    SCALARS,
+    SIFT,
+    SKIP,
+    AutoController,
+    judge,
+    progress_rate,
+)
+from smartsift.stats import conservation_errors
+
+MODEL = torch.nn.Linear(2, 2)
+CHEAP = ss.Auto(ss.TopK(0.5), cost_ratio=0.1)
+
+
+def _fixed_loss(model: torch.nn.Module, batch: Any) -> torch.Tensor:
+    x, _ = batch
+    return x[:, 0].double()
+
+
+def _data(n: int = 640, concentrated: bool = True, seed: int = 0) -> TensorDataset:
+    """Samples whose loss is their first feature: a tenth carry nearly all of it, or all even."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.zeros(n, 2)
+    if concentrated:
+        x[:, 0] = torch.where(torch.rand(n, generator=g) < 0.1, 5.0, 0.01)
+    else:
+        x[:, 0] = 1.0 + 0.1 * torch.rand(n, generator=g)
+    return TensorDataset(x, torch.zeros(n, dtype=torch.long))
+
+
+def _signals(**overrides: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "sifting": False, "f": 0.1, "d": 0.0, "keep": 0.5, "c": 0.95, "rise": math.nan,
+        "comparison": None, "auto": CHEAP,
+    }  # fmt: skip
+    values.update(overrides)
+    return values
+
+
+# ----------------------------------------------------------------------------- the rule
+def test_cheap_scoring_and_concentrated_losses_sift() -> None:
+    verdict = judge(**_signals())
+    assert verdict is not None and verdict[0]
+    assert verdict[1].startswith("sift: predicted 1.67x faster per epoch at keep 0.50")
+
+
+def test_scoring_too_expensive_for_the_step_trains_plain() -> None:
+    verdict = judge(**_signals(f=0.7))
+    assert verdict == (
+        False,
+        "plain (cost): a scoring pass costs 70% of a training step, so sifting at keep 0.50 "
+        "would be at most 0.83x faster per epoch (needs 1.10x)",
+    )
+    # Slow data loading dilutes what sifting saves: (1 + d) / (d + f + keep) = 1.07 here.
+    verdict = judge(**_signals(f=0.3, d=2.0))
+    assert verdict is not None and not verdict[0] and "1.07x" in verdict[1]
+
+
+def test_even_losses_train_plain() -> None:
+    verdict = judge(**_signals(c=0.58))
+    assert verdict is not None and not verdict[0]
+    assert verdict[1].startswith("plain (even losses): the higher-loss half of the samples "
+                                 "carries 58% of the loss (needs 70%)")  # fmt: skip
+
+
+def test_losses_still_concentrating_wait_but_do_not_stop_sifting() -> None:
+    rising = judge(**_signals(rise=0.2))
+    assert rising is not None and not rising[0] and rising[1].startswith("plain (still conc")
+    assert judge(**_signals(rise=0.2, sifting=True)) is not None
+    assert judge(**_signals(rise=0.2, sifting=True))[0]  # type: ignore[index]
+
+
+def test_hysteresis_keeps_the_current_mode_near_the_thresholds() -> None:
+    # Speedup 1.08 (f=0.426): below 1.1 to start, above 1.05 to stay.
+    assert not judge(**_signals(f=0.426))[0]  # type: ignore[index]
+    assert judge(**_signals(f=0.426, sifting=True))[0]  # type: ignore[index]
+    assert not judge(**_signals(c=0.68))[0]  # type: ignore[index]
+    assert judge(**_signals(c=0.68, sifting=True))[0]  # type: ignore[index]
+
+
+def test_progress_comparisons_stop_sifting_only_on_clear_evidence() -> None:
+    clear = judge(**_signals(sifting=True, comparison=(3.0, 1.5, 3)))
+    assert clear is not None and not clear[0]
+    assert clear[1] == (
+        "plain (progress): per unit of compute, plain windows lowered the loss 1.50x as fast "
+        "as the sifted windows around them (3 comparisons)"
+    )
+    for weak in ((3.0, 1.5, 2), (1.5, 1.5, 5), (3.0, 1.05, 5)):
+        assert judge(**_signals(sifting=True, comparison=weak))[0]  # type: ignore[index]
+
+
+def test_unknown_signals_cannot_be_judged() -> None:
+    assert judge(**_signals(f=math.nan)) is None
+    assert judge(**_signals(c=math.nan)) is None
+
+
+def test_progress_rate() -> None:
+    assert progress_rate([2.0, 2.0, 2.0], [3.0, 2.0, 1.0]) == pytest.approx(0.5)
+    assert progress_rate([1.0, 1.0], [1.0, 1.0]) == 0.0
+    assert math.isnan(progress_rate([1.0], [1.0]))
+
+
+def test_auto_validates_and_describes_itself() -> None:
+    with pytest.raises(ValueError, match="probe"):
+        ss.Auto(probe=1)
+    with pytest.raises(ValueError, match="every"):
+        ss.Auto(every=5, probe=2)
+    with pytest.raises(ValueError, match="min_concentration"):
+        ss.Auto(min_concentration=0.3)
+    with pytest.raises(ValueError, match="cost_ratio"):
+        ss.Auto(cost_ratio=-1.0)
+    with pytest.raises(TypeError, match="other than Auto"):
+        ss.Auto(ss.Auto())
+    auto = ss.Auto(ss.Guarded(ss.TopK(0.5), exclude_top=0.1), probe=3, every=30)
+    assert repr(auto) == "Auto(Guarded(TopK(keep=0.5), exclude_top=0.1), every=30, probe=3)"
+    assert auto.matches(auto.describe()) and not ss.Auto().matches(auto.describe())
+    assert auto.expected_keep == pytest.approx(0.4)
+
+
+# ----------------------------------------------------------------------------- the controller
+def _round(ctl: AutoController, losses: np.ndarray, scalars: np.ndarray | None = None) -> str:
+    kind = ctl.kind()
+    kept = [int(losses.size // 2)] if kind == SIFT else None
+    shown = losses if kind != SKIP else np.empty(0)
+    ctl.observe([shown], kept, [np.zeros(SCALARS) if scalars is None else scalars])
+    return kind
+
+
+def test_controller_measures_then_sifts_with_plain_windows_every_cycle() -> None:
+    ctl = AutoController(ss.Auto(ss.TopK(0.5), probe=2, every=6, cost_ratio=0.1))
+    losses = np.array([0.0, 0.0, 0.0, 4.0])
+    kinds = [_round(ctl, losses) for _ in range(2 + 4 + 6)]
+    assert kinds == [MEASURE] * 2 + [SIFT] * 4 + [MEASURE] * 2 + [SIFT] * 4
+    assert ctl.state == "sift" and ctl.reason.startswith("sift:")
+
+
+def test_controller_trains_plain_unscored_and_probes_every_cycle() -> None:
+    auto = ss.Auto(ss.TopK(0.5), probe=2, every=6)
+    ctl = AutoController(auto)
+    dear = np.array([4.0, 4.0, 4.0, 4.0, 0.0, 4.0])  # scoring 1 s/sample, step 1 s/sample
+    even = np.array([1.0, 1.0, 1.0, 1.2])
+    kinds = [_round(ctl, even, dear) for _ in range(2 + 6)]
+    assert kinds == [MEASURE] * 2 + [SKIP] * 4 + [MEASURE] * 2
+    assert ctl.state == "plain" and ctl.reason.startswith("plain (cost)")
+    # Scoring became cheap (a tenth of the step) and losses concentrated: the first probe
+    # still sees the dear timings in its median window; the next one sifts.
+    cheap = np.array([0.4, 4.0, 4.0, 4.0, 0.0, 4.0])
+    concentrated = np.array([0.0, 0.0, 0.0, 4.0])
+    kinds = [_round(ctl, concentrated, cheap) for _ in range(12)]
+    assert kinds == ([SKIP] * 4 + [MEASURE] * 2) * 2
+    assert ctl.state == "sift" and ctl.reason.startswith("sift:")
+    # Flat losses are no evidence against sifting: it goes on.
+    kinds = [_round(ctl, concentrated, cheap) for _ in range(60)]
+    assert ctl.state == "sift" and SKIP not in kinds
+
+
+def test_controller_falls_back_on_progress_and_backs_off() -> None:
+    auto = ss.Auto(ss.TopK(0.5), probe=3, every=9, cost_ratio=0.1)
+    ctl = AutoController(auto)
+    loss = 10.0
+    concentrated = np.array([0.0, 0.0, 0.0, 1.0])
+    for _ in range(3 + 9 * 8):
+        kind = ctl.kind()
+        if ctl.state == "plain":
+            break
+        # Plain windows lower the loss three times as fast per compute as sifted rounds.
+        loss -= 0.3 if kind == MEASURE else 0.06
+        _round(ctl, concentrated * loss)
+    assert ctl.state == "plain", ctl.reason
+    assert ctl.reason.startswith("plain (progress)") and ctl.backoff == 1
+    assert ctl.wait == 2 * auto.every - auto.probe
+
+
+def test_controller_state_round_trips() -> None:
+    ctl = AutoController(ss.Auto(ss.TopK(0.5), probe=2, every=6))
+    scalars = np.array([0.1, 4.0, 4.0, 4.0, 0.0, 4.0])
+    for i in range(9):
+        _round(ctl, np.array([0.0, 0.1, 0.0, 3.0 + i]), scalars)
+    copy = AutoController(ctl.auto)
+    copy.load_state_dict(ctl.state_dict())
+    for i in range(20):
+        losses = np.array([0.0, 0.1, 0.0, 1.0 + i])
+        assert _round(copy, losses, scalars) == _round(ctl, losses, scalars)
+    assert (copy.state, copy.reason) == (ctl.state, ctl.reason)
+
+
+# ----------------------------------------------------------------------------- in the loader
+def _loader(policy: ss.Policy, data: TensorDataset, **kwargs: Any) -> ss.SiftingDataLoader:
+    return ss.SiftingDataLoader(
+        DataLoader(data, batch_size=32), MODEL, _fixed_loss, policy, seed=0, batch_size=16,
+        **kwargs,
+    )  # fmt: skip
+
+
+def test_loader_trains_plain_and_unscored_where_scoring_is_too_dear() -> None:
+    calls = []
+
+    def counting_loss(model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        calls.append(len(batch[0]))
+        return _fixed_loss(model, batch)
+
+    policy = ss.Auto(ss.TopK(0.5), probe=2, every=10, cost_ratio=2.0)
+    loader = ss.SiftingDataLoader(
+        DataLoader(_data(), batch_size=32), MODEL, counting_loss, policy, seed=0, batch_size=16
+    )
+    steps = sum(1 for _ in range(2) for _ in loader)
+    stats = loader.stats
+    assert stats.auto_state == "plain" and stats.auto_reason.startswith("plain (cost)")
+    # 40 raw batches: 2 measured, then per cycle of 10: 8 passed through, 2 probes scored.
+    assert len(calls) == 2 + 3 * 2 and stats.samples_passed == 32 * (40 - len(calls))
+    assert stats.samples_sifted == 0 and steps == 80  # everything trained, in steps of 16
+    assert stats.as_dict()["auto_sifting"] == 0.0 and "auto=plain (cost)" in str(stats)
+    assert conservation_errors(stats) == []
+
+
+def test_loader_sifts_where_it_pays_and_logs_why(caplog: pytest.LogCaptureFixture) -> None:
+    loader = _loader(ss.Auto(ss.TopK(0.5), probe=2, every=10, cost_ratio=0.1), _data())
+    with caplog.at_level(logging.INFO, logger="smartsift"):
+        for _ in range(2):
+            list(loader)
+    stats = loader.stats
+    assert stats.auto_state == "sift" and stats.as_dict()["auto_sifting"] == 1.0
+    assert stats.samples_sifted > 0 and stats.samples_passed == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        "smartsift auto, epoch 0: " + stats.auto_reason
+    ]
+    assert loader.global_stats().auto_reason == stats.auto_reason  # one process: itself
+
+
+def test_loader_trains_plain_where_losses_are_even() -> None:
+    loader = _loader(ss.Auto(ss.TopK(0.5), probe=2, every=10, cost_ratio=0.1), _data(
+        concentrated=False
+    ))  # fmt: skip
+    list(loader)
+    assert loader.stats.auto_state == "plain"
+    assert loader.stats.auto_reason.startswith("plain (even losses)")
+
+
+def test_loader_measures_the_step_between_batches() -> None:
+    """No cost_ratio: a loop that does nothing with its batches makes scoring the dear part."""
+    loader = _loader(ss.Auto(ss.TopK(0.5), probe=2, every=10), _data())
+    for _ in loader:
+        pass
+    assert loader.stats.auto_state == "plain"
+    assert loader.stats.auto_reason.startswith("plain (cost)")
+
+
+def test_other_policies_report_no_auto_state() -> None:
+    loader = _loader(ss.TopK(0.5), _data())
+    list(loader)
+    assert loader.stats.auto_state == "" and "auto_sifting" not in loader.stats.as_dict()
+
+
+def test_auto_loader_resumes_exactly() -> None:
+    def make() -> ss.SiftingDataLoader:
+        order = torch.Generator().manual_seed(1)
+        raw = DataLoader(_data(192), batch_size=16, shuffle=True, generator=order)
+        policy = ss.Auto(
+            ss.Guarded(ss.RelativeProbabilistic(beta=1.0, history=64), exclude_top=0.05),
+            probe=2, every=6, cost_ratio=0.1,
+        )  # fmt: skip
+        return ss.SiftingDataLoader(raw, MODEL, _fixed_loss, policy, seed=0, batch_size=8)
+
+    states = assert_resume_matches(make, [0, 1, 5, 13], epochs=3)
+    assert {s["selector"]["auto"]["state"] for s in states} >= {"measuring", "sift"}
+
+
+# ----------------------------------------------------------------------------- under DDP
+def auto_ranks(rank: int, world_size: int) -> dict[str, Any]:
+    """Auto with measured timings; rank 1's steps are slower, so local timings differ."""
+    data = _data(384)
+    sampler = DistributedSampler(data, world_size, rank, shuffle=True, seed=0)
+    policy = ss.Auto(ss.TopK(0.5), probe=2, every=6)
+    loader = ss.SiftingDataLoader(
+        DataLoader(data, batch_size=16, sampler=sampler), MODEL, _fixed_loss, policy, seed=0,
+        batch_size=8,
+    )  # fmt: skip
+    steps, states = [], []
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        n = 0
+        for _ in loader:
+            n += 1
+            if rank == 1:
+                time.sleep(0.0005)
+            states.append(loader.stats.auto_state)
+        steps.append(n)
+    return {"steps": steps, "states": states, "reason": loader.stats.auto_reason}
+
+
+@pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed gloo"
+)
+def test_every_rank_takes_the_same_decisions() -> None:
+    a, b = run_ranks(auto_ranks, 2, timeout=120)
+    assert a == b
