@@ -9,8 +9,11 @@ generator), torch and the standard library, so it runs from anywhere::
 Every rank generates the same MNIST-1D data (procedurally, nothing is downloaded), reads its
 shard through a ``DistributedSampler``, and wraps its ``DataLoader`` in a ``SiftingDataLoader``
 that scores each raw batch with the (unwrapped) model and keeps the high-loss samples. All ranks
-take the same number of steps per epoch by construction. At the end each rank prints its own
-stats and rank 0 prints the stats summed over all ranks (the ``[global]`` line).
+take the same number of steps per epoch by construction. The learning rate follows a cosine
+sized as for plain training and stepped through ``ss.DataSchedule``, so it progresses with the
+data each rank consumes and reaches its end exactly when training ends, whatever is sifted.
+At the end each rank prints its own stats and rank 0 prints the stats summed over all ranks
+(the ``[global]`` line).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import math
 import os
 import time
 from typing import Any
@@ -115,6 +119,13 @@ def main() -> None:
         device=device,
         seed=0,
     )
+    # Sized as for plain training: the steps an epoch of this rank's data takes at the batch
+    # size trained on. DataSchedule steps it by the data consumed, not the optimizer steps.
+    steps_per_epoch = math.ceil(len(sampler) / args.batch_size)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=args.epochs * steps_per_epoch
+    )
+    schedule = ss.DataSchedule(cosine, loader)
 
     start = time.perf_counter()
     steps = 0
@@ -126,6 +137,7 @@ def main() -> None:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            schedule.step()  # where scheduler.step() would be
             steps += 1
         if rank == 0:
             acc = evaluate(net, x_test.to(device), y_test.to(device))
@@ -138,7 +150,8 @@ def main() -> None:
             print(
                 f"[rank {rank}] steps={steps} seen={stats.samples_seen} kept={stats.samples_kept} "
                 f"trained={stats.samples_trained} keep_rate={stats.keep_rate:.3f} "
-                f"scoring={stats.scoring_s:.2f}s comm={stats.comm_s:.2f}s total={elapsed:.2f}s",
+                f"scoring={stats.scoring_s:.2f}s comm={stats.comm_s:.2f}s total={elapsed:.2f}s "
+                f"lr={schedule.get_last_lr()[0]:.3g}",
                 flush=True,
             )
         dist.barrier()

@@ -1,7 +1,10 @@
 """A training script in SageMaker smart sifting's style, running on smartsift.
 
 Only the imports differ from a script written for the reference system: its classes come from
-``smartsift.compat.sagemaker`` (the reference's module paths are in the comments). It trains a
+``smartsift.compat.sagemaker`` (the reference's module paths are in the comments). One line
+is smartsift's own, with no counterpart there: the learning-rate schedule, sized as for plain
+training, is stepped through ``smartsift.DataSchedule`` so that it follows the data consumed and
+ends where training ends, however many batches sifting leaves. It trains a
 small CNN on MNIST-1D (generated locally, nothing is downloaded) with a custom batch type, a
 ``SiftingBatchTransform`` and a ``Loss``, and prints what sifting did::
 
@@ -11,11 +14,14 @@ small CNN on MNIST-1D (generated locally, nothing is downloaded) with a custom b
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
+
+from smartsift import DataSchedule  # smartsift's own; the reference has no counterpart
 
 # from smart_sifting.data_model.data_model_interface import SiftingBatch, SiftingBatchTransform
 # from smart_sifting.data_model.tensor_batch import TensorBatch
@@ -117,6 +123,15 @@ def main() -> None:
         log_batch_data=False,
     )
 
+    # A cosine sized as for plain training; smartsift's DataSchedule steps it by the data the
+    # sifting loader consumed, so it ends with the last epoch (stepped per optimizer step, it
+    # would stop part-way: a sifted epoch takes fewer steps).
+    steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=args.epochs * steps_per_epoch
+    )
+    schedule = DataSchedule(cosine, train_dataloader.sifting_loader)
+
     for epoch in range(args.epochs):
         model.train()
         for batch in train_dataloader:
@@ -124,13 +139,15 @@ def main() -> None:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            schedule.step()
         accuracy = evaluate(model, x_test, y_test)
         print(f"epoch {epoch}: test accuracy {accuracy:.3f}")
 
     stats = train_dataloader.stats
     print(
         f"seen={stats.samples_seen} trained={stats.samples_trained} "
-        f"sifted={stats.samples_sifted} steps={stats.steps} keep_rate={stats.keep_rate:.3f}"
+        f"sifted={stats.samples_sifted} steps={stats.steps} keep_rate={stats.keep_rate:.3f} "
+        f"lr={schedule.get_last_lr()[0]:.3g}"
     )
 
 

@@ -11,6 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 from benchmarks import common, run
 from benchmarks.common import Section, Target
 
@@ -73,19 +76,54 @@ def test_efficiency_smoke() -> None:
     _targets_are_checked(section, 1)
 
 
-def test_time_to_accuracy_smoke(tmp_path: Path) -> None:
-    from benchmarks import time_to_accuracy
+def test_frontier_smoke(tmp_path: Path) -> None:
+    from benchmarks import frontier
 
-    section = time_to_accuracy.run(smoke=True, img_dir=tmp_path)
-    for name in ("RelativeProbabilistic", "QuantileThreshold", "TopK", "Uniform"):
-        assert name in section.body
-    assert "Short regime" in section.body and "Long regime" in section.body
-    _targets_are_checked(section, 2)  # MNIST-1D and the language model's long regime
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "tta_lm_long.png",
-        "tta_lm_short.png",
-        "tta_mnist1d.png",
-    ]
+    section = frontier.run(smoke=True, img_dir=tmp_path)
+    body = section.body
+    for name in (*frontier.policies(100), frontier.UNIFORM, "plain, 1/2 epochs (0.50x)"):
+        assert f"| {name} |" in body
+    for bench in frontier.BENCHES.values():
+        assert f"### {bench.title}" in body and "F/T = " in body
+    assert body.count("above the frontier at its work") == len(frontier.BENCHES)
+    assert body.count("Sifting ") >= len(frontier.BENCHES)  # a verdict per task
+    # Reference and best policy on MNIST-1D, the frontier on two tasks, saturation on one.
+    _targets_are_checked(section, 5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"frontier_{key}.png" for key in frontier.BENCHES
+    )
+
+
+def test_frontier_helpers() -> None:
+    from benchmarks import frontier
+    from smartsift.harness import RunResult
+
+    points = [(1.0, 0.5), (2.0, 0.7), (4.0, 0.8)]
+    assert frontier.frontier_at(points, 3.0) == pytest.approx(0.75)
+    assert frontier.frontier_at(points, 9.0) == 0.8
+    run = RunResult("sifted", scored=[100, 200], trained=[50, 100])
+    assert frontier.work_curve(run, 0.5, 100) == [1.0, 2.0]
+    train, _ = frontier.redundant_mnist1d(40, 0.75, prototypes_per_class=1, num_samples=600)
+    x, y = train.tensors
+    assert len(train) == 160 and len(torch.unique(x, dim=0)) == 160  # copies, not clones
+    assert len(set(y.tolist())) == 10
+
+
+def test_schedules_smoke(tmp_path: Path) -> None:
+    from benchmarks import schedules
+
+    section = schedules.run(smoke=True, img_dir=tmp_path)
+    rows = {
+        cells[0]: cells
+        for line in section.body.splitlines()
+        if line.startswith("| ") and not line.startswith("| run")
+        for cells in [[c.strip() for c in line.strip("|").split("|")]]
+    }
+    assert rows[schedules.PLAIN][3] == rows[schedules.FOLLOWS][3] == "0"
+    assert float(rows[schedules.NAIVE][3]) > 0  # stepped per optimizer step: unfinished
+    _targets_are_checked(section, 1)
+    assert section.targets[0].met
+    assert [p.name for p in tmp_path.iterdir()] == [schedules.IMAGE]
 
 
 def test_gpu_smoke() -> None:

@@ -527,3 +527,4 @@ def test_the_example_script_runs_when_copied_out_of_the_repository(tmp_path: Pat
     counts = dict(item.split("=") for item in summary.split())
     assert int(counts["seen"]) == 2 * 320
     assert 0 < int(counts["trained"]) < int(counts["seen"])
+    assert float(counts["lr"]) == 0.0  # the cosine, following the data, ended with training

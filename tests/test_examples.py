@@ -61,3 +61,5 @@ def test_ddp_example_runs_under_torchrun_when_copied_out_of_the_repository(
     assert total["seen"] == sum(r["seen"] for r in ranks) == 2 * 800  # 2 epochs of 800 samples
     assert total["trained"] == total["kept"] < total["seen"] and total["dropped"] == 0
     assert 0 < total["sifted"] == total["seen"] - total["kept"]
+    # Each rank's cosine, stepped through DataSchedule, ended where training ended.
+    assert ranks[0]["lr"] == ranks[1]["lr"] == 0.0

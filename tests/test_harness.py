@@ -167,6 +167,73 @@ def test_bad_settings_are_refused(arg: str) -> None:
         _run("plain", _task(), **{arg: 0})
 
 
+# ----------------------------------------------------------------------------- schedules
+def _epoch_end_lrs(result: RunResult) -> list[float]:
+    """The learning rate recorded at each epoch's end (where all of an epoch's data is seen)."""
+    at = {seen: lr for lr, seen in zip(result.lrs, result.seen, strict=True) if seen % N == 0}
+    return [at[seen] for seen in sorted(at)]
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "warmup_cosine"])
+@pytest.mark.parametrize(
+    ("policy", "delay", "raw"),
+    [(ss.TopK(0.5), 0, 32), (ss.RelativeProbabilistic(beta=1.0, history=64), 4, 64)],
+)
+def test_every_run_s_schedule_ends_exactly_where_its_training_ends(
+    schedule: str, policy: ss.Policy, delay: int, raw: int
+) -> None:
+    task = _task()
+    plain = _run("plain", task, epochs=3, schedule=schedule)
+    sifted = _run(
+        "sifted", task, epochs=3, schedule=schedule, policy=policy, sift_delay=delay,
+        batch_size=raw, refined_batch_size=32,
+    )  # fmt: skip
+    plain_result, sifted_result = train_side_by_side([plain, sifted])
+    assert plain.total_steps == sifted.total_steps == 3 * N // 32
+    assert sifted_result.steps < plain_result.steps == plain.total_steps
+    assert plain.scheduler is not None and sifted.scheduler is not None
+    assert plain.scheduler.last_epoch == sifted.scheduler.last_epoch == plain.total_steps
+    # The schedule's end value: a cosine to 0.
+    assert plain_result.final_lr == sifted_result.final_lr == 0.0
+    # On the way, at every epoch's end, the sifted run is where the plain schedule is.
+    assert _epoch_end_lrs(sifted_result) == pytest.approx(_epoch_end_lrs(plain_result))
+    assert _epoch_end_lrs(plain_result)[0] > 0.0
+
+
+def test_a_schedule_stepped_per_optimizer_step_leaves_a_sifted_run_unannealed() -> None:
+    task = _task()
+    plain = _run("plain", task, epochs=3, schedule="cosine")
+    naive = _run("naive", task, epochs=3, schedule="cosine", policy=ss.TopK(0.5), follow_data=False)
+    plain_result, naive_result = train_side_by_side([plain, naive])
+    assert naive.data_schedule is None and plain_result.final_lr == 0.0
+    # Half the steps: the cosine stopped half-way, at half the initial rate.
+    assert naive_result.final_lr == pytest.approx(0.05)
+
+
+def test_without_a_schedule_the_rate_is_constant_and_unknown_names_are_refused() -> None:
+    (result,) = train_side_by_side([_run("plain", _task(), schedule=None)])
+    assert set(result.lrs) == {0.1}
+    with pytest.raises(ValueError, match=r"`schedule`.*'linear'"):
+        _run("plain", _task(), schedule="linear")
+
+
+def test_a_run_records_the_data_it_consumed_scored_and_trained_at_each_evaluation() -> None:
+    task = _task()
+    plain = _run("plain", task, epochs=2)
+    sifted = _run("sifted", task, epochs=2, policy=ss.TopK(0.5), sift_delay=2)
+    plain_result, sifted_result = train_side_by_side([plain, sifted])
+    # An evaluation every 2 of the 4 steps of an epoch, and one at each epoch's end.
+    assert plain_result.seen == plain_result.trained == [64, 128, 128, 192, 256, 256]
+    assert set(plain_result.scored) == {0} and plain_result.progress[-1] == 1.0
+    assert sifted_result.seen[-1] == 2 * N == sifted_result.planned_samples
+    # The two delayed raw batches pass unscored; every other sample is scored.
+    assert sifted_result.scored[-1] == 2 * N - 2 * 32
+    assert (
+        sifted_result.trained[-1] == sifted_result.samples_backpropagated == 64 + (2 * N - 64) // 2
+    )
+    assert sifted_result.seen == sorted(sifted_result.seen)
+
+
 # ----------------------------------------------------------------------------- plots
 def test_the_figure_shows_whole_curves_the_target_events_and_when_each_run_reached_it() -> None:
     plain = RunResult("plain", times=[1.0, 2.0, 3.0], values=[0.1, 0.8, 0.9])

@@ -10,6 +10,13 @@ alike; every run keeps its own training clock, which excludes evaluation. Each r
 :func:`time_to_target` and :func:`speedup_to_target` read the comparison, and
 :func:`plot_runs` draws it. ``smartsift demo`` and the benchmarks use this one harness.
 
+Learning-rate schedules (``schedule="cosine"`` or ``"warmup_cosine"``, see
+:data:`SCHEDULES`) are real per-step torch schedulers, sized as for plain training at the
+run's step size: ``epochs * ceil(N / step batch size)`` steps. A plain run steps its scheduler
+after every optimizer step; a sifted run steps it through :class:`~smartsift.DataSchedule`, so
+that it progresses with the data consumed and ends exactly where training ends, as the plain
+run's does.
+
 Example:
     >>> import torch.nn.functional as F
     >>> from torch.utils.data import TensorDataset
@@ -23,11 +30,14 @@ Example:
     ...     return (model(x).argmax(1) == y).float().mean().item()
     >>> task = Task(lambda: torch.nn.Linear(4, 2), TensorDataset(x, y), loss_fn, accuracy)
     >>> plain, sifted = train_side_by_side([
-    ...     TrainingRun("plain", task, epochs=2, batch_size=32, lr=0.1),
-    ...     TrainingRun("sifted", task, policy=TopK(0.5), epochs=2, batch_size=32, lr=0.1),
+    ...     TrainingRun("plain", task, epochs=2, batch_size=32, lr=0.1, schedule="cosine"),
+    ...     TrainingRun("sifted", task, policy=TopK(0.5), epochs=2, batch_size=32, lr=0.1,
+    ...                 schedule="cosine"),
     ... ])
     >>> plain.steps, sifted.steps, sifted.keep_rate
     (16, 8, 0.5)
+    >>> plain.final_lr, sifted.final_lr    # both schedules end where training ends
+    (0.0, 0.0)
     >>> plain.final > 0.8 and plain.time_to(plain.target(0.01)) <= plain.train_seconds
     True
 """
@@ -43,29 +53,90 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
+from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler
 from torch.utils.data import DataLoader, Dataset
 
 from smartsift.batching import batch_size_of
 from smartsift.loader import SiftingDataLoader
 from smartsift.policies import Policy
+from smartsift.schedules import DataSchedule
 from smartsift.scoring import LossFn
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
+    "SCHEDULES",
     "RunResult",
+    "ScheduleFactory",
     "Task",
     "TrainingRun",
+    "cosine_schedule",
     "plot_runs",
     "runs_figure",
     "seeded",
     "speedup_to_target",
     "time_to_target",
     "train_side_by_side",
+    "warmup_cosine_schedule",
 ]
 
 M = TypeVar("M")
+
+ScheduleFactory = Callable[[torch.optim.Optimizer, int], LRScheduler]
+"""``factory(optimizer, total_steps) -> scheduler``: a schedule of ``total_steps`` steps."""
+
+WARMUP_FRACTION = 0.05
+"""The share of the steps :func:`warmup_cosine_schedule` warms up over."""
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> LRScheduler:
+    """A cosine from the optimizer's rate down to 0 over ``total_steps`` steps.
+
+    Example:
+        >>> opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=1.0)
+        >>> sched = cosine_schedule(opt, 4)
+        >>> rates = []
+        >>> for _ in range(4):
+        ...     opt.step()
+        ...     sched.step()
+        ...     rates.append(round(sched.get_last_lr()[0], 3))
+        >>> rates
+        [0.854, 0.5, 0.146, 0.0]
+    """
+    return CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+
+
+def warmup_cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> LRScheduler:
+    """A linear warm-up over the first :data:`WARMUP_FRACTION` of the steps, then a cosine to 0.
+
+    Example:
+        >>> opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=1.0)
+        >>> sched = warmup_cosine_schedule(opt, 40)    # two warm-up steps
+        >>> rates = [sched.get_last_lr()[0]]
+        >>> for _ in range(40):
+        ...     opt.step()
+        ...     sched.step()
+        ...     rates.append(sched.get_last_lr()[0])
+        >>> [round(r, 3) for r in rates[:4]], rates[-1]
+        ([0.333, 0.667, 1.0, 0.998], 0.0)
+    """
+    warmup = max(1, round(WARMUP_FRACTION * total_steps))
+    decay = max(1, total_steps - warmup)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / decay)))
+
+    return LambdaLR(optimizer, factor)
+
+
+SCHEDULES: dict[str, ScheduleFactory] = {
+    "cosine": cosine_schedule,
+    "warmup_cosine": warmup_cosine_schedule,
+}
+"""The schedules a :class:`TrainingRun` accepts by name."""
 
 
 def seeded(build: Callable[[], M], seed: int) -> M:
@@ -121,7 +192,11 @@ class RunResult:
     """One training run: its metric curve against training time, and the work it did.
 
     ``times`` are the training seconds (evaluation excluded) at each evaluation, ``values``
-    the metric there; ``epoch_ends`` the training seconds at the end of each epoch.
+    the metric there; ``epoch_ends`` the training seconds at the end of each epoch. At each
+    evaluation too: ``lrs``, the learning rate; ``seen``, the raw samples consumed so far;
+    ``scored``, the samples a scoring pass ranked (the sift delay's pass-through is not
+    scored); ``trained``, the samples backpropagated. ``planned_samples`` is what all epochs
+    consume (epochs times the training set).
     """
 
     name: str
@@ -129,15 +204,36 @@ class RunResult:
     times: list[float] = field(default_factory=list)
     values: list[float] = field(default_factory=list)
     epoch_ends: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    seen: list[int] = field(default_factory=list)
+    scored: list[int] = field(default_factory=list)
+    trained: list[int] = field(default_factory=list)
     steps: int = 0
     samples_backpropagated: int = 0
     samples_seen: int = 0
+    planned_samples: int = 0
     train_seconds: float = 0.0
 
     @property
     def final(self) -> float:
         """The metric at the last evaluation (NaN before the first)."""
         return self.values[-1] if self.values else math.nan
+
+    @property
+    def final_lr(self) -> float:
+        """The learning rate at the last evaluation (NaN before the first)."""
+        return self.lrs[-1] if self.lrs else math.nan
+
+    @property
+    def progress(self) -> list[float]:
+        """The fraction of the planned data consumed at each evaluation.
+
+        Example:
+            >>> RunResult("plain", seen=[50, 100], planned_samples=200).progress
+            [0.25, 0.5]
+        """
+        n = self.planned_samples
+        return [s / n if n else math.nan for s in self.seen]
 
     @property
     def keep_rate(self) -> float:
@@ -229,13 +325,21 @@ class TrainingRun:
     wrapped in a :class:`~smartsift.SiftingDataLoader` (``sift_delay`` raw batches unsifted
     first; refined batches of ``refined_batch_size``, default ``batch_size``).
 
+    The learning rate starts at ``lr``. With a ``schedule`` (a name in :data:`SCHEDULES`, or
+    a :data:`ScheduleFactory`), a per-step torch scheduler is built as for plain training at
+    the step batch size (the batch size of every optimizer step: ``batch_size`` for a plain
+    run, the refined batch size for a sifted one), sized :attr:`total_steps` =
+    ``epochs * ceil(N / step batch size)``. A plain run steps it after every optimizer step and
+    so ends exactly at its end. A sifted run takes fewer steps; it steps the scheduler through
+    a :class:`~smartsift.DataSchedule`, by the data consumed, so it too ends exactly at its
+    end; ``follow_data=False`` steps it once per optimizer step instead, as a schedule written
+    for plain training would, which leaves it unfinished (to show the difference).
+    ``schedule=None`` keeps the rate constant.
+
     :meth:`advance` trains until the next evaluation (every ``len(raw loader) //
     evals_per_epoch`` training steps, and at each epoch's end) and returns False once all
-    ``epochs`` are done. With ``cosine=True`` the learning rate decays along a cosine over the
-    epochs, set at every evaluation from the fraction of the raw data seen, so that plain and
-    sifted runs share one schedule per epoch. ``clock`` measures training time
-    (``time.process_time`` gives CPU seconds, steadier than the wall clock on a busy
-    machine); evaluation time is excluded.
+    ``epochs`` are done. ``clock`` measures training time (``time.process_time`` gives CPU
+    seconds, steadier than the wall clock on a busy machine); evaluation time is excluded.
     """
 
     def __init__(
@@ -251,12 +355,14 @@ class TrainingRun:
         refined_batch_size: int | None = None,
         seed: int = 0,
         evals_per_epoch: int = 2,
-        cosine: bool = False,
+        schedule: str | ScheduleFactory | None = None,
+        follow_data: bool = True,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         for arg, value in (("epochs", epochs), ("batch_size", batch_size)):
             if value < 1:
                 raise ValueError(f"Expected `{arg}` to be a positive int, but got {value!r}.")
+        factory = _schedule_factory(schedule)
         self.task = task
         self.model = seeded(task.build_model, seed)
         self.optimizer = torch.optim.AdamW(
@@ -267,6 +373,7 @@ class TrainingRun:
             task.train_set, batch_size=batch_size, shuffle=True, generator=order
         )
         self.loader: Any = self.raw
+        self.step_batch_size = batch_size
         if policy is not None:
             self.loader = SiftingDataLoader(
                 self.raw,
@@ -277,19 +384,38 @@ class TrainingRun:
                 seed=seed,
                 batch_size=refined_batch_size,
             )
-        self.result = RunResult(name, higher_is_better=task.higher_is_better)
+            self.step_batch_size = refined_batch_size or batch_size
+        self.n_train = len(task.train_set)  # type: ignore[arg-type]
         self.epochs = epochs
         self.base_lr = lr
-        self.cosine = cosine
         self.clock = clock
-        self.n_train = len(task.train_set)  # type: ignore[arg-type]
         self.eval_every = max(1, len(self.raw) // max(1, evals_per_epoch))
-        self._seen_in_epoch = 0
+        self.total_steps = epochs * math.ceil(self.n_train / self.step_batch_size)
+        self.scheduler: LRScheduler | None = None
+        self.data_schedule: DataSchedule | None = None
+        if factory is not None:
+            self.scheduler = factory(self.optimizer, self.total_steps)
+            if isinstance(self.loader, SiftingDataLoader) and follow_data:
+                self.data_schedule = DataSchedule(
+                    self.scheduler,
+                    self.loader,
+                    batch_size=self.step_batch_size,
+                    total_steps=self.total_steps,
+                )
+        self.result = RunResult(
+            name, higher_is_better=task.higher_is_better, planned_samples=epochs * self.n_train
+        )
+        self._seen = 0
         self._segments = self._train()
 
     @property
     def name(self) -> str:
         return self.result.name
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the optimizer's first parameter group now."""
+        return float(self.optimizer.param_groups[0]["lr"])
 
     def advance(self) -> bool:
         """Trains up to the next evaluation; returns False when the run is finished."""
@@ -316,55 +442,67 @@ class TrainingRun:
                 self.task.loss_fn(model.eval(), batch)
             model.train()
 
-    def _set_lr(self, progress: float) -> None:
-        if not self.cosine:
-            return
-        lr = self.base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+    def _step_schedule(self) -> None:
+        if self.data_schedule is not None:
+            self.data_schedule.step()
+        elif self.scheduler is not None:
+            self.scheduler.step()
 
-    def _progress(self, epoch: int, seen_before: int) -> float:
-        """The fraction of all epochs' raw samples seen so far."""
+    def _counts(self) -> tuple[int, int]:
+        """Raw samples consumed so far, and those a scoring pass ranked."""
         if isinstance(self.loader, SiftingDataLoader):
-            seen = self.loader.stats.samples_seen - seen_before
-        else:
-            seen = self._seen_in_epoch
-        return (epoch + seen / self.n_train) / self.epochs
+            stats = self.loader.stats
+            return stats.samples_seen, stats.samples_seen - stats.samples_passed
+        return self._seen, 0
 
     def _record(self, elapsed: float) -> None:
-        self.result.times.append(elapsed)
-        self.result.values.append(_evaluate(self.task, self.model))
+        result = self.result
+        seen, scored = self._counts()
+        result.times.append(elapsed)
+        result.values.append(_evaluate(self.task, self.model))
+        result.lrs.append(self.lr)
+        result.seen.append(seen)
+        result.scored.append(scored)
+        result.trained.append(result.samples_backpropagated)
 
     def _train(self) -> Iterator[bool]:
         model, optimizer, result = self.model, self.optimizer, self.result
         train_loss = self.task.step_loss()
         elapsed, now = 0.0, self.clock
-        for epoch in range(self.epochs):
-            self._seen_in_epoch = 0
-            seen_before = epoch * self.n_train
-            self._set_lr(epoch / self.epochs)
+        for _ in range(self.epochs):
             start = now()
             for step, batch in enumerate(self.loader):
                 loss = train_loss(model, batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                self._step_schedule()
                 n = batch_size_of(batch)
                 result.steps += 1
                 result.samples_backpropagated += n
-                self._seen_in_epoch += n
+                self._seen += n
                 if (step + 1) % self.eval_every == 0:
                     elapsed += now() - start
                     self._record(elapsed)
-                    self._set_lr(self._progress(epoch, seen_before))
                     yield True
                     start = now()
             elapsed += now() - start
+            result.samples_seen += self.n_train
             self._record(elapsed)
             result.epoch_ends.append(elapsed)
-            result.samples_seen += self.n_train
             result.train_seconds = elapsed
             yield True
+
+
+def _schedule_factory(schedule: str | ScheduleFactory | None) -> ScheduleFactory | None:
+    if schedule is None or callable(schedule):
+        return schedule
+    if schedule not in SCHEDULES:
+        raise ValueError(
+            f"Expected `schedule` to be None, a callable or one of {sorted(SCHEDULES)}, but got "
+            f"{schedule!r}."
+        )
+    return SCHEDULES[schedule]
 
 
 def train_side_by_side(
@@ -398,14 +536,17 @@ def runs_figure(
     xlabel: str = "training time (s), evaluation excluded",
     title: str = "",
     reference: str | None = None,
+    x_unit: str = "s",
 ) -> Figure:
     """A matplotlib figure of each run's metric (times ``scale``) against training time.
 
     The first panel shows the whole of every curve. ``target`` is drawn as a dashed line
-    labelled ``target_label``, with a marker where each run first reached it and that time in
-    the run's legend entry, and a second panel zooms in on the curves around it; each
-    ``(time, label)`` of ``events`` is a labelled vertical line. The run named ``reference``
-    is drawn thicker. No global matplotlib state is touched (no pyplot).
+    labelled ``target_label``, with a marker where each run first reached it and that time (in
+    ``x_unit``) in the run's legend entry, and a second panel zooms in on the curves around it;
+    each ``(time, label)`` of ``events`` is a labelled vertical line. The run named
+    ``reference`` is drawn thicker. The x axis need not be time: any measure of the work done
+    at each evaluation will do (put it in ``times``). No global matplotlib state is touched
+    (no pyplot).
 
     Example:
         >>> run = RunResult("plain", times=[1.0, 2.0], values=[0.5, 0.9])
@@ -419,7 +560,7 @@ def runs_figure(
     fig = Figure(figsize=(11, 4.5) if zoom else (7, 4.5), dpi=110)
     axes = fig.subplots(1, 2 if zoom else 1, squeeze=False)[0]
     for ax in axes:
-        _draw(ax, results, target, target_label, events, scale, reference)
+        _draw(ax, results, target, target_label, events, scale, reference, x_unit)
         ax.set_xlim(left=0.0)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
@@ -453,6 +594,7 @@ def _draw(
     events: Sequence[tuple[float, str]],
     scale: float,
     reference: str | None,
+    x_unit: str = "s",
 ) -> None:
     """Draws the curves, the target, the marker where each run reached it, and the events."""
     for result in results:
@@ -462,7 +604,9 @@ def _draw(
         if target is not None:
             index = _first_reaching(result.values, target, result.higher_is_better)
             reached = (
-                "never reached" if index is None else f"reached at {result.times[index]:.3g} s"
+                "never reached"
+                if index is None
+                else f"reached at {result.times[index]:.3g} {x_unit}".rstrip()
             )
             label = f"{result.name}: target {reached}"
         width = 2.0 if result.name == reference else 1.2

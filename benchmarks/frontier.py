@@ -1,0 +1,950 @@
+"""The frontier benchmark: does sifting beat simply training less?
+
+Sifting saves compute per epoch; so does training fewer epochs. For each task, every seed
+trains, from the same initial weights in the same data order, interleaved:
+
+- ``plain``: the full budget of epochs;
+- the train-less control: plain runs of about 0.35x, 0.5x and 0.7x the epochs, each with its
+  own complete schedule;
+- every policy at the full budget: the reference rule ``RelativeProbabilistic(beta=1)``,
+  ``TopK(0.5)``, ``RelativeProbabilistic(beta=3)`` and ``QuantileThreshold(0.5)``, all with the
+  same sift delay and history;
+- then ``Uniform`` at the kept fraction the reference rule realised in that seed.
+
+Every run takes optimizer steps of one size (the sifted runs' refined batches are the plain
+runs' batches) and follows a cosine learning-rate schedule sized as for plain training; the
+sifted runs step it through :class:`smartsift.DataSchedule`, so every schedule ends where its
+run's training ends. The runs are :mod:`smartsift.harness` runs.
+
+Compute is counted two ways: CPU seconds of the process on one thread (evaluation excluded),
+and work units, ``(samples scored * F/T + samples trained) / samples per plain epoch``, with
+``F`` (one scoring pass per sample, at the raw batch size the sifted runs score) and ``T``
+(one training step per sample, at the step batch size) measured on the task by
+:func:`smartsift.profile`. Work units are what no busy machine can blur; CPU seconds include
+everything the loader costs.
+
+Reported per task: the time (both measures) each run needs to reach the plain run's final
+metric within a stated tolerance; the fixed-epoch saving with the final-metric difference; and
+the final metric against the train-less frontier at matched compute (the frontier
+interpolates the control runs' end points, and the plain run's, linearly in compute). Medians
+and ranges over seeds; the seed spread (the range of the plain run's final metric over seeds)
+is stated beside every difference, and a run counts as above the frontier only when its median
+gain over it exceeds that spread.
+
+Run it from the repository root (``python -m benchmarks.frontier [--smoke] [--jobs N]``) or
+call :func:`run`. Seeds of the tasks run in parallel worker processes (one thread each) when
+``jobs`` is above 1; CPU seconds are per process, so they are not blurred by it. With the
+environment variable ``SMARTSIFT_FRONTIER_RESULTS`` naming a file, the measurements are saved
+there, and a later run with the file present renders the report from them without training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import itertools
+import math
+import multiprocessing
+import os
+import pickle
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import smartsift as ss
+from benchmarks import charlm
+from benchmarks.common import IMG_DIR, Section, Target, fmt_spread, markdown_table
+from smartsift.demo import DemoConfig, MnistData, make_mnist1d, mnist1d_task
+from smartsift.harness import (
+    RunResult,
+    Task,
+    TrainingRun,
+    runs_figure,
+    seeded,
+    time_to_target,
+    train_side_by_side,
+)
+
+__all__ = [
+    "BENCHES",
+    "Bench",
+    "Setting",
+    "frontier_at",
+    "redundant_mnist1d",
+    "run",
+    "seed_runs",
+    "work_curve",
+]
+
+SEEDS = (0, 1, 2)
+FRACTIONS = (0.35, 0.5, 0.7)
+PLAIN = "plain"
+REFERENCE = "RelativeProbabilistic(beta=1)"
+UNIFORM = "Uniform (reference's keep)"
+TARGET_REFERENCE = 1.5
+TARGET_BEST = 2.0
+RESULTS_ENV = "SMARTSIFT_FRONTIER_RESULTS"
+
+
+def policies(history: int) -> dict[str, ss.Policy]:
+    """The policies every task runs at the full budget, the reference rule first."""
+    return {
+        REFERENCE: ss.RelativeProbabilistic(beta=1.0, history=history),
+        "TopK(0.5)": ss.TopK(0.5),
+        "RelativeProbabilistic(beta=3)": ss.RelativeProbabilistic(beta=3.0, history=history),
+        "QuantileThreshold(0.5)": ss.QuantileThreshold(exclude=0.5, history=history),
+    }
+
+
+# ----------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class Setting:
+    """How every run of a task trains: one step size, one schedule, one sift delay."""
+
+    epochs: int
+    batch_size: int  # every optimizer step: the plain batches, the sifted refined batches
+    raw_batch_size: int  # the raw batches the sifted runs score
+    lr: float
+    delay_epochs: int
+    history: int
+    evals_per_epoch: int = 4
+    schedule: str | None = "cosine"
+
+    @classmethod
+    def from_demo(cls, config: DemoConfig) -> Setting:
+        """The demo's setting (``smartsift demo``)."""
+        return cls(
+            epochs=config.epochs,
+            batch_size=config.plain_batch_size,
+            raw_batch_size=config.batch_size,
+            lr=config.lr,
+            delay_epochs=config.sift_delay_epochs,
+            history=config.history,
+            evals_per_epoch=config.evals_per_epoch,
+            schedule=config.schedule,
+        )
+
+    def control_epochs(self) -> list[int]:
+        """The train-less control's epoch budgets: about 0.35x, 0.5x and 0.7x, distinct."""
+        budgets = {max(1, round(f * self.epochs)) for f in FRACTIONS}
+        return sorted(e for e in budgets if e < self.epochs)
+
+    def run(
+        self,
+        name: str,
+        task: Task,
+        seed: int,
+        *,
+        policy: ss.Policy | None = None,
+        epochs: int | None = None,
+    ) -> TrainingRun:
+        """A plain run (of ``epochs``, default the full budget) or a sifted one."""
+        raw = self.raw_batch_size if policy is not None else self.batch_size
+        n_raw = math.ceil(len(task.train_set) / raw)  # type: ignore[arg-type]
+        return TrainingRun(
+            name,
+            task,
+            epochs=epochs or self.epochs,
+            batch_size=raw,
+            lr=self.lr,
+            policy=policy,
+            sift_delay=self.delay_epochs * n_raw,
+            refined_batch_size=self.batch_size,
+            seed=seed,
+            evals_per_epoch=self.evals_per_epoch,
+            schedule=self.schedule,
+            clock=time.process_time,
+        )
+
+    def describe(self) -> str:
+        return (
+            f"{self.epochs} epochs, AdamW lr {self.lr:g} with a {self.schedule} schedule "
+            f"following the data; steps of {self.batch_size} samples (the sifted runs score raw "
+            f"batches of {self.raw_batch_size} and refine them to {self.batch_size}); sift delay "
+            f"{self.delay_epochs} epoch(s), history {self.history}"
+        )
+
+
+# ----------------------------------------------------------------------------- data and tasks
+@functools.lru_cache(maxsize=2)
+def _mnist(num_samples: int) -> MnistData:
+    return make_mnist1d(num_samples)
+
+
+def subset_mnist1d(n_train: int, num_samples: int = 10_000) -> MnistData:
+    """The first ``n_train`` training samples of MNIST-1D, with the whole test set."""
+    (train, test) = _mnist(num_samples)
+    x, y = train.tensors
+    return TensorDataset(x[:n_train], y[:n_train]), test
+
+
+def redundant_mnist1d(
+    n_real: int,
+    duplicate_share: float,
+    prototypes_per_class: int = 3,
+    noise: float = 0.1,
+    num_samples: int = 10_000,
+    seed: int = 0,
+) -> MnistData:
+    """MNIST-1D where a share of the training set is small-noise copies of a few prototypes.
+
+    ``n_real`` distinct training samples, plus as many near-duplicates as make them
+    ``duplicate_share`` of the whole: copies of ``prototypes_per_class`` other training samples
+    of each class, each with Gaussian noise of ``noise`` times the data's standard deviation,
+    shuffled in. The test set is MNIST-1D's, untouched: the copies teach little beyond
+    themselves once learnt, as near-duplicates and easy samples in real data do.
+
+    Example:
+        >>> train, _ = redundant_mnist1d(60, 0.5, num_samples=400)
+        >>> len(train)
+        120
+    """
+    if not 0 <= duplicate_share < 1:
+        raise ValueError(f"Expected `duplicate_share` in [0, 1), but got {duplicate_share!r}.")
+    (train, test) = _mnist(num_samples)
+    x, y = train.tensors
+    g = torch.Generator().manual_seed(seed)
+    rest_x, rest_y = x[n_real:], y[n_real:]
+    picks = [(rest_y == c).nonzero().flatten()[:prototypes_per_class] for c in range(10)]
+    proto_x, proto_y = rest_x[torch.cat(picks)], rest_y[torch.cat(picks)]
+    n_dup = round(n_real * duplicate_share / (1 - duplicate_share))
+    which = torch.randint(len(proto_x), (n_dup,), generator=g)
+    copies = proto_x[which] + noise * x.std() * torch.randn(n_dup, x.shape[1], generator=g)
+    xs, ys = torch.cat([x[:n_real], copies]), torch.cat([y[:n_real], proto_y[which]])
+    order = torch.randperm(len(xs), generator=g)
+    return TensorDataset(xs[order], ys[order]), test
+
+
+@dataclass(frozen=True)
+class Bench:
+    """One task of the benchmark: how it is built, trained and judged."""
+
+    key: str
+    title: str
+    about: str
+    build: Callable[[bool], Task]
+    setting: Setting
+    smoke_setting: Setting
+    tolerance: float
+    metric: str
+    scale: float = 100.0  # shown in points (accuracy) or as is (a loss)
+    unit: str = "points"
+
+    def setting_for(self, smoke: bool) -> Setting:
+        return self.smoke_setting if smoke else self.setting
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Accuracy (shown in points) rises; a loss (shown as is) falls."""
+        return self.scale != 1.0
+
+
+DEMO = DemoConfig()
+SMOKE_SAMPLES = DemoConfig.smoke().num_samples
+SMOKE_MNIST = Setting(2, 32, 64, 5e-3, 1, 100, evals_per_epoch=2)
+LM_CORPUS, LM_CONTEXT, LM_MODEL = 80_000, 64, {"dim": 64, "layers": 2, "heads": 4}
+
+
+def _demo_task(smoke: bool) -> Task:
+    config = DemoConfig.smoke() if smoke else DEMO
+    return mnist1d_task(_mnist(config.num_samples), config.width)
+
+
+def _lm_task(smoke: bool) -> Task:
+    text, _ = charlm.corpus(4_000 if smoke else LM_CORPUS)
+    windows = charlm.make_windows(text, 16 if smoke else LM_CONTEXT)
+    n_val = max(8, len(windows) // 10)
+    kwargs = {"dim": 16, "layers": 1, "heads": 2} if smoke else LM_MODEL
+    return charlm.lm_task(windows[:-n_val], windows[-n_val:], kwargs)
+
+
+NS_TRAIN, NS_WIDTH = 3000, 32
+RED_REAL, RED_SHARE, RED_WIDTH = 2000, 0.75, 32
+
+
+def _unsaturated_task(smoke: bool) -> Task:
+    if smoke:
+        return mnist1d_task(subset_mnist1d(300, SMOKE_SAMPLES), 8)
+    return mnist1d_task(subset_mnist1d(NS_TRAIN), NS_WIDTH)
+
+
+def _redundant_task(smoke: bool) -> Task:
+    if smoke:
+        return mnist1d_task(redundant_mnist1d(100, RED_SHARE, num_samples=SMOKE_SAMPLES), 8)
+    return mnist1d_task(redundant_mnist1d(RED_REAL, RED_SHARE), RED_WIDTH)
+
+
+BENCHES: dict[str, Bench] = {
+    b.key: b
+    for b in (
+        Bench(
+            "mnist1d",
+            "MNIST-1D, the demo's setting",
+            f"MNIST-1D {DEMO.num_samples} samples (80% for training), the demo's ConvNet of "
+            f"width {DEMO.width}; metric: test accuracy.",
+            _demo_task,
+            Setting.from_demo(DEMO),
+            SMOKE_MNIST,
+            tolerance=DEMO.tolerance,
+            metric="test accuracy (%)",
+        ),
+        Bench(
+            "charlm",
+            "Character-level transformer language model",
+            f"A byte-level transformer ({LM_MODEL['layers']} layers, width {LM_MODEL['dim']}, "
+            f"{LM_MODEL['heads']} heads) over the first {LM_CORPUS // 1000} KB of the Python "
+            f"standard library's source, windows of {LM_CONTEXT + 1} bytes, the last tenth "
+            "held out; one regime: a few epochs over a small corpus, where the model still "
+            "needs all of its data; metric: validation loss (nats per byte, lower is better).",
+            _lm_task,
+            Setting(6, 32, 64, 2e-3, 1, 1000, evals_per_epoch=4),
+            Setting(2, 16, 32, 2e-3, 1, 100, evals_per_epoch=2),
+            tolerance=0.02,
+            metric="validation loss (nats per byte)",
+            scale=1.0,
+            unit="nats",
+        ),
+        Bench(
+            "unsaturated",
+            "A task that keeps improving with training",
+            f"MNIST-1D with only {NS_TRAIN} training samples (the whole test set of 2000), a "
+            f"narrow ConvNet (width {NS_WIDTH}) and many epochs: chosen so that plain accuracy "
+            "still rises between half and all of the budget (shown below); metric: test "
+            "accuracy.",
+            _unsaturated_task,
+            Setting(30, 64, 128, 5e-3, 1, 1000, evals_per_epoch=2),
+            SMOKE_MNIST,
+            tolerance=0.005,
+            metric="test accuracy (%)",
+        ),
+        Bench(
+            "redundant",
+            "A task with the redundancy of real data",
+            f"MNIST-1D with {RED_REAL} distinct training samples and, making up "
+            f"{RED_SHARE:.0%} of the training set, small-noise copies of 3 prototypes per "
+            f"class (noise 0.1 of the data's standard deviation): near-duplicates that every "
+            f"plain epoch spends compute on long after they are learnt. ConvNet of width "
+            f"{RED_WIDTH}; metric: test accuracy on MNIST-1D's own test set.",
+            _redundant_task,
+            Setting(20, 32, 64, 5e-3, 1, 1000, evals_per_epoch=2),
+            SMOKE_MNIST,
+            tolerance=0.005,
+            metric="test accuracy (%)",
+        ),
+    )
+}
+
+
+# ----------------------------------------------------------------------------- running
+@dataclass
+class SeedRuns:
+    """One seed of one task: every run's result, in order, and Uniform's kept fraction."""
+
+    seed: int
+    results: list[RunResult]
+    uniform_keep: float
+
+    def by_name(self) -> dict[str, RunResult]:
+        return {r.name: r for r in self.results}
+
+
+def control_name(epochs: int, full: int) -> str:
+    return f"plain, {epochs}/{full} epochs ({epochs / full:.2f}x)"
+
+
+def seed_runs(key: str, seed: int, smoke: bool) -> SeedRuns:
+    """Every run of one task for one seed: plain, the control, the policies, then Uniform."""
+    torch.set_num_threads(1)
+    bench = BENCHES[key]
+    task, setting = bench.build(smoke), bench.setting_for(smoke)
+    runs = [setting.run(PLAIN, task, seed)]
+    runs += [
+        setting.run(control_name(e, setting.epochs), task, seed, epochs=e)
+        for e in setting.control_epochs()
+    ]
+    sifted = [setting.run(n, task, seed, policy=p) for n, p in policies(setting.history).items()]
+    results = train_side_by_side(runs + sifted)
+    keep = sifted[0].loader.stats.sift_keep_rate
+    keep = 0.5 if math.isnan(keep) else keep
+    uniform = setting.run(UNIFORM, task, seed, policy=ss.Uniform(keep))
+    results += train_side_by_side([uniform])
+    return SeedRuns(seed, results, keep)
+
+
+@dataclass(frozen=True)
+class Costs:
+    """F and T per sample on a task, from the profiler, and what it advises."""
+
+    scoring_s: float
+    step_s: float
+    advice: str
+
+    @property
+    def f_over_t(self) -> float:
+        return self.scoring_s / self.step_s
+
+
+def measure_costs(key: str, smoke: bool, repeats: int = 3) -> Costs:
+    """F (scoring, at the raw batch size) and T (training step, at the step size) per sample.
+
+    The median over ``repeats`` profiles of each, on the task's model as built for seed 0.
+    """
+    torch.set_num_threads(1)
+    bench = BENCHES[key]
+    task, setting = bench.build(smoke), bench.setting_for(smoke)
+    model = seeded(task.build_model, 0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=setting.lr)
+    steps, warmup = (3, 1) if smoke else (25, 5)
+    reports: dict[int, list[ss.ProfileReport]] = {}
+    for bs in (setting.raw_batch_size, setting.batch_size):
+        loader = DataLoader(
+            task.train_set, batch_size=bs, shuffle=True,
+            generator=torch.Generator().manual_seed(0),
+        )  # fmt: skip
+        reports[bs] = [
+            ss.profile(
+                model,
+                loader,
+                task.loss_fn,
+                optimizer,
+                steps=steps,
+                warmup=warmup,
+                train_step=task.step_loss(),
+            )
+            for _ in range(1 if smoke else repeats)
+        ]
+    f = statistics.median(r.scoring_s for r in reports[setting.raw_batch_size])
+    t = statistics.median(r.step_s for r in reports[setting.batch_size])
+    at_step = reports[setting.batch_size][0]
+    advice = (
+        f"The profiler (`ss.profile` at the step size, fresh model) says "
+        f"{'sift' if at_step.recommended else 'do not sift'}: "
+        f"{at_step.predicted_speedup(0.5):.2f}x per epoch predicted at keep 0.5, break-even "
+        f"keep {at_step.break_even_keep:.2f}."
+    )
+    return Costs(f, t, advice)
+
+
+def _job(args: tuple[str, int, bool]) -> tuple[str, SeedRuns]:
+    key, seed, smoke = args
+    return key, seed_runs(key, seed, smoke)
+
+
+def run_all(
+    keys: Sequence[str], seeds: Sequence[int], smoke: bool, jobs: int
+) -> dict[str, list[SeedRuns]]:
+    """Every seed of every task, in ``jobs`` worker processes (1: in this process)."""
+    work = [(k, s, smoke) for k in keys for s in seeds]
+    out: dict[str, list[SeedRuns]] = {k: [] for k in keys}
+    if jobs <= 1:
+        for item in work:
+            key, runs = _job(item)
+            out[key].append(runs)
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            for key, runs in pool.map(_job, work):
+                out[key].append(runs)
+                print(f"[frontier] {key}, seed {runs.seed} done", file=sys.stderr, flush=True)
+    for runs in out.values():
+        runs.sort(key=lambda r: r.seed)
+    return out
+
+
+# ----------------------------------------------------------------------------- analysis
+def work_curve(result: RunResult, f_over_t: float, samples_per_epoch: int) -> list[float]:
+    """Work units at each evaluation: (scored * F/T + trained) / samples per plain epoch.
+
+    Example:
+        >>> r = RunResult("sifted", scored=[0, 100], trained=[100, 150])
+        >>> work_curve(r, 0.4, 100)
+        [1.0, 1.9]
+    """
+    return [
+        (s * f_over_t + t) / samples_per_epoch
+        for s, t in zip(result.scored, result.trained, strict=True)
+    ]
+
+
+def frontier_at(points: Sequence[tuple[float, float]], x: float) -> float:
+    """The frontier's metric at compute ``x``: linear between the end points ``(compute, metric)``.
+
+    NaN below the cheapest point; beyond the most expensive one, that point's metric.
+
+    Example:
+        >>> pts = [(4.0, 0.90), (6.0, 0.94), (12.0, 0.97)]
+        >>> round(frontier_at(pts, 5.0), 3), frontier_at(pts, 14.0), frontier_at(pts, 3.0)
+        (0.92, 0.97, nan)
+    """
+    pts = sorted(points)
+    if not pts or x < pts[0][0]:
+        return math.nan
+    for (x0, y0), (x1, y1) in itertools.pairwise(pts):
+        if x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return pts[-1][1]
+
+
+@dataclass
+class Measures:
+    """One run of one seed, measured against that seed's plain run and control."""
+
+    final: float
+    gain: float  # final minus plain's final, in the better direction
+    cpu: float
+    work: float
+    cpu_to_target: float
+    work_to_target: float
+    keep: float
+    above_work: float  # final minus the frontier's metric at this run's work, better direction
+    above_cpu: float
+
+
+def measure_seed(bench: Bench, seed: SeedRuns, costs: Costs, n: int) -> dict[str, Measures]:
+    """Every run of one seed measured against the plain run and the frontier."""
+    runs = seed.by_name()
+    plain = runs[PLAIN]
+    sign = 1.0 if plain.higher_is_better else -1.0
+    target = plain.target(bench.tolerance)
+    ft = costs.f_over_t
+    frontier = [r for name, r in runs.items() if name == PLAIN or name.startswith("plain,")]
+    work_pts = [(work_curve(r, ft, n)[-1], r.final) for r in frontier]
+    cpu_pts = [(r.train_seconds, r.final) for r in frontier]
+    out = {}
+    for name, r in runs.items():
+        work = work_curve(r, ft, n)
+        seen, scored, trained = r.seen[-1], r.scored[-1], r.trained[-1]
+        keep = (trained - (seen - scored)) / scored if scored else 1.0
+        out[name] = Measures(
+            final=r.final,
+            gain=sign * (r.final - plain.final),
+            cpu=r.train_seconds,
+            work=work[-1],
+            cpu_to_target=r.time_to(target),
+            work_to_target=time_to_target(work, r.values, target, r.higher_is_better),
+            keep=keep,
+            above_work=sign * (r.final - frontier_at(work_pts, work[-1])),
+            above_cpu=sign * (r.final - frontier_at(cpu_pts, r.train_seconds)),
+        )
+    return out
+
+
+def _ratio(a: float, b: float) -> float:
+    """``a / b`` for times to target: 0 when ``b`` never reached it."""
+    return a / b if 0 < b < math.inf and math.isfinite(a) else 0.0
+
+
+def _spread(values: Sequence[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return max(finite) - min(finite) if len(finite) > 1 else 0.0
+
+
+def _median(values: Sequence[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(statistics.median(finite)) if finite else math.nan
+
+
+@dataclass
+class TaskSummary:
+    """Each run's measures over seeds (run name, then measure), and the seed spread."""
+
+    per: dict[str, dict[str, list[float]]]
+    spread: float
+
+    def median(self, name: str, key: str) -> float:
+        return _median(self.per[name][key])
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.per)
+
+    def policies(self) -> list[str]:
+        """The loss-based policies' runs (neither plain nor the Uniform control)."""
+        return [n for n in self.per if not n.startswith(PLAIN) and n != UNIFORM]
+
+
+def summarise(bench: Bench, seeds: Sequence[SeedRuns], costs: Costs) -> TaskSummary:
+    """Every run's measures over the seeds, with speedups and savings against plain."""
+    per: dict[str, dict[str, list[float]]] = {}
+    for seed in seeds:
+        plain = seed.by_name()[PLAIN]
+        n = plain.planned_samples // max(1, len(plain.epoch_ends))
+        measures = measure_seed(bench, seed, costs, n)
+        base = measures[PLAIN]
+        for name, m in measures.items():
+            values = {
+                **dataclasses.asdict(m),
+                "speedup_cpu": _ratio(base.cpu_to_target, m.cpu_to_target),
+                "speedup_work": _ratio(base.work_to_target, m.work_to_target),
+                "saving_cpu": 1.0 - m.cpu / base.cpu,
+                "saving_work": 1.0 - m.work / base.work,
+                "reached": float(math.isfinite(m.cpu_to_target)),
+            }
+            rec = per.setdefault(name, {})
+            for key, value in values.items():
+                rec.setdefault(key, []).append(value)
+    return TaskSummary(per, _spread(per[PLAIN]["final"]))
+
+
+def _x(values: Sequence[float]) -> str:
+    return fmt_spread(values, "{:.2f}", "x")
+
+
+def _pct(values: Sequence[float]) -> str:
+    return fmt_spread([100 * v for v in values], "{:.0f}", "%")
+
+
+def _metric(bench: Bench, values: Sequence[float], signed: bool = False) -> str:
+    scaled = [bench.scale * v + 0.0 for v in values]  # + 0.0: no "-0.000"
+    fmt = (
+        ("{:+.2f}" if signed else "{:.2f}")
+        if bench.higher_is_better
+        else ("{:+.3f}" if signed else "{:.3f}")
+    )
+    return fmt_spread(scaled, fmt)
+
+
+def _amount(bench: Bench, value: float, signed: bool = True) -> str:
+    """A metric difference with its unit: ``+0.40 points`` or ``-0.012 nats``."""
+    v = bench.scale * value
+    fmt = "{:+.2f}" if bench.higher_is_better else "{:+.3f}"
+    text = (fmt if signed else fmt.replace("+", "")).format(v + 0.0)
+    return f"{text} {bench.unit}"
+
+
+def time_table(bench: Bench, summary: TaskSummary) -> str:
+    """Time to the plain run's final metric within the tolerance, both measures."""
+    rows = []
+    for name in summary.names:
+        rec = summary.per[name]
+        reached = int(sum(rec["reached"]))
+        rows.append(
+            [
+                name,
+                _pct(rec["keep"]),
+                fmt_spread(rec["cpu_to_target"], "{:.3g}"),
+                _x(rec["speedup_cpu"]),
+                fmt_spread(rec["work_to_target"], "{:.2f}"),
+                _x(rec["speedup_work"]),
+                f"{reached}/{len(rec['reached'])}",
+            ]
+        )
+    return markdown_table(
+        [
+            "run",
+            "kept (of scored)",
+            "CPU s to target",
+            "speedup (CPU s)",
+            "work units to target",
+            "speedup (work)",
+            "seeds reaching it",
+        ],
+        rows,
+    )
+
+
+def budget_table(bench: Bench, summary: TaskSummary) -> str:
+    """The fixed-epoch saving, the final metric, and the gain over the frontier."""
+    spread = _amount(bench, summary.spread, signed=False)
+    rows = []
+    for name in summary.names:
+        rec = summary.per[name]
+        above = _median(rec["above_work"])
+        verdict = (
+            "(on it)"
+            if name == PLAIN or name.startswith(PLAIN + ",")
+            else "n/a (cheaper than the cheapest control)"
+            if math.isnan(above)
+            else "**yes**"
+            if above > summary.spread
+            else "no"
+        )
+        rows.append(
+            [
+                name,
+                _metric(bench, rec["final"]),
+                _metric(bench, rec["gain"], signed=True),
+                fmt_spread(rec["work"], "{:.2f}"),
+                f"{_pct(rec['saving_cpu'])} / {_pct(rec['saving_work'])}",
+                _metric(bench, rec["above_work"], signed=True),
+                _metric(bench, rec["above_cpu"], signed=True),
+                verdict,
+            ]
+        )
+    return markdown_table(
+        [
+            "run",
+            f"final {bench.metric}",
+            f"better than plain by (seed spread {spread})",
+            "work units used",
+            "saving vs plain (CPU s / work)",
+            f"above the frontier at its work (spread {spread})",
+            f"above the frontier at its CPU s (spread {spread})",
+            "above by more than the spread?",
+        ],
+        rows,
+    )
+
+
+def frontier_figure(bench: Bench, seed: SeedRuns, costs: Costs, path: Path) -> Path:
+    """One seed's curves against work units, the target and the train-less frontier."""
+    plain = seed.by_name()[PLAIN]
+    n = plain.planned_samples // max(1, len(plain.epoch_ends))
+    curves = [dataclasses.replace(r, times=work_curve(r, costs.f_over_t, n)) for r in seed.results]
+    target = plain.target(bench.tolerance)
+    tol = f"{bench.scale * bench.tolerance:g} {bench.unit}"
+    fig = runs_figure(
+        curves,
+        target=target,
+        target_label=f"target: plain final {'-' if bench.higher_is_better else '+'} {tol}",
+        scale=bench.scale,
+        ylabel=bench.metric,
+        xlabel="compute (work units: plain epochs' worth of training steps)",
+        title=f"{bench.title}: metric against compute, seed {seed.seed}",
+        reference=PLAIN,
+        x_unit="",
+    )
+    ends = sorted(
+        (c.times[-1], bench.scale * c.final)
+        for c in curves
+        if c.name == PLAIN or c.name.startswith(PLAIN + ",")
+    )
+    for ax in fig.axes:
+        ax.plot(
+            [x for x, _ in ends], [y for _, y in ends], color="black", marker="s",
+            linewidth=2.2, linestyle="-", alpha=0.6, label="train-less frontier (plain end points)",
+        )  # fmt: skip
+    fig.axes[0].legend(loc="lower right" if bench.higher_is_better else "upper right", fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def verdict(bench: Bench, summary: TaskSummary) -> tuple[str, str, float]:
+    """A plain sentence: does sifting beat training less here? Also the best policy, its gain.
+
+    The best policy is the one furthest above the frontier in work units; its standing in CPU
+    seconds, which also count the sifting loader's own cost, is given beside it.
+    """
+    gains = {n: summary.median(n, "above_work") for n in summary.policies()}
+    finite = {n: g for n, g in gains.items() if not math.isnan(g)}
+    spread = _amount(bench, summary.spread, signed=False)
+    if not finite:
+        return "No policy's compute falls within the frontier's range.", "", math.nan
+    best = max(finite, key=finite.__getitem__)
+    gain, gain_cpu = finite[best], summary.median(best, "above_cpu")
+    shown, shown_cpu = _amount(bench, gain), _amount(bench, gain_cpu)
+    uniform = summary.median(UNIFORM, "above_work")
+    control = (
+        f" `Uniform` at the reference rule's kept fraction: {_amount(bench, uniform)} against "
+        "the frontier in work units."
+        if not math.isnan(uniform)
+        else ""
+    )
+    where = (
+        f"The best policy, {best}, ends {shown} against the train-less frontier at the same "
+        f"work (median seed) and {shown_cpu} at the same CPU seconds; the seed spread is "
+        f"{spread}."
+    )
+    if gain > summary.spread and gain_cpu > summary.spread:
+        text = f"**Sifting beats training less here**, in both measures of compute. {where}"
+    elif gain > summary.spread:
+        text = (
+            f"**Sifting beats training less here in work units, but not in CPU seconds.** "
+            f"{where} CPU seconds also count the sifting loader's own cost per scored sample "
+            "(selection, slicing, joining, Python per raw batch), which work units leave out: on "
+            "a model this small it takes back the gain that the choice of samples makes."
+        )
+    elif gain > 0:
+        text = (
+            f"**Sifting does not clearly beat training less here.** {where} The gain in work "
+            "units is within the seed spread: a plain run given that compute as fewer epochs "
+            "does as well, to within what the seed alone changes."
+        )
+    else:
+        text = (
+            f"**Sifting does not beat training less here.** {where} A plain run given that "
+            "compute as fewer epochs does better."
+        )
+    return text + control, best, gain
+
+
+def saturation(bench: Bench, summary: TaskSummary, setting: Setting) -> tuple[str, str, bool]:
+    """Plain's final metric at about 0.5x and at 1x of the budget: does it still rise?
+
+    Returns the sentence, the rise (with the seed spread) and whether it exceeds the spread.
+    """
+    half = control_name(max(1, round(0.5 * setting.epochs)), setting.epochs)
+    if half not in summary.per:
+        return "", "n/a", False
+    rise = -summary.median(half, "gain")  # the half run's gain over plain is negative
+    rises = rise > summary.spread
+    measured = (
+        f"{_amount(bench, rise)} (median seed; seed spread "
+        f"{_amount(bench, summary.spread, signed=False)})"
+    )
+    text = (
+        f"Plain {bench.metric} at 0.5x of the budget (its own complete schedule): "
+        f"{_metric(bench, summary.per[half]['final'])}; at 1x: "
+        f"{_metric(bench, summary.per[PLAIN]['final'])}; the full budget is better by "
+        f"{measured}: "
+        + ("still improving." if rises else "saturated, or nearly, within the budget.")
+    )
+    return text, measured, rises
+
+
+def report_task(
+    bench: Bench, seeds: Sequence[SeedRuns], costs: Costs, smoke: bool, img_dir: Path
+) -> tuple[str, list[Target]]:
+    """The task's subsection (setting, tables, verdict, plot) and its targets."""
+    setting = bench.setting_for(smoke)
+    summary = summarise(bench, seeds, costs)
+    image = frontier_figure(bench, seeds[0], costs, img_dir / f"frontier_{bench.key}.png")
+    text, best, gain = verdict(bench, summary)
+    sat_text, sat_measured, rises = saturation(bench, summary, setting)
+    keep = fmt_spread([s.uniform_keep for s in seeds], "{:.2f}")
+    tol = f"{bench.scale * bench.tolerance:g} {bench.unit}"
+    parts = [
+        f"### {bench.title}",
+        f"{bench.about} Setting: {setting.describe()}. Train-less control: plain at "
+        f"{', '.join(str(e) for e in setting.control_epochs())} of {setting.epochs} epochs. "
+        f"`Uniform` keeps {keep} (the reference rule's realised kept fraction of scored "
+        f"samples, per seed). F/T = {costs.f_over_t:.3f} (F {1e6 * costs.scoring_s:.1f} us, "
+        f"T {1e6 * costs.step_s:.1f} us per sample). {costs.advice}",
+        f"Target: the plain run's final {bench.metric.split(' (')[0]} within {tol}. "
+        "Time to it (evaluation excluded; 0.00x: never reached):",
+        time_table(bench, summary),
+        "The fixed budget, and the frontier: each run's final metric against plain's, what it "
+        "saved, and its final metric against the train-less frontier at the same compute "
+        "(positive: better than a plain run given that compute as fewer epochs).",
+        budget_table(bench, summary),
+        text,
+        *([sat_text] if sat_text else []),
+        f"![{bench.title}: metric against compute](img/{image.name})",
+    ]
+    targets = []
+    if bench.key == "mnist1d":
+        ref = summary.median(REFERENCE, "speedup_cpu")
+        held = {
+            n: summary.median(n, "speedup_cpu")
+            for n in summary.policies()
+            if summary.median(n, "gain") >= -bench.tolerance
+        }
+        top = max(held, key=held.__getitem__) if held else None
+        targets += [
+            Target(
+                "MNIST-1D (demo setting), reference rule: speedup to the plain run's final "
+                "accuracy within 0.5 points (CPU s, median seed)",
+                f"at least {TARGET_REFERENCE:.1f}x",
+                f"{ref:.2f}x",
+                met=ref >= TARGET_REFERENCE,
+            ),
+            Target(
+                "MNIST-1D (demo setting), best policy with final accuracy held (within 0.5 "
+                "points of plain): speedup to the target (CPU s, median seed)",
+                f"at least {TARGET_BEST:.1f}x",
+                f"{top} {held[top]:.2f}x" if top else "no policy held the final accuracy",
+                met=top is not None and held[top] >= TARGET_BEST,
+            ),
+        ]
+    if bench.key in ("unsaturated", "redundant"):
+        measured = (
+            f"{best} {_amount(bench, gain)} (at matched CPU s: "
+            f"{_amount(bench, summary.median(best, 'above_cpu'))}); seed spread "
+            f"{_amount(bench, summary.spread, signed=False)}"
+            if best
+            else "no policy within the frontier's range"
+        )
+        targets.append(
+            Target(
+                f"{bench.title}: best policy above the train-less frontier at matched compute "
+                "(work units, median seed)",
+                "by more than the seed spread",
+                measured,
+                met=bool(best) and gain > summary.spread,
+            )
+        )
+    if bench.key == "unsaturated":
+        targets.append(
+            Target(
+                f"{bench.title}: not saturated (plain's 1x budget better than 0.5x)",
+                "by more than the seed spread",
+                sat_measured,
+                met=rises,
+            )
+        )
+    return "\n\n".join(parts), targets
+
+
+def run(smoke: bool = False, img_dir: Path | None = None, jobs: int | None = None) -> Section:
+    """Runs every task and returns the report's section; plots go to ``img_dir``."""
+    img_dir = IMG_DIR if img_dir is None else img_dir
+    jobs = 1 if smoke else (jobs or min(2, os.cpu_count() or 1))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(smoke, img_dir, jobs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(smoke: bool, img_dir: Path, jobs: int) -> Section:
+    seeds = SEEDS[:1] if smoke else SEEDS
+    keys = list(BENCHES)
+    # Training takes most of an hour of CPU; a file named here keeps what it measured, so
+    # that the report can be rendered again from it without training again.
+    saved = os.environ.get(RESULTS_ENV)
+    if saved and Path(saved).is_file():
+        with open(saved, "rb") as f:
+            costs, results = pickle.load(f)
+    else:
+        costs = {key: measure_costs(key, smoke) for key in keys}
+        results = run_all(keys, seeds, smoke, jobs)
+        if saved:
+            with open(saved, "wb") as f:
+                pickle.dump((costs, results), f)
+    out = [
+        "Does sifting beat simply training less? Every seed trains, from the same weights in "
+        "the same data order: plain at the full budget; the train-less control, plain at about "
+        "0.35x, 0.5x and 0.7x of the epochs, each with its own complete schedule; every policy "
+        f"at the full budget ({', '.join(policies(1))}, with the same delay and history); and "
+        "`Uniform` at the kept fraction the reference rule realised. All take optimizer steps "
+        "of one size and follow a cosine schedule sized as for plain training, the sifted "
+        "runs' stepped through `ss.DataSchedule`, so that every schedule ends where its "
+        "training ends.",
+        "Compute, two ways: CPU seconds of the process on one thread (evaluation excluded; "
+        f"{'one process' if jobs == 1 else f'{jobs} worker processes, one per seed at a time'}), "
+        "and work units = (samples scored x F/T + samples trained) / samples per plain epoch, "
+        "F and T measured on each task by `ss.profile`. The frontier joins the end points "
+        "(compute, final metric) of the control runs and of the plain run; a run is above it "
+        "when its final metric beats the frontier's at the same compute by more than the seed "
+        "spread (the range of the plain run's final metric over the seeds). Differences are "
+        "in the better direction (positive: better). Median (min–max) over seeds "
+        f"{', '.join(map(str, seeds))}; the plots show seed {seeds[0]}.",
+    ]
+    targets: list[Target] = []
+    for key in keys:
+        text, found = report_task(BENCHES[key], results[key], costs[key], smoke, img_dir)
+        out.append(text)
+        targets += found
+    return Section("The frontier: sifting against training less", "\n\n".join(out), tuple(targets))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="a tiny, fast configuration")
+    parser.add_argument("--jobs", type=int, default=None, help="worker processes")
+    args = parser.parse_args(argv)
+    print(run(args.smoke, jobs=args.jobs).markdown())
+
+
+if __name__ == "__main__":
+    main()
