@@ -15,8 +15,9 @@ less half a point and its ratio to plain's, the kept fraction, and the share of 
 samples among those trained on (20 % for plain: the training set's share). Medians and ranges
 over 3 seeds; the figure shows seed 0.
 
-Run it from the repository root (``python -m benchmarks.noise [--smoke] [--jobs N]
-[--write]``) or call :func:`run`; ``--write`` writes the section to ``docs/noise_benchmark.md``.
+Run it from the repository root (``python -m benchmarks.noise [--smoke] [--jobs N]``, or
+``python -m benchmarks.run --only noise`` to write its section of ``docs/benchmarks.md``) or
+call :func:`run`.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 import smartsift as ss
-from benchmarks.common import IMG_DIR, ROOT, Section, Target, fmt_spread, markdown_table
+from benchmarks.common import IMG_DIR, Section, Target, fmt_spread, markdown_table
 from smartsift.demo import ConvNet, evaluate, make_mnist1d
 from smartsift.harness import RunResult, Task, TrainingRun, runs_figure, train_side_by_side
 
@@ -52,7 +53,6 @@ TOLERANCE = 0.005
 PLAIN = "plain"
 REFERENCE = "RelativeProbabilistic(beta=1)"
 IMAGE = "noise_mnist1d.png"
-DOC = ROOT / "docs" / "noise_benchmark.md"
 
 
 @dataclass(frozen=True)
@@ -349,7 +349,6 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a tiny, fast configuration")
     parser.add_argument("--jobs", type=int, default=2, help="seeds in parallel processes")
-    parser.add_argument("--write", action="store_true", help=f"write {DOC.relative_to(ROOT)}")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     # A smoke run's figure goes to a scratch folder: the docs keep the full run's.
@@ -361,11 +360,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{section.markdown()}\n\nCommand: `python -m benchmarks.noise{flag}`; it took "
         f"{minutes:.1f} min.\n"
     )
-    if args.write:
-        DOC.write_text(text)
-        print(f"wrote {DOC.relative_to(ROOT)}")
-    else:
-        print(text)
+    print(text)
 
 
 if __name__ == "__main__":

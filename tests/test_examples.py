@@ -63,3 +63,26 @@ def test_ddp_example_runs_under_torchrun_when_copied_out_of_the_repository(
     assert 0 < total["sifted"] == total["seen"] - total["kept"]
     # Each rank's cosine, stepped through DataSchedule, ended where training ended.
     assert ranks[0]["lr"] == ranks[1]["lr"] == 0.0
+
+
+def test_tensorboard_report_example_logs_scalars_and_draws_the_report(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    script = shutil.copy(EXAMPLES / "tensorboard_report.py", tmp_path)
+    out = tmp_path / "runs"
+    cmd = [sys.executable, str(script), f"--out={out}", "--epochs=2", "--samples=1000"]
+    cmd += ["--width=8", "--log-interval=2"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=env, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (out / "report.png").stat().st_size > 10_000
+    events = EventAccumulator(str(out))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"smartsift/keep_rate", "smartsift/samples_seen", "test/accuracy"} <= set(tags)
+    seen = [e.value for e in events.Scalars("smartsift/samples_seen")]
+    assert seen == sorted(seen) and seen[-1] > seen[0]  # logged as training went on
+    assert len(events.Scalars("test/accuracy")) == 2  # one per epoch
