@@ -16,12 +16,12 @@ from _resume import assert_resume_matches, roundtrip
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, TensorDataset
 
 import smartsift as ss
+from smartsift.batching import per_sample_ints
 from smartsift.guards import (
     NOISE_HISTORY,
     StreakTable,
     class_floor_mask,
     noise_mask,
-    per_sample_ints,
     streak_mask,
 )
 from smartsift.history import LossHistory
@@ -89,9 +89,9 @@ def test_class_floor_adds_back_the_highest_losses_not_excluded_first() -> None:
 def test_per_sample_ints_reads_paths_and_names_the_argument() -> None:
     batch = {"meta": {"id": torch.tensor([3, 4])}, "x": torch.zeros(2)}
     assert per_sample_ints(batch, ("meta", "id"), 2, "id_key").tolist() == [3, 4]
-    with pytest.raises(ValueError, match="`label_key`='y'"):
+    with pytest.raises(ValueError, match="label_key found no entry 'y'"):
         per_sample_ints(batch, "y", 2, "label_key")
-    with pytest.raises(ValueError, match="2 integers"):
+    with pytest.raises(ValueError, match="label_key expected 2 integers"):
         per_sample_ints(batch, "x", 2, "label_key")
 
 

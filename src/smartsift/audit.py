@@ -43,14 +43,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from smartsift.batching import IdKey, per_sample_ints
+
 __all__ = ["EpochRecord", "IdKey", "IndexedDataset", "SiftAudit"]
 
 _INT = np.empty(0, dtype=np.int64)
 _FLOAT = np.empty(0, dtype=np.float64)
 _FIELDS = ("ids", "losses", "mask", "passed", "dropped")
-
-IdKey = str | int | tuple[str | int, ...]
-"""Where a batch holds its sample ids: a dict key, a tuple position, or a path of those."""
 
 
 class IndexedDataset(Dataset[Any]):
@@ -190,26 +189,9 @@ class SiftAudit:
         Raises:
             ValueError: if the batch has no such entry or it does not hold one int per sample.
         """
-        key = self.id_key
-        value = batch
-        for part in self._path:
-            if not _has_entry(value, part):
-                raise ValueError(
-                    f"SiftAudit(id_key={key!r}) found no entry {key!r} in a batch of type "
-                    f"{type(batch).__name__}. Put sample ids in the batch, e.g. by wrapping the "
-                    "dataset in smartsift.IndexedDataset (ids at position 0 of tuple samples, "
-                    "key 'index' of dict samples)."
-                )
-            value = value[part]
-        if isinstance(value, torch.Tensor):
-            value = value.detach().cpu().numpy()
-        ids = np.asarray(value)
-        if ids.shape != (size,) or not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(
-                f"SiftAudit(id_key={key!r}) expected {size} integer sample ids, one per "
-                f"sample, but got shape {ids.shape} of dtype {ids.dtype}."
-            )
-        return ids.astype(np.int64, copy=True)
+        return per_sample_ints(
+            batch, self._path, size, f"SiftAudit(id_key={self.id_key!r})", "integer sample ids"
+        )
 
     def record_scored(self, epoch: int, batch: Any, losses: np.ndarray, mask: np.ndarray) -> None:
         """Records a scored raw batch: its ids, losses and keep mask (called by the loader)."""
@@ -377,15 +359,6 @@ class SiftAudit:
                 for name in _FIELDS:
                     getattr(mine, name).extend(getattr(log, name))
         return out
-
-
-def _has_entry(batch: Any, part: str | int) -> bool:
-    """Whether ``batch[part]`` is a dict entry or a tuple/list position (never tensor indexing)."""
-    if isinstance(batch, Mapping):
-        return part in batch
-    if isinstance(batch, (list, tuple)):
-        return isinstance(part, int) and -len(batch) <= part < len(batch)
-    return False
 
 
 def _multiset_minus(items: np.ndarray, removed: np.ndarray) -> np.ndarray:

@@ -28,12 +28,14 @@ import torch
 
 __all__ = [
     "BatchTransform",
+    "IdKey",
     "UnsupportedBatchError",
     "batch_size_of",
     "concat",
     "container_types",
     "inspect_batch",
     "narrow",
+    "per_sample_ints",
     "restore_types",
     "select",
     "signature",
@@ -42,6 +44,9 @@ __all__ = [
 ]
 
 _ATOMS = (str, bytes, int, float, bool, type(None))
+
+IdKey = str | int | tuple[str | int, ...]
+"""Where a batch holds a per-sample entry: a dict key, a tuple position, or a path of those."""
 
 
 class UnsupportedBatchError(TypeError):
@@ -429,3 +434,52 @@ def restore_types(batch: Any, types: Any) -> Any:
             return kind(*items_list) if hasattr(kind, "_fields") else kind(items_list)
         return tuple(items_list) if isinstance(batch, tuple) else items_list
     return batch
+
+
+def _has_entry(batch: Any, part: str | int) -> bool:
+    """Whether ``batch[part]`` is a dict entry or a tuple/list position (never tensor indexing)."""
+    if isinstance(batch, Mapping):
+        return part in batch
+    if isinstance(batch, (list, tuple)):
+        return isinstance(part, int) and -len(batch) <= part < len(batch)
+    return False
+
+
+def per_sample_ints(
+    batch: Any, key: IdKey, size: int, name: str, noun: str = "integers"
+) -> np.ndarray:
+    """The ``size`` integers held in ``batch[key]`` (a path for nested batches), as int64.
+
+    Args:
+        batch: the batch (in sliceable form).
+        key: a dict key, a tuple/list position, or a tuple of those for a nested entry.
+        size: the batch's number of samples.
+        name: how errors name the setting, e.g. ``"SiftAudit(id_key=0)"``.
+        noun: what the integers are, for errors.
+
+    Raises:
+        ValueError: if the entry is missing or does not hold one integer per sample.
+
+    Example:
+        >>> per_sample_ints({"meta": {"id": [4, 5]}}, ("meta", "id"), 2, "id_key").tolist()
+        [4, 5]
+    """
+    value = batch
+    for part in key if isinstance(key, tuple) else (key,):
+        if not _has_entry(value, part):
+            raise ValueError(
+                f"{name} found no entry {key!r} in a batch of type {type(batch).__name__}. "
+                "Put it in the batch, e.g. by wrapping the dataset in smartsift.IndexedDataset "
+                "(ids at position 0 of tuple samples, key 'index' of dict samples), or point the "
+                "setting at the entry that holds it."
+            )
+        value = value[part]
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    out = np.asarray(value)
+    if out.shape != (size,) or not np.issubdtype(out.dtype, np.integer):
+        raise ValueError(
+            f"{name} expected {size} {noun}, one per sample, but got shape {out.shape} of "
+            f"dtype {out.dtype}."
+        )
+    return out.astype(np.int64, copy=True)

@@ -34,13 +34,13 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from smartsift.batching import IdKey, per_sample_ints
 from smartsift.history import LossHistory, weak_percentile
 from smartsift.policies import Policy, RelativeProbabilistic, Uniform
 
@@ -51,11 +51,9 @@ __all__ = [
     "StreakTable",
     "class_floor_mask",
     "noise_mask",
-    "per_sample_ints",
     "streak_mask",
 ]
 
-IdKey = str | int | tuple[str | int, ...]
 
 NOISE_HISTORY = 500
 """The history ``exclude_top`` ranks against when the wrapped policy keeps none (``TopK``)."""
@@ -172,45 +170,6 @@ class StreakTable:
         ids = state["ids"].numpy()
         self._streaks = np.zeros(int(ids.max()) + 1 if ids.size else 0, dtype=np.uint8)
         self._streaks[ids] = state["streaks"].numpy()
-
-
-def per_sample_ints(batch: Any, key: IdKey, size: int, argument: str) -> np.ndarray:
-    """The ``size`` integers held in ``batch[key]`` (a path for nested batches), as int64.
-
-    ``key`` is a dict key, a tuple/list position or a tuple of those, as
-    :class:`~smartsift.SiftAudit`'s ``id_key``; ``argument`` names the setting in errors.
-
-    Example:
-        >>> per_sample_ints({"meta": {"id": [4, 5]}}, ("meta", "id"), 2, "id_key").tolist()
-        [4, 5]
-    """
-    value = batch
-    for part in key if isinstance(key, tuple) else (key,):
-        if not _has_entry(value, part):
-            raise ValueError(
-                f"Expected a batch entry at `{argument}`={key!r}, but a batch of type "
-                f"{type(batch).__name__} has none. Put it in the batch (smartsift.IndexedDataset "
-                "adds sample ids at position 0 of tuple samples, key 'index' of dict samples) "
-                f"or point `{argument}` at it."
-            )
-        value = value[part]
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    out = np.asarray(value)
-    if out.shape != (size,) or not np.issubdtype(out.dtype, np.integer):
-        raise ValueError(
-            f"Expected `{argument}`={key!r} to hold {size} integers, one per sample, but got "
-            f"shape {out.shape} of dtype {out.dtype}."
-        )
-    return out.astype(np.int64, copy=False)
-
-
-def _has_entry(batch: Any, part: str | int) -> bool:
-    if isinstance(batch, Mapping):
-        return part in batch
-    if isinstance(batch, (list, tuple)):
-        return isinstance(part, int) and -len(batch) <= part < len(batch)
-    return False
 
 
 def _check_key(name: str, key: Any) -> None:
@@ -356,14 +315,14 @@ class Guarded(Policy):
         """
         ids = labels = None
         if self.id_key is not None and self.needs_ids:
-            ids = per_sample_ints(batch, self.id_key, size, "id_key")
+            ids = per_sample_ints(batch, self.id_key, size, f"`id_key`={self.id_key!r}")
             if ids.size and (ids.min() < 0 or ids.max() >= MAX_ID):
                 raise ValueError(
                     f"Expected the sample ids at `id_key`={self.id_key!r} to lie in [0, 2**31) "
                     f"(dataset indices), but got values from {ids.min()} to {ids.max()}."
                 )
         if self.label_key is not None and self.needs_labels:
-            labels = per_sample_ints(batch, self.label_key, size, "label_key")
+            labels = per_sample_ints(batch, self.label_key, size, f"`label_key`={self.label_key!r}")
         return ids, labels
 
     def describe(self) -> dict[str, Any]:
