@@ -661,3 +661,30 @@ def test_indices_outside_the_table_and_foreign_states_are_refused() -> None:
         ranks[1].load_state_dict(ranks[0].state_dict())
     with pytest.raises(ValueError, match="match the DistributedSampler's"):
         ReuseSampler(DistributedSampler(data, num_replicas=2, rank=0), ScoreTable(N), rank=1)
+
+
+def test_a_streak_guard_works_in_reuse_mode_with_dataset_indices_as_ids() -> None:
+    # Every sample has the same fresh loss, so the wrapped policy would keep all of them every
+    # epoch; max_streak=1 forbids keeping a sample in two decisions in a row.
+    n = 32
+    table = ScoreTable(n)
+    policy = ss.Guarded(ss.TopK(1.0), max_streak=1, id_key=0)
+    sampler = ReuseSampler(SequentialSampler(range(n)), table, policy, max_age=5)
+    sampler.set_epoch(0)
+    assert set(sampler) == set(range(n))  # never scored: all trained
+    table.update(torch.arange(n), torch.ones(n))  # as the epoch's training steps would
+    sampler.set_epoch(1)
+    first = set(sampler)
+    sampler.set_epoch(2)
+    second = set(sampler)
+    assert first == set(range(n))  # no streak yet: everything kept
+    assert second == set()  # each was kept in the last decision: none twice in a row
+
+
+def test_policies_that_need_the_loader_are_refused_in_reuse_mode() -> None:
+    table = ScoreTable(8)
+    with pytest.raises(ValueError, match="Auto needs the timings"):
+        ReuseSampler(SequentialSampler(range(8)), table, ss.Auto(ss.TopK(0.5)))
+    floor = ss.Guarded(ss.TopK(0.5), class_floor=0.2, label_key=1)
+    with pytest.raises(ValueError, match="sees no labels"):
+        ReuseSampler(SequentialSampler(range(8)), table, floor)

@@ -71,6 +71,8 @@ import torch
 from torch.utils.data import DistributedSampler, Sampler
 
 from smartsift.audit import SiftAudit
+from smartsift.auto import Auto
+from smartsift.guards import Guarded
 from smartsift.policies import Policy, RelativeProbabilistic
 from smartsift.scoretable import ScoreTable
 from smartsift.selector import Selector
@@ -278,6 +280,17 @@ class ReuseSampler(Sampler[int]):
             )
         if not isinstance(table, ScoreTable):
             raise ValueError(f"Expected `table` to be a ScoreTable, but got {table!r}.")
+        if isinstance(policy, Auto):
+            raise ValueError(
+                f"Expected a policy that decides from losses alone, but got {policy!r}: Auto "
+                "needs the timings of a SiftingDataLoader's scoring pass, which loss reuse does "
+                "not run. Pass the policy Auto wraps."
+            )
+        if isinstance(policy, Guarded) and policy.class_floor > 0:
+            raise ValueError(
+                f"Expected a policy without `class_floor`, but got {policy!r}: the sampler "
+                "decides before loading, so it sees no labels. Use exclude_top or max_streak."
+            )
         _check_int("max_age", max_age, low=0, optional=True)
         _check_int("epochs", epochs, low=1, optional=True)
         _check_int("chunk_size", chunk_size, low=1)
@@ -383,7 +396,9 @@ class ReuseSampler(Sampler[int]):
         decided = np.flatnonzero(fresh)
         for start in range(0, decided.size, self.chunk_size):
             pos = decided[start : start + self.chunk_size]
-            decision = self.selector.decide([losses[pos]], probabilities=self.rescale)
+            decision = self.selector.decide(
+                [losses[pos]], probabilities=self.rescale, ids=[order[pos]]
+            )
             keep[pos] = decision.masks[0]
             if decision.probabilities is not None:
                 probs[pos] = decision.probabilities[0]
