@@ -101,6 +101,10 @@ def policies(history: int) -> dict[str, ss.Policy]:
         "TopK(0.5)": ss.TopK(0.5),
         "RelativeProbabilistic(beta=3)": ss.RelativeProbabilistic(beta=3.0, history=history),
         "QuantileThreshold(0.5)": ss.QuantileThreshold(exclude=0.5, history=history),
+        # Sifts only where its online signals say it pays; plain training elsewhere.
+        "Auto(RelativeProbabilistic(beta=1))": ss.Auto(
+            ss.RelativeProbabilistic(beta=1.0, history=history)
+        ),
     }
 
 
