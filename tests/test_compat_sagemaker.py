@@ -528,3 +528,13 @@ def test_the_example_script_runs_when_copied_out_of_the_repository(tmp_path: Pat
     assert int(counts["seen"]) == 2 * 320
     assert 0 < int(counts["trained"]) < int(counts["seen"])
     assert float(counts["lr"]) == 0.0  # the cosine, following the data, ended with training
+
+
+def test_a_script_that_seeds_torch_sifts_the_same_way_every_run() -> None:
+    runs = []
+    for _ in range(2):
+        namespace: dict[str, Any] = {"__name__": "reference_style_script"}
+        exec(compile(REFERENCE_STYLE_SCRIPT, "reference_style_script.py", "exec"), namespace)
+        stats = namespace["train_dataloader"].stats
+        runs.append((stats.samples_kept, stats.samples_sifted, namespace["accuracy"]))
+    assert runs[0] == runs[1]

@@ -59,9 +59,10 @@ Differences in behaviour:
   no larger than the refined batch size (by default the wrapped loader's batch size), untouched,
   so each is one of the training steps the reference counts. With a smaller ``batch_size=``
   they are cut to it, and the delay then spans more steps.
-- **Randomness.** Each loader draws from its own ``torch.Generator``, seeded by ``seed=`` (at
-  random otherwise); the global random states are never touched. Under DDP rank 0's seed is
-  used on every rank.
+- **Randomness.** Each loader draws from its own ``torch.Generator``, seeded by ``seed=``, by
+  default from ``torch.initial_seed()`` (read, not consumed), so a script that calls
+  ``torch.manual_seed`` sifts the same way every run; the global random states are never
+  touched. Under DDP rank 0's seed is used on every rank.
 - **DDP.** One ``all_gather`` per raw batch shares every rank's losses: all ranks rank against
   the same global history and yield the same number of batches; an epoch's leftover samples may
   move between ranks so that every rank takes the same steps.
@@ -811,6 +812,8 @@ class SiftingDataloader:
         _check_extra(smartsift_kwargs)
         transform = _TransformAdapter(batch_transforms) if batch_transforms is not None else None
         smartsift_kwargs.setdefault("log_interval", 1 if log_batch_data else None)
+        # The reference API takes no seed: a script that seeds torch gets the same sifting.
+        smartsift_kwargs.setdefault("seed", torch.initial_seed() % 2**62)
         try:
             self.sifting_loader = SiftingDataLoader(
                 orig_dataloader,
