@@ -19,13 +19,18 @@ import gc
 import multiprocessing as mp
 import os
 import pickle
+import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 __all__ = ["DDPJobError", "free_port", "run_ranks"]
 
@@ -155,3 +160,33 @@ def run_ranks(
     if errors:
         raise DDPJobError("rank(s) failed:\n" + "\n".join(errors))
     return results
+
+
+def torchrun_copied(
+    script: Path, tmp_path: Path, args: list[str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """Copies ``script`` into ``tmp_path`` and runs it there under torchrun on 2 CPU ranks.
+
+    Nothing from the repository's tree leaks in (``PYTHONPATH`` removed): smartsift comes from
+    the installed package. Skips when torchrun is missing; a run past ``timeout`` fails.
+    """
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun is not installed next to this Python")
+    copied = shutil.copy(script, tmp_path)
+    cmd = [
+        str(torchrun),
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        str(copied),
+        *args,
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    try:
+        return subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp_path
+        )
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"torchrun ran past {timeout} s (a hang?): {err.stdout!r} {err.stderr!r}")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from _ddp import free_port
+from _ddp import torchrun_copied
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TIMEOUT_S = 120  # a hang fails the test instead of blocking the suite
@@ -24,30 +24,8 @@ def _fields(line: str) -> dict[str, float]:
 def test_ddp_example_runs_under_torchrun_when_copied_out_of_the_repository(
     tmp_path: Path,
 ) -> None:
-    torchrun = Path(sys.executable).with_name("torchrun")
-    if not torchrun.exists():
-        pytest.skip("torchrun is not installed next to this Python")
-    script = shutil.copy(EXAMPLES / "ddp_train.py", tmp_path)
-    cmd = [
-        str(torchrun),
-        "--nproc_per_node=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}",
-        str(script),
-        "--epochs=2",
-        "--samples=1000",
-        "--width=8",
-        "--sift-delay=2",
-    ]
-    # Nothing from the repository's tree may leak in: smartsift comes from the installed package.
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    try:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=env, cwd=tmp_path
-        )
-    except subprocess.TimeoutExpired as err:
-        pytest.fail(f"torchrun ran past {TIMEOUT_S} s (a hang?): {err.stdout!r} {err.stderr!r}")
+    args = ["--epochs=2", "--samples=1000", "--width=8", "--sift-delay=2"]
+    proc = torchrun_copied(EXAMPLES / "ddp_train.py", tmp_path, args, TIMEOUT_S)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     lines = proc.stdout.splitlines()

@@ -6,9 +6,7 @@ downloaded.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +18,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-from _ddp import free_port  # noqa: E402
+from _ddp import torchrun_copied  # noqa: E402
 from tokenizers import Tokenizer, models  # noqa: E402
 from transformers import (  # noqa: E402
     BertConfig,
@@ -383,28 +381,8 @@ def test_resuming_from_a_checkpoint_is_refused(tmp_path: Path, tokenizer: Any) -
 
 # ------------------------------------------------------------------ DDP under torchrun
 def test_the_example_trains_in_lockstep_on_two_ranks_under_torchrun(tmp_path: Path) -> None:
-    torchrun = Path(sys.executable).with_name("torchrun")
-    if not torchrun.exists():
-        pytest.skip("torchrun is not installed next to this Python")
-    script = shutil.copy(EXAMPLES / "hf_trainer.py", tmp_path)
-    cmd = [
-        str(torchrun),
-        "--nproc_per_node=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}",
-        str(script),
-        "--epochs=2",
-        "--samples=256",
-        "--sift-delay=2",
-    ]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    try:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path
-        )
-    except subprocess.TimeoutExpired as err:
-        pytest.fail(f"torchrun ran past its timeout (a hang?): {err.stdout!r} {err.stderr!r}")
+    args = ["--epochs=2", "--samples=256", "--sift-delay=2"]
+    proc = torchrun_copied(EXAMPLES / "hf_trainer.py", tmp_path, args, timeout=240)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     ranks = {}
