@@ -9,7 +9,13 @@ trains, from the same initial weights in the same data order, interleaved:
 - every policy at the full budget: the reference rule ``RelativeProbabilistic(beta=1)``,
   ``TopK(0.5)``, ``RelativeProbabilistic(beta=3)`` and ``QuantileThreshold(0.5)``, all with the
   same sift delay and history;
+- loss reuse (:class:`smartsift.ReuseSampler`) at stated keeps of 0.5 and 0.3: no scoring
+  pass; each epoch skips, before loading, samples whose loss recorded by their last training
+  step says they are learnt (never-scored samples, and scores older than 3 epochs, are
+  trained);
 - then ``Uniform`` at the kept fraction the reference rule realised in that seed.
+
+A task may run a subset of these arms (the char-LM's long regime does, to fit the time).
 
 Every run takes optimizer steps of one size (the sifted runs' refined batches are the plain
 runs' batches) and follows a cosine learning-rate schedule sized as for plain training; the
@@ -64,6 +70,7 @@ from benchmarks import charlm
 from benchmarks.common import IMG_DIR, Section, Target, fmt_spread, markdown_table
 from smartsift.demo import DemoConfig, MnistData, make_mnist1d, mnist1d_task
 from smartsift.harness import (
+    Reuse,
     RunResult,
     Task,
     TrainingRun,
@@ -91,6 +98,9 @@ REFERENCE = "RelativeProbabilistic(beta=1)"
 UNIFORM = "Uniform (reference's keep)"
 TARGET_REFERENCE = 1.5
 TARGET_BEST = 2.0
+TARGET_REUSE = 2.0
+KEEP_TOLERANCE = 0.02
+REUSE_PREFIX = "Reuse: "
 RESULTS_ENV = "SMARTSIFT_FRONTIER_RESULTS"
 
 
@@ -105,7 +115,32 @@ def policies(history: int) -> dict[str, ss.Policy]:
         "Auto(RelativeProbabilistic(beta=1))": ss.Auto(
             ss.RelativeProbabilistic(beta=1.0, history=history)
         ),
+        # A stated keep rate, held by adapting beta online.
+        "RelativeProbabilistic(keep=0.5)": ss.RelativeProbabilistic(keep=0.5, history=history),
     }
+
+
+def reuse_arms(history: int) -> dict[str, tuple[ss.Policy, Reuse]]:
+    """The loss-reuse runs: a stated keep, decided from the training steps' own losses."""
+    return {
+        f"{REUSE_PREFIX}RelativeProbabilistic(keep={k})": (
+            ss.RelativeProbabilistic(keep=k, history=history),
+            Reuse(max_age=3),
+        )
+        for k in (0.5, 0.3)
+    }
+
+
+def stated_keep(name: str) -> float | None:
+    """The keep an arm's name states (``keep=0.3``), if any.
+
+    Example:
+        >>> stated_keep("Reuse: RelativeProbabilistic(keep=0.3)"), stated_keep("TopK(0.5)")
+        (0.3, None)
+    """
+    if "keep=" not in name:
+        return None
+    return float(name.split("keep=", 1)[1].split(")", 1)[0])
 
 
 # ----------------------------------------------------------------------------- settings
@@ -149,9 +184,13 @@ class Setting:
         *,
         policy: ss.Policy | None = None,
         epochs: int | None = None,
+        reuse: Reuse | None = None,
     ) -> TrainingRun:
-        """A plain run (of ``epochs``, default the full budget) or a sifted one."""
-        raw = self.raw_batch_size if policy is not None else self.batch_size
+        """A plain run (of ``epochs``, default the full budget), a sifted or a loss-reuse one.
+
+        A loss-reuse run reads batches of the step size: it skips samples before loading.
+        """
+        raw = self.raw_batch_size if policy is not None and reuse is None else self.batch_size
         n_raw = math.ceil(len(task.train_set) / raw)  # type: ignore[arg-type]
         return TrainingRun(
             name,
@@ -165,6 +204,7 @@ class Setting:
             seed=seed,
             evals_per_epoch=self.evals_per_epoch,
             schedule=self.schedule,
+            reuse=reuse,
             clock=time.process_time,
         )
 
@@ -241,6 +281,11 @@ class Bench:
     metric: str
     scale: float = 100.0  # shown in points (accuracy) or as is (a loss)
     unit: str = "points"
+    arms: tuple[str, ...] | None = None  # the sifted arms run (None: every one)
+    uniform: bool = True  # whether the Uniform control runs
+
+    def runs_arm(self, name: str) -> bool:
+        return self.arms is None or name in self.arms
 
     def setting_for(self, smoke: bool) -> Setting:
         return self.smoke_setting if smoke else self.setting
@@ -255,6 +300,7 @@ DEMO = DemoConfig()
 SMOKE_SAMPLES = DemoConfig.smoke().num_samples
 SMOKE_MNIST = Setting(2, 32, 64, 5e-3, 1, 100, evals_per_epoch=2)
 LM_CORPUS, LM_CONTEXT, LM_MODEL = 80_000, 64, {"dim": 64, "layers": 2, "heads": 4}
+LM_LONG_CORPUS, LM_LONG_EPOCHS = 30_000, 16
 
 
 def _demo_task(smoke: bool) -> Task:
@@ -262,12 +308,16 @@ def _demo_task(smoke: bool) -> Task:
     return mnist1d_task(_mnist(config.num_samples), config.width)
 
 
-def _lm_task(smoke: bool) -> Task:
-    text, _ = charlm.corpus(4_000 if smoke else LM_CORPUS)
+def _lm_task(smoke: bool, corpus: int = LM_CORPUS) -> Task:
+    text, _ = charlm.corpus(4_000 if smoke else corpus)
     windows = charlm.make_windows(text, 16 if smoke else LM_CONTEXT)
     n_val = max(8, len(windows) // 10)
     kwargs = {"dim": 16, "layers": 1, "heads": 2} if smoke else LM_MODEL
     return charlm.lm_task(windows[:-n_val], windows[-n_val:], kwargs)
+
+
+def _lm_long_task(smoke: bool) -> Task:
+    return _lm_task(smoke, LM_LONG_CORPUS)
 
 
 NS_TRAIN, NS_WIDTH = 3000, 32
@@ -315,6 +365,29 @@ BENCHES: dict[str, Bench] = {
             metric="validation loss (nats per byte)",
             scale=1.0,
             unit="nats",
+        ),
+        Bench(
+            "charlm_long",
+            "Character-level language model, long regime",
+            f"The same transformer over a smaller corpus, the first {LM_LONG_CORPUS // 1000} KB "
+            f"of the same source, for {LM_LONG_EPOCHS} epochs: every window is seen many times, "
+            "so the model learns its easy windows long before training ends; metric: "
+            "validation loss (nats per byte). Only the reference rule, Auto and loss reuse run "
+            "here, and no Uniform control, to fit the time.",
+            _lm_long_task,
+            Setting(LM_LONG_EPOCHS, 32, 64, 2e-3, 1, 1000, evals_per_epoch=2),
+            Setting(3, 16, 32, 2e-3, 1, 100, evals_per_epoch=2),
+            tolerance=0.02,
+            metric="validation loss (nats per byte)",
+            scale=1.0,
+            unit="nats",
+            arms=(
+                REFERENCE,
+                "Auto(RelativeProbabilistic(beta=1))",
+                f"{REUSE_PREFIX}RelativeProbabilistic(keep=0.5)",
+                f"{REUSE_PREFIX}RelativeProbabilistic(keep=0.3)",
+            ),
+            uniform=False,
         ),
         Bench(
             "unsaturated",
@@ -374,12 +447,22 @@ def seed_runs(key: str, seed: int, smoke: bool) -> SeedRuns:
         setting.run(control_name(e, setting.epochs), task, seed, epochs=e)
         for e in setting.control_epochs()
     ]
-    sifted = [setting.run(n, task, seed, policy=p) for n, p in policies(setting.history).items()]
+    sifted = [
+        setting.run(n, task, seed, policy=p)
+        for n, p in policies(setting.history).items()
+        if bench.runs_arm(n)
+    ]
+    sifted += [
+        setting.run(n, task, seed, policy=p, reuse=r)
+        for n, (p, r) in reuse_arms(setting.history).items()
+        if bench.runs_arm(n)
+    ]
     results = train_side_by_side(runs + sifted)
-    keep = sifted[0].loader.stats.sift_keep_rate
+    keep = sifted[0].result.decided_keep
     keep = 0.5 if math.isnan(keep) else keep
-    uniform = setting.run(UNIFORM, task, seed, policy=ss.Uniform(keep))
-    results += train_side_by_side([uniform])
+    if bench.uniform:
+        uniform = setting.run(UNIFORM, task, seed, policy=ss.Uniform(keep))
+        results += train_side_by_side([uniform])
     return SeedRuns(seed, results, keep)
 
 
@@ -525,8 +608,7 @@ def measure_seed(bench: Bench, seed: SeedRuns, costs: Costs, n: int) -> dict[str
     out = {}
     for name, r in runs.items():
         work = work_curve(r, ft, n)
-        seen, scored, trained = r.seen[-1], r.scored[-1], r.trained[-1]
-        keep = (trained - (seen - scored)) / scored if scored else 1.0
+        keep = r.decided_keep if not math.isnan(r.decided_keep) else 1.0
         out[name] = Measures(
             final=r.final,
             gain=sign * (r.final - plain.final),
@@ -644,7 +726,7 @@ def time_table(bench: Bench, summary: TaskSummary) -> str:
     return markdown_table(
         [
             "run",
-            "kept (of scored)",
+            "kept (of decided)",
             "CPU s to target",
             "speedup (CPU s)",
             "work units to target",
@@ -746,7 +828,7 @@ def verdict(bench: Bench, summary: TaskSummary) -> tuple[str, str, float]:
     best = max(finite, key=finite.__getitem__)
     gain, gain_cpu = finite[best], summary.median(best, "above_cpu")
     shown, shown_cpu = _amount(bench, gain), _amount(bench, gain_cpu)
-    uniform = summary.median(UNIFORM, "above_work")
+    uniform = summary.median(UNIFORM, "above_work") if UNIFORM in summary.per else math.nan
     control = (
         f" `Uniform` at the reference rule's kept fraction: {_amount(bench, uniform)} against "
         "the frontier in work units."
@@ -805,6 +887,68 @@ def saturation(bench: Bench, summary: TaskSummary, setting: Setting) -> tuple[st
     return text, measured, rises
 
 
+def keep_target(bench: Bench, summary: TaskSummary) -> Target:
+    """Every arm with a stated keep realises it within :data:`KEEP_TOLERANCE` (median seed)."""
+    misses = {
+        n: summary.median(n, "keep") - k for n in summary.names if (k := stated_keep(n)) is not None
+    }
+    worst = max(misses, key=lambda n: abs(misses[n]))
+    shown = ", ".join(f"{n} {summary.median(n, 'keep'):.3f}" for n in misses)
+    return Target(
+        f"{bench.title}: a stated keep is realised (kept fraction of the samples decided on, "
+        "median seed)",
+        f"within {100 * KEEP_TOLERANCE:.0f} points of the stated keep",
+        f"{shown}; worst {100 * misses[worst]:+.1f} points",
+        met=all(abs(m) <= KEEP_TOLERANCE for m in misses.values()),
+    )
+
+
+def reuse_names(summary: TaskSummary) -> list[str]:
+    return [n for n in summary.names if n.startswith(REUSE_PREFIX)]
+
+
+def reuse_target(bench: Bench, summary: TaskSummary) -> Target:
+    """Loss reuse: at least 2x to plain's final metric (CPU s) and above the frontier."""
+    names = reuse_names(summary)
+    best = max(names, key=lambda n: summary.median(n, "speedup_cpu"))
+    speedup, above = summary.median(best, "speedup_cpu"), summary.median(best, "above_work")
+    return Target(
+        f"{bench.title}, loss reuse: speedup to the plain run's final metric within the "
+        "tolerance (CPU s, median seed), and final metric above the train-less frontier at "
+        "matched work",
+        f"at least {TARGET_REUSE:.1f}x and above by more than the seed spread",
+        f"{best} {speedup:.2f}x, {_amount(bench, above)} against the frontier (seed spread "
+        f"{_amount(bench, summary.spread, signed=False)})",
+        met=speedup >= TARGET_REUSE and above > summary.spread,
+    )
+
+
+def reuse_sentence(bench: Bench, summary: TaskSummary) -> str:
+    """How loss reuse did here, in one generated paragraph."""
+    names = reuse_names(summary)
+    if not names:
+        return ""
+    parts = []
+    for n in names:
+        above = summary.median(n, "above_work")
+        speedup = summary.median(n, "speedup_cpu")
+        reached = int(sum(summary.per[n]["reached"]))
+        parts.append(
+            f"{n} ends {_amount(bench, summary.median(n, 'gain'))} against plain using "
+            f"{summary.median(n, 'work'):.2f} work units, "
+            + (
+                "cheaper than the cheapest control"
+                if math.isnan(above)
+                else f"{_amount(bench, above)} against the train-less frontier"
+            )
+            + f"; it reaches plain's final metric in {reached}/{len(summary.per[n]['reached'])} "
+            f"seeds ({speedup:.2f}x, CPU s, median)"
+        )
+    return "Loss reuse (no scoring pass; work units are exactly the samples trained): " + (
+        "; ".join(parts) + "."
+    )
+
+
 def report_task(
     bench: Bench, seeds: Sequence[SeedRuns], costs: Costs, smoke: bool, img_dir: Path
 ) -> tuple[str, list[Target]]:
@@ -816,12 +960,17 @@ def report_task(
     sat_text, sat_measured, rises = saturation(bench, summary, setting)
     keep = fmt_spread([s.uniform_keep for s in seeds], "{:.2f}")
     tol = f"{bench.scale * bench.tolerance:g} {bench.unit}"
+    uniform = (
+        f"`Uniform` keeps {keep} (the reference rule's realised kept fraction of scored "
+        "samples, per seed). "
+        if bench.uniform
+        else ""
+    )
     parts = [
         f"### {bench.title}",
         f"{bench.about} Setting: {setting.describe()}. Train-less control: plain at "
         f"{', '.join(str(e) for e in setting.control_epochs())} of {setting.epochs} epochs. "
-        f"`Uniform` keeps {keep} (the reference rule's realised kept fraction of scored "
-        f"samples, per seed). F/T = {costs.f_over_t:.3f} (F {1e6 * costs.scoring_s:.1f} us, "
+        f"{uniform}F/T = {costs.f_over_t:.3f} (F {1e6 * costs.scoring_s:.1f} us, "
         f"T {1e6 * costs.step_s:.1f} us per sample). {costs.advice}",
         f"Target: the plain run's final {bench.metric.split(' (')[0]} within {tol}. "
         "Time to it (evaluation excluded; 0.00x: never reached):",
@@ -834,7 +983,12 @@ def report_task(
         *([sat_text] if sat_text else []),
         f"![{bench.title}: metric against compute](img/{image.name})",
     ]
-    targets = []
+    reuse = reuse_sentence(bench, summary)
+    if reuse:
+        parts.insert(-1, reuse)
+    targets = [keep_target(bench, summary)] if any(map(stated_keep, summary.names)) else []
+    if bench.key == "mnist1d":
+        targets.append(reuse_target(bench, summary))
     if bench.key == "mnist1d":
         ref = summary.median(REFERENCE, "speedup_cpu")
         held = {
@@ -919,11 +1073,14 @@ def _run(smoke: bool, img_dir: Path, jobs: int) -> Section:
         "Does sifting beat simply training less? Every seed trains, from the same weights in "
         "the same data order: plain at the full budget; the train-less control, plain at about "
         "0.35x, 0.5x and 0.7x of the epochs, each with its own complete schedule; every policy "
-        f"at the full budget ({', '.join(policies(1))}, with the same delay and history); and "
-        "`Uniform` at the kept fraction the reference rule realised. All take optimizer steps "
-        "of one size and follow a cosine schedule sized as for plain training, the sifted "
-        "runs' stepped through `ss.DataSchedule`, so that every schedule ends where its "
-        "training ends.",
+        f"at the full budget ({', '.join(policies(1))}, with the same delay and history); loss "
+        f"reuse ({', '.join(reuse_arms(1))}: no scoring pass, samples skipped before loading "
+        "from the losses their last training step recorded; never-scored samples and scores "
+        "older than 3 epochs are trained); and `Uniform` at the kept fraction the reference "
+        "rule realised. All take optimizer steps of one size and follow a cosine schedule sized "
+        "as for plain training, the sifted runs' stepped through `ss.DataSchedule` and the "
+        "loss-reuse runs' through `ss.ReuseSchedule`, so that every schedule ends where its "
+        "training ends. A task that runs only some of these says so.",
         "Compute, two ways: CPU seconds of the process on one thread (evaluation excluded; "
         f"{'one process' if jobs == 1 else f'{jobs} worker processes, one per seed at a time'}), "
         "and work units = (samples scored x F/T + samples trained) / samples per plain epoch, "

@@ -81,14 +81,22 @@ def test_frontier_smoke(tmp_path: Path) -> None:
 
     section = frontier.run(smoke=True, img_dir=tmp_path)
     body = section.body
-    for name in (*frontier.policies(100), frontier.UNIFORM, "plain, 1/2 epochs (0.50x)"):
+    arms = (*frontier.policies(100), *frontier.reuse_arms(100), frontier.UNIFORM)
+    for name in (*arms, "plain, 1/2 epochs (0.50x)"):
         assert f"| {name} |" in body
     for bench in frontier.BENCHES.values():
         assert f"### {bench.title}" in body and "F/T = " in body
     assert body.count("above the frontier at its work") == len(frontier.BENCHES)
     assert body.count("Sifting ") >= len(frontier.BENCHES)  # a verdict per task
-    # Reference and best policy on MNIST-1D, the frontier on two tasks, saturation on one.
-    _targets_are_checked(section, 5)
+    assert body.count("Loss reuse (no scoring pass") == len(frontier.BENCHES)
+    # A task running a subset of the arms shows only those (and no Uniform control).
+    long = body.split(f"### {frontier.BENCHES['charlm_long'].title}")[1].split("### ")[0]
+    assert f"| {frontier.UNIFORM} |" not in long and "| TopK(0.5) |" not in long
+    # Reference, best policy and loss reuse on MNIST-1D, the frontier on two tasks, saturation
+    # on one, and a stated keep realised on every task.
+    _targets_are_checked(section, 6 + len(frontier.BENCHES))
+    keeps = [t for t in section.targets if "stated keep is realised" in t.name]
+    assert len(keeps) == len(frontier.BENCHES)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         f"frontier_{key}.png" for key in frontier.BENCHES
     )
@@ -103,6 +111,8 @@ def test_frontier_helpers() -> None:
     assert frontier.frontier_at(points, 9.0) == 0.8
     run = RunResult("sifted", scored=[100, 200], trained=[50, 100])
     assert frontier.work_curve(run, 0.5, 100) == [1.0, 2.0]
+    assert frontier.stated_keep("Reuse: RelativeProbabilistic(keep=0.3)") == 0.3
+    assert frontier.stated_keep("TopK(0.5)") is None
     train, _ = frontier.redundant_mnist1d(40, 0.75, prototypes_per_class=1, num_samples=600)
     x, y = train.tensors
     assert len(train) == 160 and len(torch.unique(x, dim=0)) == 160  # copies, not clones

@@ -13,6 +13,7 @@ from torch.utils.data import TensorDataset
 
 import smartsift as ss
 from smartsift.harness import (
+    Reuse,
     RunResult,
     Task,
     TrainingRun,
@@ -232,6 +233,50 @@ def test_a_run_records_the_data_it_consumed_scored_and_trained_at_each_evaluatio
         sifted_result.trained[-1] == sifted_result.samples_backpropagated == 64 + (2 * N - 64) // 2
     )
     assert sifted_result.seen == sorted(sifted_result.seen)
+
+
+# ----------------------------------------------------------------------------- loss reuse
+def test_a_reuse_run_trains_everything_first_then_skips_before_loading() -> None:
+    task = _task()
+    plain = _run("plain", task, epochs=3, schedule="cosine")
+    reuse = _run(
+        "reuse", task, epochs=3, schedule="cosine",
+        policy=ss.TopK(0.5), reuse=Reuse(max_age=None),
+    )  # fmt: skip
+    plain_result, result = train_side_by_side([plain, reuse])
+    # Epoch 0 has no scores: all 128 trained; epochs 1 and 2 train the top half.
+    assert result.samples_backpropagated == N + 2 * (N // 2)
+    assert result.steps == 4 + 2 * 2 and plain_result.steps == 12
+    assert result.scored == [0] * len(result.scored)  # no scoring pass
+    assert result.decided_keep == 0.5
+    # The same first data order as the plain run: epoch 0 trains the same batches, so the
+    # first evaluation (after 2 steps) is identical.
+    assert result.values[0] == plain_result.values[0]
+    # The schedule follows the data: at each epoch's end where plain's is, and ends at 0.
+    assert reuse.scheduler is not None and reuse.scheduler.last_epoch == plain.total_steps
+    assert result.final_lr == plain_result.final_lr == 0.0
+    assert _epoch_end_lrs(result) == pytest.approx(_epoch_end_lrs(plain_result))
+    assert result.seen[-1] == result.planned_samples == 3 * N
+    assert result.seen == sorted(result.seen)
+
+
+def test_a_reuse_run_records_the_training_step_s_losses_and_rescales() -> None:
+    task = _task()
+    run = _run(
+        "reuse", task, epochs=2, policy=ss.RelativeProbabilistic(beta=1.0, history=64),
+        reuse=Reuse(rescale=True),
+    )  # fmt: skip
+    train_side_by_side([run])
+    assert run.table is not None and run.sampler is not None
+    # Every sample was trained in epoch 0, so every one has a recorded loss.
+    assert bool(torch.isfinite(torch.from_numpy(run.table.losses)).all())
+    weights = run.sampler.weights(torch.arange(N))
+    assert float(weights.min()) >= 1.0 and float(weights.max()) > 1.0
+
+
+def test_reuse_needs_a_policy() -> None:
+    with pytest.raises(ValueError, match="`policy`"):
+        _run("reuse", _task(), reuse=Reuse())
 
 
 # ----------------------------------------------------------------------------- plots

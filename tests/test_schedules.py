@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -432,3 +433,89 @@ def test_ddp_ranks_step_their_schedulers_alike() -> None:
         assert last0 == last1 == total
         reference = plain_lrs(SCHEDULERS["onecycle"], total, total // EPOCHS)
         assert lrs0[-1] == pytest.approx(reference[-1], rel=1e-9)
+
+
+# ----------------------------------------------------------------------------- loss reuse
+def _reuse_run(
+    epochs: int, policy: ss.Policy, scheduler_factory: Any, stop_after: int | None = None
+) -> tuple[list[float], ss.ReuseSchedule, ss.ReuseSampler, Any]:
+    """Trains a linear model by loss reuse; returns the learning rate after every step."""
+    from torch.utils.data import RandomSampler
+
+    data = TensorDataset(torch.randn(100, 3, generator=torch.Generator().manual_seed(0)))
+    table = ss.ScoreTable(100)
+    sampler = ss.ReuseSampler(
+        RandomSampler(data, generator=torch.Generator().manual_seed(1)), table, policy,
+        max_age=None,
+    )  # fmt: skip
+    loader = DataLoader(ss.IndexedDataset(data), sampler=sampler, batch_size=16)
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = scheduler_factory(opt, epochs * 7)
+    schedule = ss.ReuseSchedule(scheduler, sampler, batch_size=16)
+    rates = []
+    for _ in range(epochs):
+        for ids, x in loader:
+            loss = model(x).squeeze(1) ** 2
+            table.update(ids, loss.detach())
+            opt.zero_grad()
+            loss.mean().backward()
+            opt.step()
+            schedule.step()
+            rates.append(schedule.get_last_lr()[0])
+            if stop_after is not None and len(rates) == stop_after:
+                return rates, schedule, sampler, scheduler
+    return rates, schedule, sampler, scheduler
+
+
+@pytest.mark.parametrize("keep", [0.2, 0.5, 0.9])
+def test_a_reuse_schedule_covers_one_plain_epoch_per_epoch_and_ends_at_its_end(
+    keep: float,
+) -> None:
+    def cosine(opt: Any, n: int) -> Any:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n)
+
+    rates, schedule, _, _ = _reuse_run(3, ss.TopK(keep), cosine)
+    assert schedule.steps_per_epoch == 7  # ceil(100 / 16), as plain training is sized
+    assert schedule.steps == 21 and rates[-1] == pytest.approx(0.0, abs=1e-12)
+    # Later epochs take fewer steps; each still ends at its plain epoch's end.
+    assert len(rates) == 7 + 2 * math.ceil(round(keep * 100) / 16)
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(rates))
+
+
+def test_a_reuse_schedule_never_steps_one_cycle_past_its_end() -> None:
+    def one_cycle(opt: Any, n: int) -> Any:
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=n)
+
+    _, schedule, _, scheduler = _reuse_run(3, ss.TopK(0.3), one_cycle)
+    assert scheduler.last_epoch == 21 == schedule.steps  # OneCycleLR raises beyond its end
+
+
+def test_a_reuse_schedule_resumes_exactly() -> None:
+    def cosine(opt: Any, n: int) -> Any:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n)
+
+    whole, _, _, _ = _reuse_run(3, ss.TopK(0.5), cosine)
+    first, schedule, sampler, scheduler = _reuse_run(3, ss.TopK(0.5), cosine, stop_after=9)
+    state = schedule.state_dict()
+    fresh = ss.ReuseSchedule(scheduler, sampler, batch_size=16)
+    fresh.load_state_dict(state)
+    assert fresh.steps == schedule.steps and first == whole[:9]
+    # The next step (the 3rd of epoch 1's 4 batches) lands where the uninterrupted run's did.
+    fresh.step()
+    assert fresh.get_last_lr()[0] == pytest.approx(whole[9])
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        ss.ReuseSchedule(scheduler, sampler, batch_size=8).load_state_dict(state)
+
+
+def test_a_reuse_schedule_refuses_what_it_cannot_follow() -> None:
+    opt = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0)
+    sampler = ss.ReuseSampler(range(10), ss.ScoreTable(10), ss.TopK(0.5))
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt)
+    with pytest.raises(TypeError, match="scheduler"):
+        ss.ReuseSchedule(plateau, sampler, batch_size=2)  # type: ignore[arg-type]
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=5)
+    with pytest.raises(TypeError, match="ReuseSampler"):
+        ss.ReuseSchedule(cosine, range(10), batch_size=2)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="batch_size"):
+        ss.ReuseSchedule(cosine, sampler, batch_size=0)

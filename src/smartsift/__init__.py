@@ -19,7 +19,7 @@ from smartsift.policies import Policy, QuantileThreshold, RelativeProbabilistic,
 from smartsift.profiling import ProfileReport, profile
 from smartsift.report import plot_report
 from smartsift.reuse import ReuseEpochStats, ReuseSampler
-from smartsift.schedules import DataSchedule
+from smartsift.schedules import DataSchedule, ReuseSchedule
 from smartsift.scoretable import ScoreTable
 from smartsift.scoring import LossFunctionError
 from smartsift.stats import SiftStats
@@ -42,6 +42,7 @@ __all__ = [
     "RemoteRankError",
     "ReuseEpochStats",
     "ReuseSampler",
+    "ReuseSchedule",
     "ScoreTable",
     "SiftAudit",
     "SiftStats",

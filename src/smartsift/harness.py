@@ -54,12 +54,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from smartsift.audit import IndexedDataset
 from smartsift.batching import batch_size_of
 from smartsift.loader import SiftingDataLoader
 from smartsift.policies import Policy
-from smartsift.schedules import DataSchedule
+from smartsift.reuse import ReuseSampler
+from smartsift.schedules import DataSchedule, ReuseSchedule
+from smartsift.scoretable import ScoreTable
 from smartsift.scoring import LossFn
 
 if TYPE_CHECKING:
@@ -67,6 +70,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SCHEDULES",
+    "Reuse",
     "RunResult",
     "ScheduleFactory",
     "Task",
@@ -195,8 +199,10 @@ class RunResult:
     the metric there; ``epoch_ends`` the training seconds at the end of each epoch. At each
     evaluation too: ``lrs``, the learning rate; ``seen``, the raw samples consumed so far;
     ``scored``, the samples a scoring pass ranked (the sift delay's pass-through is not
-    scored); ``trained``, the samples backpropagated. ``planned_samples`` is what all epochs
-    consume (epochs times the training set).
+    scored; a loss-reuse run has no scoring pass); ``trained``, the samples backpropagated.
+    ``planned_samples`` is what all epochs consume (epochs times the training set).
+    ``decided_keep`` is the fraction the policy kept of the samples it decided on (NaN for a
+    plain run): what a stated ``keep`` targets.
     """
 
     name: str
@@ -209,6 +215,7 @@ class RunResult:
     scored: list[int] = field(default_factory=list)
     trained: list[int] = field(default_factory=list)
     steps: int = 0
+    decided_keep: float = math.nan
     samples_backpropagated: int = 0
     samples_seen: int = 0
     planned_samples: int = 0
@@ -275,6 +282,24 @@ def _mean_loss(loss_fn: LossFn) -> Callable[[torch.nn.Module, Any], torch.Tensor
 
 
 @dataclass(frozen=True)
+class Reuse:
+    """Loss reuse for a :class:`TrainingRun`: how its :class:`~smartsift.ReuseSampler` decides.
+
+    The run's policy decides each epoch, before loading, from the per-sample losses its own
+    training steps recorded in a :class:`~smartsift.ScoreTable`; there is no scoring pass. The
+    fields are the sampler's arguments of the same names; ``reference`` (one loss per dataset
+    index, e.g. a small reference model's) is put in the table with
+    ``ScoreTable.set_reference``, for scores that use it.
+    """
+
+    max_age: int | None = 3
+    anneal: float = 0.0
+    rescale: bool = False
+    score: Any = "loss"
+    reference: Sequence[float] | torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
 class Task:
     """What every run of a comparison trains, and how it is judged.
 
@@ -332,7 +357,9 @@ class TrainingRun:
     ``epochs * ceil(N / step batch size)``. A plain run steps it after every optimizer step and
     so ends exactly at its end. A sifted run takes fewer steps; it steps the scheduler through
     a :class:`~smartsift.DataSchedule`, by the data consumed, so it too ends exactly at its
-    end; ``follow_data=False`` steps it once per optimizer step instead, as a schedule written
+    end (a loss-reuse run through a :class:`~smartsift.ReuseSchedule`, by the share of each
+    epoch trained); ``follow_data=False`` steps it once per optimizer step instead, as a
+    schedule written
     for plain training would, which leaves it unfinished (to show the difference).
     ``schedule=None`` keeps the rate constant.
 
@@ -357,11 +384,17 @@ class TrainingRun:
         evals_per_epoch: int = 2,
         schedule: str | ScheduleFactory | None = None,
         follow_data: bool = True,
+        reuse: Reuse | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         for arg, value in (("epochs", epochs), ("batch_size", batch_size)):
             if value < 1:
                 raise ValueError(f"Expected `{arg}` to be a positive int, but got {value!r}.")
+        if reuse is not None and policy is None:
+            raise ValueError(
+                "Expected a `policy` with `reuse` (loss reuse needs a policy to decide with), "
+                "but got policy=None."
+            )
         factory = _schedule_factory(schedule)
         self.task = task
         self.model = seeded(task.build_model, seed)
@@ -374,7 +407,16 @@ class TrainingRun:
         )
         self.loader: Any = self.raw
         self.step_batch_size = batch_size
-        if policy is not None:
+        self.n_train = len(task.train_set)  # type: ignore[arg-type]
+        self.table: ScoreTable | None = None
+        self.sampler: ReuseSampler | None = None
+        self.plain_batches = len(self.raw)
+        if reuse is not None and policy is not None:
+            self.table, self.sampler = _reuse_parts(reuse, policy, task, order, epochs, seed)
+            self.raw = self.loader = DataLoader(
+                IndexedDataset(task.train_set), batch_size=batch_size, sampler=self.sampler
+            )
+        elif policy is not None:
             self.loader = SiftingDataLoader(
                 self.raw,
                 self.model,
@@ -385,17 +427,24 @@ class TrainingRun:
                 batch_size=refined_batch_size,
             )
             self.step_batch_size = refined_batch_size or batch_size
-        self.n_train = len(task.train_set)  # type: ignore[arg-type]
         self.epochs = epochs
         self.base_lr = lr
         self.clock = clock
-        self.eval_every = max(1, len(self.raw) // max(1, evals_per_epoch))
+        self.eval_every = max(1, self.plain_batches // max(1, evals_per_epoch))
         self.total_steps = epochs * math.ceil(self.n_train / self.step_batch_size)
         self.scheduler: LRScheduler | None = None
-        self.data_schedule: DataSchedule | None = None
+        self.data_schedule: DataSchedule | ReuseSchedule | None = None
         if factory is not None:
             self.scheduler = factory(self.optimizer, self.total_steps)
-            if isinstance(self.loader, SiftingDataLoader) and follow_data:
+            if self.sampler is not None and follow_data:
+                self.data_schedule = ReuseSchedule(
+                    self.scheduler,
+                    self.sampler,
+                    batch_size=batch_size,
+                    steps_per_epoch=self.plain_batches,
+                    total_steps=self.total_steps,
+                )
+            elif isinstance(self.loader, SiftingDataLoader) and follow_data:
                 self.data_schedule = DataSchedule(
                     self.scheduler,
                     self.loader,
@@ -406,6 +455,8 @@ class TrainingRun:
             name, higher_is_better=task.higher_is_better, planned_samples=epochs * self.n_train
         )
         self._seen = 0
+        self._train_loss = task.step_loss()
+        self._tuple_samples = isinstance(task.train_set[0], tuple)
         self._segments = self._train()
 
     @property
@@ -448,50 +499,113 @@ class TrainingRun:
         elif self.scheduler is not None:
             self.scheduler.step()
 
-    def _counts(self) -> tuple[int, int]:
-        """Raw samples consumed so far, and those a scoring pass ranked."""
+    def _counts(self, epoch: int, in_epoch: int) -> tuple[int, int]:
+        """Raw samples consumed so far, and those a scoring pass ranked.
+
+        A loss-reuse epoch covers the training set in fewer batches: after ``in_epoch`` of its
+        batches it has consumed that share of the set.
+        """
         if isinstance(self.loader, SiftingDataLoader):
             stats = self.loader.stats
             return stats.samples_seen, stats.samples_seen - stats.samples_passed
+        if self.sampler is not None:
+            batches = max(1, len(self.loader))
+            return epoch * self.n_train + min(self.n_train, in_epoch * self.n_train // batches), 0
         return self._seen, 0
 
-    def _record(self, elapsed: float) -> None:
+    def _decided_keep(self) -> float:
+        if isinstance(self.loader, SiftingDataLoader):
+            return self.loader.stats.sift_keep_rate
+        if self.sampler is not None:
+            epochs = self.sampler.epoch_stats.values()
+            decided = sum(e.decided for e in epochs)
+            return sum(e.kept for e in epochs) / decided if decided else math.nan
+        return math.nan
+
+    def _step_loss(self, batch: Any) -> tuple[torch.Tensor, int]:
+        """The training step's loss and batch size; a loss-reuse step records its losses."""
+        if self.table is None or self.sampler is None:
+            return self._train_loss(self.model, batch), batch_size_of(batch)
+        ids, batch = _split_ids(batch, self._tuple_samples)
+        per_sample = self.task.loss_fn(self.model, batch)
+        self.table.update(ids, per_sample)
+        if self.sampler.rescale:
+            per_sample = per_sample * self.sampler.weights(ids).to(per_sample.dtype)
+        return per_sample.mean(), int(ids.numel())
+
+    def _record(self, elapsed: float, epoch: int, in_epoch: int) -> None:
         result = self.result
-        seen, scored = self._counts()
+        seen, scored = self._counts(epoch, in_epoch)
         result.times.append(elapsed)
         result.values.append(_evaluate(self.task, self.model))
         result.lrs.append(self.lr)
         result.seen.append(seen)
         result.scored.append(scored)
         result.trained.append(result.samples_backpropagated)
+        result.decided_keep = self._decided_keep()
 
     def _train(self) -> Iterator[bool]:
-        model, optimizer, result = self.model, self.optimizer, self.result
-        train_loss = self.task.step_loss()
+        optimizer, result = self.optimizer, self.result
         elapsed, now = 0.0, self.clock
-        for _ in range(self.epochs):
+        for epoch in range(self.epochs):
             start = now()
             for step, batch in enumerate(self.loader):
-                loss = train_loss(model, batch)
+                loss, n = self._step_loss(batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 self._step_schedule()
-                n = batch_size_of(batch)
                 result.steps += 1
                 result.samples_backpropagated += n
                 self._seen += n
                 if (step + 1) % self.eval_every == 0:
                     elapsed += now() - start
-                    self._record(elapsed)
+                    self._record(elapsed, epoch, step + 1)
                     yield True
                     start = now()
             elapsed += now() - start
             result.samples_seen += self.n_train
-            self._record(elapsed)
+            self._record(elapsed, epoch + 1, 0)
             result.epoch_ends.append(elapsed)
             result.train_seconds = elapsed
             yield True
+
+
+def _split_ids(batch: Any, tuple_samples: bool) -> tuple[torch.Tensor, Any]:
+    """The ids :class:`~smartsift.IndexedDataset` added to a batch, and the batch without them."""
+    if isinstance(batch, dict):
+        rest = dict(batch)
+        return rest.pop("index"), rest
+    ids, *rest = batch
+    return ids, rest if tuple_samples else rest[0]
+
+
+def _reuse_parts(
+    reuse: Reuse,
+    policy: Policy,
+    task: Task,
+    order: torch.Generator,
+    epochs: int,
+    seed: int,
+) -> tuple[ScoreTable, ReuseSampler]:
+    """The score table and the sampler of a loss-reuse run (the same first order as plain)."""
+    n = len(task.train_set)  # type: ignore[arg-type]
+    table = ScoreTable(n, distributed=False)
+    if reuse.reference is not None:
+        table.set_reference(torch.arange(n), torch.as_tensor(reuse.reference))
+    extra = {} if reuse.score == "loss" else {"score": reuse.score}
+    sampler = ReuseSampler(
+        RandomSampler(task.train_set, generator=order),  # type: ignore[arg-type]
+        table,
+        policy,
+        max_age=reuse.max_age,
+        rescale=reuse.rescale,
+        epochs=epochs,
+        anneal=reuse.anneal,
+        seed=seed,
+        **extra,
+    )
+    return table, sampler
 
 
 def _schedule_factory(schedule: str | ScheduleFactory | None) -> ScheduleFactory | None:

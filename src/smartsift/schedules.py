@@ -70,8 +70,9 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 if TYPE_CHECKING:
     from smartsift.loader import SiftingDataLoader
+    from smartsift.reuse import ReuseSampler
 
-__all__ = ["DataSchedule", "plain_steps"]
+__all__ = ["DataSchedule", "ReuseSchedule", "plain_steps", "reuse_target"]
 
 
 def plain_steps(samples: int, batch_size: int, samples_per_epoch: int | None = None) -> int:
@@ -257,15 +258,7 @@ class DataSchedule:
         return plain_steps(samples_seen, bs, self.samples_per_epoch)
 
     def _remaining(self) -> int | None:
-        """Steps left before the scheduler's end (its own ``total_steps`` or the given one)."""
-        own_end = getattr(self.scheduler, "total_steps", None)
-        ends = [e for e in (own_end, self.total_steps) if isinstance(e, int)]
-        if not ends:
-            return None
-        position = getattr(self.scheduler, "last_epoch", None)
-        if not isinstance(position, int):
-            position = self._steps  # e.g. ChainedScheduler keeps no step count of its own
-        return max(0, min(ends) - position)
+        return _remaining(self.scheduler, self.total_steps, self._steps)
 
     def _check_epochs(self, samples_seen: int, epochs: int) -> None:
         n = self.samples_per_epoch
@@ -280,6 +273,181 @@ class DataSchedule:
             "epoch.",
             stacklevel=3,
         )
+
+
+def _remaining(scheduler: Any, total_steps: int | None, taken: int) -> int | None:
+    """Steps left before the scheduler's end (its own ``total_steps`` or the given one)."""
+    own_end = getattr(scheduler, "total_steps", None)
+    ends = [e for e in (own_end, total_steps) if isinstance(e, int)]
+    if not ends:
+        return None
+    position = getattr(scheduler, "last_epoch", None)
+    if not isinstance(position, int):
+        position = taken  # e.g. ChainedScheduler keeps no step count of its own
+    return max(0, min(ends) - position)
+
+
+def reuse_target(epoch: int, step: int, batches: int, steps_per_epoch: int) -> int:
+    """Where the schedule stands after ``step`` of the ``batches`` batches of a reuse epoch.
+
+    A reuse epoch covers one epoch of data in fewer batches; each of its batches is worth
+    ``steps_per_epoch / batches`` plain steps, so the schedule is at ``epoch * steps_per_epoch``
+    when the epoch starts and at ``(epoch + 1) * steps_per_epoch`` when it ends.
+
+    Example:
+        >>> [reuse_target(1, s, batches=4, steps_per_epoch=10) for s in range(5)]
+        [10, 12, 15, 18, 20]
+    """
+    if batches <= 0:
+        return (epoch + 1) * steps_per_epoch
+    return epoch * steps_per_epoch + min(steps_per_epoch, round(step * steps_per_epoch / batches))
+
+
+class ReuseSchedule:
+    """Steps a learning-rate scheduler by the share of each loss-reuse epoch trained.
+
+    With a :class:`~smartsift.ReuseSampler` an epoch skips samples before loading, so it has
+    fewer batches than a plain one. Size ``scheduler`` exactly as for plain training
+    (``epochs * steps_per_epoch`` steps) and call :meth:`step` where you called
+    ``scheduler.step()``, once per optimizer step: the ``i``-th of an epoch's ``b`` batches
+    moves the scheduler to :func:`reuse_target`, so each epoch covers one epoch of the
+    schedule and the last step of training ends it. The epoch and its ``b`` are read from the
+    sampler (``sampler.epoch``, ``len(sampler)``), so ``set_epoch`` or none, resume included,
+    it stays in step. Never steps past the scheduler's end (``total_steps``, its own or given).
+
+    Args:
+        scheduler: any step-based scheduler, sized as for plain training.
+        sampler: the :class:`~smartsift.ReuseSampler` of the training loader.
+        batch_size: the loader's batch size (per rank).
+        steps_per_epoch: plain steps per epoch, as the scheduler was sized; default
+            ``ceil(len(sampler.sampler) / batch_size)`` (per rank for a ``DistributedSampler``).
+        drop_last: whether the loader drops each epoch's last incomplete batch.
+        total_steps: the step at which the schedule ends, for schedulers that do not know it.
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import DataLoader, SequentialSampler
+        >>> import smartsift as ss
+        >>> table = ss.ScoreTable(40)
+        >>> sampler = ss.ReuseSampler(SequentialSampler(range(40)), table, ss.TopK(0.5))
+        >>> loader = DataLoader(range(40), sampler=sampler, batch_size=10)
+        >>> opt = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0)
+        >>> cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=2 * 4)
+        >>> schedule = ReuseSchedule(cosine, sampler, batch_size=10)
+        >>> for epoch in range(2):
+        ...     for ids in loader:
+        ...         table.update(ids, ids.float())       # the training step's losses
+        ...         opt.step()
+        ...         _ = schedule.step()
+        >>> len(loader), schedule.steps, schedule.get_last_lr()   # 2 batches, 8 steps
+        (2, 8, [0.0])
+    """
+
+    def __init__(
+        self,
+        scheduler: LRScheduler,
+        sampler: ReuseSampler,
+        *,
+        batch_size: int,
+        steps_per_epoch: int | None = None,
+        drop_last: bool = False,
+        total_steps: int | None = None,
+    ) -> None:
+        if not callable(getattr(scheduler, "step", None)) or isinstance(
+            scheduler, ReduceLROnPlateau
+        ):
+            raise TypeError(
+                "Expected `scheduler` to be a step-based learning-rate scheduler, but got "
+                f"{type(scheduler).__name__}."
+            )
+        if not hasattr(sampler, "epoch_stats"):
+            raise TypeError(
+                f"Expected `sampler` to be a ReuseSampler, but got {type(sampler).__name__}."
+            )
+        _check_int("batch_size", batch_size, minimum=1)
+        if steps_per_epoch is None:
+            per_rank = math.ceil(len(sampler.sampler) / _replicas(sampler))  # type: ignore[arg-type]
+            steps_per_epoch = per_rank // batch_size if drop_last else -(-per_rank // batch_size)
+        _check_int("steps_per_epoch", steps_per_epoch, minimum=1)
+        if total_steps is not None:
+            _check_int("total_steps", total_steps, minimum=0)
+        self.scheduler = scheduler
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.steps_per_epoch = steps_per_epoch
+        self.drop_last = drop_last
+        self.total_steps = total_steps
+        self._steps = 0
+        self._done = 0
+        self._epoch: int | None = None
+        self._in_epoch = 0
+
+    @property
+    def steps(self) -> int:
+        """Scheduler steps this adapter has taken."""
+        return self._steps
+
+    def step(self) -> int:
+        """Steps the scheduler to where the epoch's trained share puts it; returns how many."""
+        epoch = self.sampler.epoch
+        if epoch is None:
+            return 0
+        if epoch != self._epoch:
+            self._epoch, self._in_epoch = epoch, 0
+        self._in_epoch += 1
+        n = len(self.sampler)
+        batches = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        target = reuse_target(epoch, self._in_epoch, batches, self.steps_per_epoch)
+        todo = target - self._done
+        remaining = _remaining(self.scheduler, self.total_steps, self._steps)
+        todo = max(0, todo if remaining is None else min(todo, remaining))
+        for _ in range(todo):
+            self.scheduler.step()
+        self._steps += todo
+        self._done = max(self._done, target)
+        return todo
+
+    def get_last_lr(self) -> list[Any]:
+        """The wrapped scheduler's last learning rates, one per parameter group."""
+        return list(self.scheduler.get_last_lr())
+
+    def state_dict(self) -> dict[str, Any]:
+        """The adapter's counters (the wrapped scheduler and the sampler are saved by you)."""
+        return {
+            "steps": self._steps,
+            "done": self._done,
+            "epoch": self._epoch,
+            "in_epoch": self._in_epoch,
+            "steps_per_epoch": self.steps_per_epoch,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores :meth:`state_dict`'s counters; ``steps_per_epoch`` must match."""
+        if int(state["steps_per_epoch"]) != self.steps_per_epoch:
+            raise ValueError(
+                f"Expected the checkpoint's `steps_per_epoch` to be {self.steps_per_epoch}, as "
+                f"this schedule's, but got {state['steps_per_epoch']}; build the schedule as it "
+                "was saved."
+            )
+        self._steps = int(state["steps"])
+        self._done = int(state["done"])
+        self._epoch = None if state["epoch"] is None else int(state["epoch"])
+        self._in_epoch = int(state["in_epoch"])
+
+    def __repr__(self) -> str:
+        return (
+            f"ReuseSchedule({type(self.scheduler).__name__}, steps={self._steps}, "
+            f"steps_per_epoch={self.steps_per_epoch})"
+        )
+
+
+def _replicas(sampler: Any) -> int:
+    """Ranks the sampler shards over, unless its base sampler already gives one rank's share."""
+    from torch.utils.data import DistributedSampler
+
+    if isinstance(sampler.sampler, DistributedSampler):
+        return 1
+    return int(getattr(sampler, "num_replicas", 1))
 
 
 def _infer_samples_per_epoch(dataloader: Any) -> int | None:
