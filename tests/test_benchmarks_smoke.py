@@ -73,7 +73,9 @@ def test_efficiency_smoke() -> None:
         assert cells[3] in ("sift", "don't sift")
         assert 0 < float(cells[4]) <= 0.5  # the keep checked: recommended, or 0.25
         assert cells[6].endswith("x") and cells[8] in ("yes", "**no**")
-    _targets_are_checked(section, 1)
+    assert "| reuse case |" in text  # the loss-reuse cases, against 1/k
+    # The scoring pass against 1/(F/T+k); loss reuse against 1/k; loss reuse's realised keep.
+    _targets_are_checked(section, 3)
 
 
 def test_frontier_smoke(tmp_path: Path) -> None:
