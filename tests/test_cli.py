@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -95,6 +96,34 @@ def test_profile_target_of_the_wrong_shape_says_what_it_returned(
 def test_profile_rejects_bad_steps(target: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["profile", "--target", "tiny_target:build", "--steps", "0"]) == 2
     assert "--steps" in capsys.readouterr().err
+
+
+def test_profile_passes_num_classes(target: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["profile", "--target", "tiny_target:build", "--steps", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["chance_loss"] is None  # NaN: not given
+    argv = ["profile", "--target", "tiny_target:build", "--steps", "2", "--num-classes", "2"]
+    assert main([*argv, "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["chance_loss"] == pytest.approx(math.log(2))
+    # A fresh binary classifier's loss is near log 2: the report says it is too early.
+    assert main(argv) == 0
+    assert "chance level" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value", ["1", "0", "-3"])
+def test_profile_rejects_too_few_classes(
+    target: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    argv = ["profile", "--target", "tiny_target:build", "--num-classes", value]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--num-classes must be an int of at least 2" in err and f"got {value}" in err
+
+
+def test_profile_help_shows_num_classes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["profile", "--help"])
+    assert "--num-classes N" in capsys.readouterr().out
 
 
 def test_profile_of_the_demo_model(capsys: pytest.CaptureFixture[str]) -> None:

@@ -80,6 +80,8 @@ class IndexedDataset(Dataset[Any]):
 
     def __getitem__(self, index: int) -> Any:
         sample = self.dataset[index]
+        if type(sample) is tuple:  # the common case first: it is on every sample's path
+            return (index, *sample)
         if isinstance(sample, Mapping):
             if self.key in sample:
                 raise ValueError(
@@ -87,8 +89,6 @@ class IndexedDataset(Dataset[Any]):
                     "pass another `key`."
                 )
             return {**sample, self.key: index}
-        if type(sample) is tuple:
-            return (index, *sample)
         return (index, sample)
 
 

@@ -7,6 +7,8 @@ sifted run's report (:mod:`smartsift.report`).
 ``smartsift profile`` runs :func:`smartsift.profile` on the demo model, or, with
 ``--target module:function``, on your own: the function takes no arguments and returns
 ``(model, dataloader, loss_fn, optimizer)``. ``module`` may also be a path to a ``.py`` file.
+``--num-classes N`` tells it a classifier's number of classes, so that the report can tell an
+untrained network (loss near ``log N``) from one that has learnt.
 
 Example:
     >>> main(["profile", "--help"])  # doctest: +ELLIPSIS
@@ -128,6 +130,14 @@ def _parser() -> argparse.ArgumentParser:
     prof.add_argument("--steps", type=int, default=20, help="measured batches (%(default)s)")
     prof.add_argument("--warmup", type=int, default=3, help="unmeasured batches (%(default)s)")
     prof.add_argument("--device", default=None, help="move batches here (e.g. cuda)")
+    prof.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="for a classifier trained with cross-entropy, its number of classes (at least 2): "
+        "the report then tells an untrained network (loss near log N) from one that has learnt",
+    )
     prof.add_argument("--json", action="store_true", help="print the figures as JSON")
     prof.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
     prof.set_defaults(func=_profile)
@@ -199,6 +209,11 @@ def _profile(args: argparse.Namespace) -> int:
 
     if args.steps < 1 or args.warmup < 0:
         raise _UsageError("--steps must be at least 1 and --warmup at least 0.")
+    if args.num_classes is not None and args.num_classes < 2:
+        raise _UsageError(
+            "--num-classes must be an int of at least 2 (the classes a classifier chooses "
+            f"among), but got {args.num_classes}; leave it out for other models."
+        )
     if args.target:
         built = _call_target(args.target)
         title = args.target
@@ -207,7 +222,14 @@ def _profile(args: argparse.Namespace) -> int:
         title = "the demo model (MNIST-1D ConvNet)"
     model, dataloader, loss_fn, optimizer = built
     report = profile(
-        model, dataloader, loss_fn, optimizer, args.steps, args.warmup, device=args.device
+        model,
+        dataloader,
+        loss_fn,
+        optimizer,
+        args.steps,
+        args.warmup,
+        device=args.device,
+        num_classes=args.num_classes,
     )
     if args.json:
         figures = {
