@@ -417,7 +417,33 @@ def _ddp_worker(rank: int, world_size: int) -> dict[str, Any]:
                 schedule.step()
                 lrs_used.append(schedule.get_last_lr()[0])
         out[name] = (lrs_used, scheduler.last_epoch, EPOCHS * per_epoch)
+    out["reuse"] = _ddp_reuse(data, rank, world_size)
     return out
+
+
+def _ddp_reuse(data: Any, rank: int, world_size: int) -> tuple[list[float], int, int]:
+    """Loss reuse on every rank's share: one shared table, one schedule per rank."""
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    sampler = DistributedSampler(data, world_size, rank, shuffle=True, seed=0)
+    per_epoch = len(DataLoader(data, batch_size=16, sampler=sampler))
+    scheduler = lrs.OneCycleLR(opt, max_lr=LR, total_steps=EPOCHS * per_epoch)
+    table = ss.ScoreTable(len(data))
+    reuse = ss.ReuseSampler(sampler, table, ss.TopK(0.3), max_age=None)
+    loader = DataLoader(ss.IndexedDataset(data), batch_size=16, sampler=reuse)
+    schedule = ss.ReuseSchedule(scheduler, reuse, batch_size=16)
+    lrs_used = []
+    for epoch in range(EPOCHS):
+        reuse.set_epoch(epoch)
+        for ids, x, y in loader:
+            per_sample = ce_loss(model, (x, y))
+            table.update(ids, per_sample)
+            opt.zero_grad()
+            per_sample.mean().backward()
+            opt.step()
+            schedule.step()
+            lrs_used.append(schedule.get_last_lr()[0])
+    return lrs_used, scheduler.last_epoch, EPOCHS * per_epoch
 
 
 @pytest.mark.skipif(
@@ -427,12 +453,13 @@ def test_ddp_ranks_step_their_schedulers_alike() -> None:
     from _ddp import run_ranks
 
     results = run_ranks(_ddp_worker, 2, timeout=120)
-    for name in ("topk", "beta1"):
+    for name in ("topk", "beta1", "reuse"):
         (lrs0, last0, total), (lrs1, last1, _) = (r[name] for r in results)
         assert lrs0 == lrs1  # one learning rate on every replica, at every step
         assert last0 == last1 == total
         reference = plain_lrs(SCHEDULERS["onecycle"], total, total // EPOCHS)
         assert lrs0[-1] == pytest.approx(reference[-1], rel=1e-9)
+    assert len(results[0]["reuse"][0]) < results[0]["reuse"][2]  # reuse really skipped
 
 
 # ----------------------------------------------------------------------------- loss reuse
