@@ -63,7 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import ConcatDataset, DataLoader, TensorDataset
 
 import smartsift as ss
 from benchmarks import charlm
@@ -501,10 +501,12 @@ def measure_costs(key: str, smoke: bool, repeats: int = 3) -> Costs:
     steps, warmup = (3, 1) if smoke else (25, 5)
     reports: dict[int, list[ss.ProfileReport]] = {}
     for bs in (setting.raw_batch_size, setting.batch_size):
+        # A small training set is repeated, so that every profile measures all its steps.
+        n = len(task.train_set)  # type: ignore[arg-type]
+        data = ConcatDataset([task.train_set] * math.ceil((steps + warmup + 1) * bs / n))
         loader = DataLoader(
-            task.train_set, batch_size=bs, shuffle=True,
-            generator=torch.Generator().manual_seed(0),
-        )  # fmt: skip
+            data, batch_size=bs, shuffle=True, generator=torch.Generator().manual_seed(0)
+        )
         reports[bs] = [
             ss.profile(
                 model,

@@ -28,7 +28,16 @@ from benchmarks.common import ROOT, Section, Target, machine
 
 __all__ = ["BENCHMARKS", "available", "main", "render", "run_one"]
 
-BENCHMARKS = ("frontier", "schedules", "noise", "efficiency", "machinery", "gpu", "ddp")
+BENCHMARKS = (
+    "frontier",
+    "schedules",
+    "noise",
+    "reuse_study",
+    "efficiency",
+    "machinery",
+    "gpu",
+    "ddp",
+)
 HERE = Path(__file__).resolve().parent
 DOC = ROOT / "docs" / "benchmarks.md"
 _BLOCK = re.compile(r"<!-- benchmark:(\w+) -->\n(.*?)<!-- /benchmark:\1 -->\n", re.S)

@@ -413,8 +413,13 @@ class TrainingRun:
         self.plain_batches = len(self.raw)
         if reuse is not None and policy is not None:
             self.table, self.sampler = _reuse_parts(reuse, policy, task, order, epochs, seed)
+            # The loader draws its workers' base seed from `order` before the sampler shuffles,
+            # as the plain loader does, so that the first epoch reads the plain run's order.
             self.raw = self.loader = DataLoader(
-                IndexedDataset(task.train_set), batch_size=batch_size, sampler=self.sampler
+                IndexedDataset(task.train_set),
+                batch_size=batch_size,
+                sampler=self.sampler,
+                generator=order,
             )
         elif policy is not None:
             self.loader = SiftingDataLoader(
@@ -533,11 +538,12 @@ class TrainingRun:
             per_sample = per_sample * self.sampler.weights(ids).to(per_sample.dtype)
         return per_sample.mean(), int(ids.numel())
 
-    def _record(self, elapsed: float, epoch: int, in_epoch: int) -> None:
+    def _record(self, elapsed: float, epoch: int, in_epoch: int, again: bool = False) -> None:
+        """Appends an evaluation; ``again``: no step since the last one, so its value holds."""
         result = self.result
         seen, scored = self._counts(epoch, in_epoch)
         result.times.append(elapsed)
-        result.values.append(_evaluate(self.task, self.model))
+        result.values.append(result.values[-1] if again else _evaluate(self.task, self.model))
         result.lrs.append(self.lr)
         result.seen.append(seen)
         result.scored.append(scored)
@@ -549,6 +555,7 @@ class TrainingRun:
         elapsed, now = 0.0, self.clock
         for epoch in range(self.epochs):
             start = now()
+            step = -1
             for step, batch in enumerate(self.loader):
                 loss, n = self._step_loss(batch)
                 optimizer.zero_grad(set_to_none=True)
@@ -565,7 +572,9 @@ class TrainingRun:
                     start = now()
             elapsed += now() - start
             result.samples_seen += self.n_train
-            self._record(elapsed, epoch + 1, 0)
+            # An evaluation after the epoch's last step already measured this model.
+            again = step >= 0 and (step + 1) % self.eval_every == 0
+            self._record(elapsed, epoch + 1, 0, again=again)
             result.epoch_ends.append(elapsed)
             result.train_seconds = elapsed
             yield True

@@ -19,12 +19,20 @@ pass, and skipped samples are never loaded. The decision is made by a
             ...
 
 **What an epoch trains.** The base sampler's indices for the epoch are the candidates. A
-candidate with a *fresh* score (finite, recorded at most ``max_age`` epochs before this one) is
-decided by the selector; the rest pass: never-scored samples, non-finite losses, and stale
-scores are always trained (the refresh rule: a sample is skipped at most ``max_age`` epochs in a
-row, then trained and so re-scored). Scores reach the selector in the epoch's order, in chunks
-of ``chunk_size``, as a ``SiftingDataLoader`` hands it raw batches. In the last ``anneal``
-fraction of ``epochs`` every candidate is trained.
+candidate with a *fresh* loss (finite, recorded at most ``max_age`` epochs before this one) and
+a finite score is decided by the selector; the rest pass: never-scored samples, non-finite
+losses or scores, and stale losses are always trained (the refresh rule: a sample is skipped at
+most ``max_age`` epochs in a row, then trained and so re-scored). Scores reach the selector in
+the epoch's order, in chunks of ``chunk_size``, as a ``SiftingDataLoader`` hands it raw batches.
+In the last ``anneal`` fraction of ``epochs`` every candidate is trained.
+
+**Scores.** ``score="loss"`` decides on the last loss. ``"change"`` decides on how far the loss
+moved between its last two records, ``|last - previous|``: a learnt sample and one the model
+cannot learn (a mislabeled one stays high) both hold still and are skipped, while samples being
+learnt or forgotten are kept. ``"reducible"`` decides on the last loss less a reference model's
+(RHO-LOSS), set with :meth:`~smartsift.scoretable.ScoreTable.set_reference`. A callable
+``score(table, indices) -> np.ndarray`` gives any other score. Every policy ranks the scores
+(against its history, or within the chunk), so any real values work, negative ones included.
 
 **Epochs.** The decision for an epoch is made exactly once, when the epoch's first index is
 drawn (or by ``len()``), however many times anything calls ``iter()``: iterators are lazy and
@@ -62,6 +70,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -74,13 +83,14 @@ from smartsift.audit import SiftAudit
 from smartsift.auto import Auto
 from smartsift.guards import Guarded
 from smartsift.policies import Policy, RelativeProbabilistic
-from smartsift.scoretable import ScoreTable
+from smartsift.scoretable import SCORES, ScoreFn, ScoreTable
 from smartsift.selector import Selector
 
 __all__ = [
     "ReuseEpochStats",
     "ReuseSampler",
     "annealing",
+    "decidable",
     "fresh_scores",
     "shard_evenly",
 ]
@@ -95,15 +105,19 @@ class ReuseEpochStats:
     Attributes:
         epoch: the epoch.
         candidates: indices the base sampler gave (the whole permutation under DDP).
-        decided: candidates with a fresh score, handed to the selector.
+        decided: candidates with a fresh loss and a finite score, handed to the selector.
         kept: decided candidates the selector kept.
         skipped: decided candidates skipped (not loaded this epoch).
-        passed: candidates trained undecided: never scored, non-finite, stale, or annealing.
-        stale: of ``passed``, those whose score was older than ``max_age`` epochs.
+        passed: candidates trained undecided: never scored, non-finite loss or score, stale, or
+            annealing.
+        stale: of ``passed``, those whose loss was older than ``max_age`` epochs.
         annealing: whether the epoch trains on every candidate (the ``anneal`` tail).
         padded: indices repeated so that the ranks' shares are equal (DDP).
         dropped: kept or passed indices cut so that the ranks' shares are equal
             (DDP with ``drop_last``).
+        unscorable: of ``passed``, those with a fresh loss whose score was not finite (under
+            ``score="change"`` a sample recorded once, under ``"reducible"`` one without a
+            reference).
     """
 
     epoch: int
@@ -116,6 +130,7 @@ class ReuseEpochStats:
     annealing: bool
     padded: int = 0
     dropped: int = 0
+    unscorable: int = 0
 
     @property
     def trained(self) -> int:
@@ -163,6 +178,24 @@ def fresh_scores(
         return scored, np.zeros_like(scored)
     stale = scored & (epoch - scored_epoch > max_age)
     return scored & ~stale, stale
+
+
+def decidable(fresh: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which candidates the selector decides: a fresh loss and a finite score.
+
+    Returns:
+        ``(decided, unscorable)`` boolean masks: ``unscorable`` marks fresh candidates whose
+        score is not finite (they pass, trained undecided).
+
+    Example:
+        >>> decided, unscorable = decidable(
+        ...     np.array([True, True, False]), np.array([0.3, np.nan, 0.1])
+        ... )
+        >>> decided.tolist(), unscorable.tolist()
+        ([True, False, False], [False, True, False])
+    """
+    unscorable = fresh & ~np.isfinite(scores)
+    return fresh & ~unscorable, unscorable
 
 
 def annealing(epoch: int, epochs: int | None, anneal: float) -> bool:
@@ -231,6 +264,11 @@ class ReuseSampler(Sampler[int]):
             ``DistributedSampler`` or any sized iterable of indices in ``[0, table.size)``).
         table: the score table the training step feeds.
         policy: the selection policy; default ``RelativeProbabilistic()`` (``beta=1``).
+        score: what the policy decides on (higher: more worth training): ``"loss"`` (the last
+            loss), ``"change"`` (``|last - previous|`` loss), ``"reducible"`` (last loss less
+            the table's reference loss), or a callable ``score(table, indices) -> np.ndarray``
+            (float, one per index; under DDP the same on every rank, e.g. read only from the
+            table). A candidate whose score is not finite is trained undecided.
         max_age: the refresh rule: a score recorded more than ``max_age`` epochs before the
             current one counts as never scored, so a sample is skipped at most ``max_age``
             epochs in a row (and an epoch trains at least about ``1 / (max_age + 1)`` of the
@@ -248,9 +286,10 @@ class ReuseSampler(Sampler[int]):
             ``DistributedSampler`` base; default 1 and 0 otherwise.
         drop_last: cut instead of pad when sharding; default the ``DistributedSampler``'s own,
             else False.
-        audit: records per epoch the ids kept (with their reused losses), skipped ("sifted",
-            with their losses), passed, and cut by ``drop_last``. Under DDP each rank records
-            its share; :meth:`~smartsift.SiftAudit.merge` joins them.
+        audit: records per epoch the ids kept (with their scores: the reused losses under
+            ``score="loss"``), skipped ("sifted", with their scores), passed, and cut by
+            ``drop_last``. Under DDP each rank records its share;
+            :meth:`~smartsift.SiftAudit.merge` joins them.
     """
 
     def __init__(
@@ -259,6 +298,7 @@ class ReuseSampler(Sampler[int]):
         table: ScoreTable,
         policy: Policy | None = None,
         *,
+        score: str | ScoreFn = "loss",
         max_age: int | None = 3,
         rescale: bool = False,
         max_weight: float | None = None,
@@ -291,6 +331,11 @@ class ReuseSampler(Sampler[int]):
                 f"Expected a policy without `class_floor`, but got {policy!r}: the sampler "
                 "decides before loading, so it sees no labels. Use exclude_top or max_streak."
             )
+        if not (callable(score) or (isinstance(score, str) and score in SCORES)):
+            raise ValueError(
+                f"Expected `score` to be one of {sorted(SCORES)} or a callable "
+                f"score(table, indices) -> np.ndarray, but got {score!r}."
+            )
         _check_int("max_age", max_age, low=0, optional=True)
         _check_int("epochs", epochs, low=1, optional=True)
         _check_int("chunk_size", chunk_size, low=1)
@@ -310,6 +355,7 @@ class ReuseSampler(Sampler[int]):
         self.sampler = sampler
         self.table = table
         self.policy = policy
+        self.score = score
         self.max_age = max_age
         self.rescale = bool(rescale)
         self.max_weight = max_weight
@@ -328,6 +374,7 @@ class ReuseSampler(Sampler[int]):
         self._resume = False  # the next iteration continues the current epoch at _position
         self._token = 0  # which iteration owns _position
         self._saved: dict[str, Any] | None = None  # the state parts fixed until the next decision
+        self._warned = False
 
     # ------------------------------------------------------------ epochs
     def set_epoch(self, epoch: int) -> None:
@@ -391,13 +438,19 @@ class ReuseSampler(Sampler[int]):
         anneals = annealing(epoch, self.epochs, self.anneal)
         if anneals:
             fresh = np.zeros_like(fresh)
+        scores, unscorable = losses, np.zeros_like(fresh)
+        if not (isinstance(self.score, str) and self.score == "loss"):
+            scores = np.full(order.size, np.nan)
+            scores[fresh] = table.scores(self.score, order[fresh])
+            fresh, unscorable = decidable(fresh, scores)
+            self._warn_if_unscorable(unscorable)
         keep = np.ones(order.size, dtype=bool)
         probs = np.ones(order.size, dtype=np.float64)
         decided = np.flatnonzero(fresh)
         for start in range(0, decided.size, self.chunk_size):
             pos = decided[start : start + self.chunk_size]
             decision = self.selector.decide(
-                [losses[pos]], probabilities=self.rescale, ids=[order[pos]]
+                [scores[pos]], probabilities=self.rescale, ids=[order[pos]]
             )
             keep[pos] = decision.masks[0]
             if decision.probabilities is not None:
@@ -426,11 +479,26 @@ class ReuseSampler(Sampler[int]):
             annealing=anneals,
             padded=padded,
             dropped=dropped,
+            unscorable=int(np.count_nonzero(unscorable)),
         )
         if self.audit is not None:
-            self._record(self.audit, epoch, order, losses, fresh, keep, trained_pos)
+            self._record(self.audit, epoch, order, scores, fresh, keep, trained_pos)
         self._saved = None
         return _Epoch(epoch, share, weights)
+
+    def _warn_if_unscorable(self, unscorable: np.ndarray) -> None:
+        """Warns once if ``"reducible"`` finds no reference at all: nothing can be decided."""
+        reducible = isinstance(self.score, str) and self.score == "reducible"
+        if self._warned or not reducible or not unscorable.any():
+            return
+        if not np.isfinite(self.table.reference).any():
+            self._warned = True
+            warnings.warn(
+                "score='reducible' but the score table holds no reference losses, so every "
+                "candidate is trained undecided; call table.set_reference(ids, losses) with a "
+                "reference model's per-sample losses first.",
+                stacklevel=4,
+            )
 
     def _order(self, epoch: int) -> np.ndarray:
         """The epoch's candidates: the base sampler's indices (every rank's under DDP)."""
@@ -457,24 +525,25 @@ class ReuseSampler(Sampler[int]):
         audit: SiftAudit,
         epoch: int,
         order: np.ndarray,
-        losses: np.ndarray,
+        scores: np.ndarray,
         fresh: np.ndarray,
         keep: np.ndarray,
         trained_pos: np.ndarray,
     ) -> None:
         """Audits this rank's share: trained items by position in the pruned list, skipped ones
-        by position in the candidates, so that the ranks' audits merge into the whole epoch."""
+        by position in the candidates, so that the ranks' audits merge into the whole epoch. The
+        losses recorded are the scores the decision used (the reused losses under "loss")."""
         w, r = self.num_replicas, self.rank
         mine = trained_pos[r::w]
         decided = fresh[mine]
         audit.record_scored_ids(
-            epoch, order[mine[decided]], losses[mine[decided]], keep[mine[decided]]
+            epoch, order[mine[decided]], scores[mine[decided]], keep[mine[decided]]
         )
         audit.record_passed_ids(epoch, order[mine[~decided]])
         skipped = np.flatnonzero(fresh & ~keep)
         skipped = skipped[skipped % w == r]
         audit.record_scored_ids(
-            epoch, order[skipped], losses[skipped], np.zeros(skipped.size, dtype=bool)
+            epoch, order[skipped], scores[skipped], np.zeros(skipped.size, dtype=bool)
         )
         if self.drop_last and w > 1:
             total = trained_pos.size // w * w

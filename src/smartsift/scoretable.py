@@ -9,11 +9,20 @@ skip before they are loaded. Feeding it is one line after the forward pass::
     table.update(ids, per_sample)                # ids: the batch's dataset indices
 
 Per index the table records the last finite or non-finite loss, the epoch it was recorded in
-(``table.epoch``, which the sampler sets when it decides an epoch) and the update count
-(``table.updates``, one per :meth:`ScoreTable.update` call). Under DDP, with a process group
-initialised, :meth:`ScoreTable.update` all-gathers every rank's ``(ids, losses)`` so that every
-rank holds the same table: one ``all_gather`` per call, a second one only when some rank's batch
-is larger than any before (on the first call, and rarely after).
+(``table.epoch``, which the sampler sets when it decides an epoch), the update count
+(``table.updates``, one per :meth:`ScoreTable.update` call), the finite loss recorded before the
+latest one (``previous``) and, if set, a reference model's loss (``reference``, set with
+:meth:`ScoreTable.set_reference`). Under DDP, with a process group initialised,
+:meth:`ScoreTable.update` all-gathers every rank's ``(ids, losses)`` so that every rank holds the
+same table: one ``all_gather`` per call, a second one only when some rank's batch is larger than
+any before (on the first call, and rarely after). :meth:`ScoreTable.set_reference` all-gathers
+likewise (two collectives per call).
+
+The sampler decides from a *score* per index, read from the table (:data:`SCORES`): the last
+loss (``"loss"``); how much it moved since the loss before (``"change"``, :func:`loss_change`),
+which is small both for learnt samples and for samples the model cannot learn (mislabeled
+ones), and large for samples being learnt or forgotten; or the last loss less the reference
+model's (``"reducible"``, :func:`reducible_loss`, RHO-LOSS's reducible holdout loss).
 
 Example:
     >>> import torch
@@ -28,13 +37,14 @@ Example:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["ScoreTable"]
+__all__ = ["SCORES", "ScoreFn", "ScoreTable", "loss_change", "reducible_loss"]
 
 
 def _to_numpy(value: Any, float64: bool) -> np.ndarray:
@@ -42,6 +52,35 @@ def _to_numpy(value: Any, float64: bool) -> np.ndarray:
         value = value.detach().to("cpu")
         return (value.to(torch.float64) if float64 else value).numpy()
     return np.asarray(value, dtype=np.float64 if float64 else None)
+
+
+def loss_change(last: np.ndarray, previous: np.ndarray) -> np.ndarray:
+    """How far each loss moved between its last two records: ``|last - previous|``.
+
+    A sample whose loss no longer moves is learnt, or cannot be learnt (a mislabeled sample
+    stays high); one whose loss falls is being learnt and one whose loss rises is being
+    forgotten. NaN where either record is missing.
+
+    Example:
+        >>> loss_change(np.array([0.1, 2.0, 0.5, 1.0]), np.array([0.1, 2.1, 1.5, np.nan])).round(6)
+        array([0. , 0.1, 1. , nan])
+    """
+    return np.abs(np.asarray(last, np.float64) - np.asarray(previous, np.float64))
+
+
+def reducible_loss(last: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """The loss a sample still has beyond what a reference model has on it: ``last - reference``.
+
+    RHO-LOSS's selection score: the reference model (trained on held-out data) has a high loss
+    on samples that are noisy or ambiguous whatever the training, so subtracting it leaves the
+    part that training can still reduce. Negative where the model already beats the reference;
+    NaN where either is missing.
+
+    Example:
+        >>> reducible_loss(np.array([2.0, 2.0, 0.1]), np.array([1.9, 0.2, np.nan])).round(6)
+        array([0.1, 1.8, nan])
+    """
+    return np.asarray(last, np.float64) - np.asarray(reference, np.float64)
 
 
 class ScoreTable:
@@ -56,11 +95,16 @@ class ScoreTable:
         group: the process group to gather over (default: the world).
 
     Attributes:
+        losses: each index's last recorded loss (NaN if never recorded).
+        previous: each index's last finite loss recorded before its latest record (NaN until
+            there is one).
+        reference: each index's reference loss (NaN unless set by :meth:`set_reference`).
+        scored_epoch, scored_update: the epoch and the update of the last record (-1 if none).
         epoch: the epoch that new losses are stamped with; the :class:`~smartsift.reuse.
             ReuseSampler` sets it when it decides an epoch (-1 before).
         updates: how many :meth:`update` calls have been made (every rank counts alike).
         sync_seconds: seconds spent in the all-gather, summed.
-        collectives: how many collectives :meth:`update` has run.
+        collectives: how many collectives :meth:`update` and :meth:`set_reference` have run.
     """
 
     def __init__(self, size: int, distributed: bool | None = None, group: Any = None) -> None:
@@ -74,6 +118,8 @@ class ScoreTable:
         self.epoch = -1
         self.updates = 0
         self.losses = np.full(size, np.nan, dtype=np.float64)
+        self.previous = np.full(size, np.nan, dtype=np.float64)
+        self.reference = np.full(size, np.nan, dtype=np.float64)
         self.scored_epoch = np.full(size, -1, dtype=np.int64)
         self.scored_update = np.full(size, -1, dtype=np.int64)
         self.sync_seconds = 0.0
@@ -94,8 +140,51 @@ class ScoreTable:
         Raises:
             ValueError: if the shapes differ, an id is out of range, or ids are not integers.
         """
+        ids_np, loss_np = self._check(ids, losses)
+        if self._syncs():
+            ids_np, loss_np = self._gather(ids_np, loss_np)
+        before = self.losses[ids_np]
+        self.previous[ids_np] = np.where(np.isfinite(before), before, self.previous[ids_np])
+        self.losses[ids_np] = loss_np
+        self.scored_epoch[ids_np] = self.epoch
+        self.scored_update[ids_np] = self.updates
+        self.updates += 1
+
+    def set_reference(self, ids: Any, losses: Any) -> None:
+        """Records a reference model's per-sample losses (RHO-LOSS's "irreducible" losses).
+
+        The reference is a model trained on held-out data (never on these samples); its loss
+        on a training sample estimates the part of the loss that training cannot remove (label
+        noise, ambiguity). Indices left out keep their reference (NaN if never set), and
+        ``score="reducible"`` passes them undecided. Call it again to replace values.
+
+        Under DDP (a process group initialised and ``distributed`` not False) it is a
+        collective, like :meth:`update`: call it on every rank, each with its share of the
+        indices (e.g. its ``DistributedSampler`` shard) or each with all of them; every rank
+        ends with the union of what the ranks passed. Two ``all_gather`` calls.
+
+        Args:
+            ids: dataset indices, shape ``(N,)``.
+            losses: the reference model's per-sample losses on them, shape ``(N,)``.
+
+        Raises:
+            ValueError: as :meth:`update`.
+
+        Example:
+            >>> table = ScoreTable(3)
+            >>> table.set_reference([0, 2], [0.5, 1.0])
+            >>> table.reference.tolist()
+            [0.5, nan, 1.0]
+        """
+        ids_np, loss_np = self._check(ids, losses)
+        if self._syncs():
+            ids_np, loss_np = self._gather_once(ids_np, loss_np)
+        self.reference[ids_np] = loss_np
+
+    def _check(self, ids: Any, values: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Validated ``(ids as int64, values as float64)``."""
         ids_np = _to_numpy(ids, float64=False)
-        loss_np = _to_numpy(losses, float64=True)
+        loss_np = _to_numpy(values, float64=True)
         if ids_np.ndim != 1 or loss_np.shape != ids_np.shape:
             raise ValueError(
                 f"Expected `ids` and `losses` to be 1-D and of the same length (one loss per "
@@ -112,12 +201,7 @@ class ScoreTable:
                 f"Expected `ids` in [0, {self.size}) (the table's size), but got {int(bad)}; "
                 "build the table with ScoreTable(len(dataset))."
             )
-        if self._syncs():
-            ids_np, loss_np = self._gather(ids_np, loss_np)
-        self.losses[ids_np] = loss_np
-        self.scored_epoch[ids_np] = self.epoch
-        self.scored_update[ids_np] = self.updates
-        self.updates += 1
+        return ids_np, loss_np
 
     def _syncs(self) -> bool:
         if self.distributed is False or not (dist.is_available() and dist.is_initialized()):
@@ -151,6 +235,24 @@ class ScoreTable:
         finally:
             self.sync_seconds += time.perf_counter() - start
 
+    def _gather_once(self, ids: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every rank's ``(ids, values)`` of a one-off call, at a length agreed for it alone
+        (so that :meth:`update`'s agreed length stays a batch's)."""
+        start = time.perf_counter()
+        try:
+            sizes = self._all_gather(np.array([ids.size], np.float64))[:, 0].astype(np.int64)
+            cap = max(1, int(sizes.max()))
+            msg = np.zeros(2 * cap, dtype=np.float64)
+            msg[: ids.size], msg[cap : cap + ids.size] = ids, values
+            rows = self._all_gather(msg)
+            all_ids = np.concatenate([r[:k] for r, k in zip(rows, sizes, strict=True)])
+            all_values = np.concatenate(
+                [r[cap : cap + k] for r, k in zip(rows, sizes, strict=True)]
+            )
+            return all_ids.astype(np.int64), all_values
+        finally:
+            self.sync_seconds += time.perf_counter() - start
+
     def _all_gather(self, msg: np.ndarray) -> np.ndarray:
         device = torch.device("cpu")
         if dist.get_backend(self.group) == "nccl":
@@ -173,6 +275,27 @@ class ScoreTable:
         """
         return np.isfinite(self.losses)
 
+    def scores(self, score: str | ScoreFn, indices: Any) -> np.ndarray:
+        """The scores of ``indices``: a name in :data:`SCORES` or ``score(table, indices)``.
+
+        Example:
+            >>> table = ScoreTable(3)
+            >>> table.update([0, 1], [2.0, 1.0])
+            >>> table.update([0, 1], [1.5, 1.0])
+            >>> table.set_reference([0], [1.0])
+            >>> [table.scores(s, np.array([0, 1, 2])).tolist() for s in ("change", "reducible")]
+            [[0.5, 0.0, nan], [0.5, nan, nan]]
+        """
+        fn = SCORES[score] if isinstance(score, str) else score
+        idx = np.asarray(indices, dtype=np.int64)
+        out = np.asarray(fn(self, idx), dtype=np.float64)
+        if out.shape != idx.shape:
+            raise ValueError(
+                f"Expected the score function {score!r} to return one score per index, shape "
+                f"{idx.shape}, but got shape {out.shape}."
+            )
+        return out
+
     # ------------------------------------------------------------ saving
     def state_dict(self) -> dict[str, Any]:
         """The table as tensors and plain values (``torch.load(weights_only=True)`` loadable)."""
@@ -183,10 +306,13 @@ class ScoreTable:
             "losses": torch.from_numpy(self.losses.copy()),
             "scored_epoch": torch.from_numpy(self.scored_epoch.copy()),
             "scored_update": torch.from_numpy(self.scored_update.copy()),
+            "previous": torch.from_numpy(self.previous.copy()),
+            "reference": torch.from_numpy(self.reference.copy()),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restores :meth:`state_dict`'s output.
+        """Restores :meth:`state_dict`'s output (a state saved before ``previous`` and
+        ``reference`` existed loads with both NaN).
 
         Raises:
             ValueError: if the state was saved by a table of another size.
@@ -201,3 +327,31 @@ class ScoreTable:
         self.losses = state["losses"].numpy().astype(np.float64, copy=True)
         self.scored_epoch = state["scored_epoch"].numpy().astype(np.int64, copy=True)
         self.scored_update = state["scored_update"].numpy().astype(np.int64, copy=True)
+        for name in ("previous", "reference"):
+            saved = state.get(name)
+            values = (
+                np.full(self.size, np.nan, dtype=np.float64)
+                if saved is None
+                else saved.numpy().astype(np.float64, copy=True)
+            )
+            setattr(self, name, values)
+
+
+def _last_loss(table: ScoreTable, indices: np.ndarray) -> np.ndarray:
+    return table.losses[indices]
+
+
+def _change(table: ScoreTable, indices: np.ndarray) -> np.ndarray:
+    return loss_change(table.losses[indices], table.previous[indices])
+
+
+def _reducible(table: ScoreTable, indices: np.ndarray) -> np.ndarray:
+    return reducible_loss(table.losses[indices], table.reference[indices])
+
+
+ScoreFn = Callable[[ScoreTable, np.ndarray], np.ndarray]
+"""``score(table, indices) -> np.ndarray``: one real score per index (higher: more worth
+training); a non-finite score leaves the sample undecided (trained)."""
+
+SCORES: dict[str, ScoreFn] = {"loss": _last_loss, "change": _change, "reducible": _reducible}
+"""The scores a :class:`~smartsift.reuse.ReuseSampler` accepts by name."""

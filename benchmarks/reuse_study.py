@@ -1,0 +1,764 @@
+"""The loss-reuse study: what to skip, how stale a score may be, how much to anneal.
+
+Loss reuse (:class:`smartsift.ReuseSampler`) decides each epoch, before loading, from the
+per-sample losses the training steps recorded; it has no scoring pass, so its compute is
+exactly the samples it trains. This study asks which variants of it beat the train-less
+frontier (plain training for fewer epochs, each run with its own complete schedule), on the
+MNIST-1D demo task and setting of :mod:`benchmarks.frontier` and on the same task with 20 % of
+the training labels flipped (as :mod:`benchmarks.noise` flips them; test labels clean).
+
+Per seed, from the same initial weights in the same first data order, interleaved: plain; the
+train-less control (plain at about 0.35x, 0.5x and 0.7x of the epochs); and loss-reuse arms,
+all ``RelativeProbabilistic(keep=0.5)`` unless named otherwise:
+
+- what to skip: the last loss (``score="loss"``, ``max_age=3``: the baseline arm), the loss's
+  change between its last two records (``"change"``), and the loss less a reference model's
+  (``"reducible"``, RHO-LOSS; the reference model is a narrow ConvNet trained on a held-out
+  tenth of the training set, see :func:`reference_losses`);
+- how stale: ``max_age=1`` and ``max_age=None`` (never stale); the share of each epoch trained
+  undecided (never scored, or stale) is the exploration budget this sets;
+- ``rescale=True`` (``1/p`` weights), ``anneal=0.1`` (the last epochs on all data), and
+  ``keep=0.3``.
+
+Compute is counted in work units: samples backpropagated / training-set size (a plain epoch is
+1). The reducible arm is also charged its reference model (see :func:`reference_losses`).
+Reported per arm: the final metric (clean test accuracy), the work units, the gain over the
+frontier at the same work units with the seed spread (the range of plain's final metric over
+seeds), the realised decided keep rate against the stated one, the share of each epoch
+trained undecided, and, on the noisy task, the share of mislabeled samples among those
+trained; then a verdict per question, from those numbers.
+
+Run it from the repository root (``python -m benchmarks.reuse_study [--smoke] [--jobs N]``, or
+``python -m benchmarks.run --only reuse_study``) or call :func:`run`. With the environment
+variable ``SMARTSIFT_REUSE_STUDY_RESULTS`` naming a file, the measurements are saved there, and
+a later run with the file present renders the report from them without training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import math
+import multiprocessing
+import os
+import pickle
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset, TensorDataset
+
+import smartsift as ss
+from benchmarks.common import IMG_DIR, Section, Target, fmt_spread, markdown_table
+from benchmarks.frontier import BENCHES, PLAIN, Setting, control_name, frontier_at, work_curve
+from benchmarks.noise import NOISE, flip_labels
+from smartsift.demo import ConvNet
+from smartsift.harness import Reuse, RunResult, Task, TrainingRun, runs_figure, train_side_by_side
+
+__all__ = [
+    "ARMS",
+    "TASKS",
+    "Arm",
+    "arms_for",
+    "build_task",
+    "reference_losses",
+    "run",
+    "seed_runs",
+]
+
+SEEDS = {"clean": (0, 1, 2), "noisy": (0, 1)}
+KEEP = 0.5
+HISTORY = 1000
+REF_SHARE = 0.1  # the held-out slice of the training set the reference model trains on
+REF_WIDTH = 16
+REF_EPOCHS = 40
+SMOKE_REF = (4, 2)  # width and epochs of the smoke setting's reference model
+FORWARD_SHARE = 1 / 3  # a forward pass's share of a training step's arithmetic
+KEEP_TOLERANCE = 0.02
+TASKS = ("clean", "noisy")
+BASE = "loss"
+RESULTS_ENV = "SMARTSIFT_REUSE_STUDY_RESULTS"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One loss-reuse run of a seed: its sampler's settings and its stated keep rate."""
+
+    name: str
+    reuse: Reuse
+    keep: float = KEEP
+
+    @property
+    def uses_reference(self) -> bool:
+        return self.reuse.score == "reducible"
+
+
+ARMS: tuple[Arm, ...] = (
+    Arm(BASE, Reuse(max_age=3)),
+    Arm("change", Reuse(max_age=3, score="change")),
+    Arm("reducible", Reuse(max_age=3, score="reducible")),
+    Arm("max_age=1", Reuse(max_age=1)),
+    Arm("max_age=None", Reuse(max_age=None)),
+    Arm("rescale", Reuse(max_age=3, rescale=True)),
+    Arm("anneal=0.1", Reuse(max_age=3, anneal=0.1)),
+    Arm("keep=0.3", Reuse(max_age=3), keep=0.3),
+)
+"""Every arm; the first is the baseline (``score="loss"``, ``max_age=3``, keep 0.5)."""
+
+NOISY_ARMS = (BASE, "change", "reducible")
+"""The arms the noisy task runs: the learnability question is the one label noise asks."""
+
+
+def arms_for(task: str) -> list[Arm]:
+    """The arms a task runs: every arm on the clean task, the scores on the noisy one."""
+    return [a for a in ARMS if task == "clean" or a.name in NOISY_ARMS]
+
+
+# ----------------------------------------------------------------------------- tasks
+class CountingLoss:
+    """The per-sample cross-entropy of ``(ids, x, y)`` batches; counts, for the run's model
+    only (not the warm-up's copies), the samples and the mislabeled ones it trains on."""
+
+    def __init__(self, flipped: torch.Tensor) -> None:
+        self.flipped = flipped
+        self.model: torch.nn.Module | None = None
+        self.trained = 0
+        self.noisy = 0
+
+    def __call__(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        ids, x, y = batch
+        if model is self.model and torch.is_grad_enabled():
+            self.trained += len(ids)
+            self.noisy += int(self.flipped[ids].sum())
+        return F.cross_entropy(model(x), y, reduction="none")
+
+    @property
+    def share(self) -> float:
+        return self.noisy / self.trained if self.trained else math.nan
+
+
+@functools.lru_cache(maxsize=2)
+def _base(smoke: bool) -> Task:
+    return BENCHES["mnist1d"].build(smoke)
+
+
+def build_task(key: str, smoke: bool) -> tuple[Task, torch.Tensor]:
+    """The demo task of :mod:`benchmarks.frontier`, clean or with :data:`NOISE` of its training
+    labels flipped, with ``(ids, x, y)`` batches; returns it and the mask of flipped samples.
+
+    Its ``loss_fn`` is a placeholder: each run gets its own :class:`CountingLoss`.
+    """
+    base = _base(smoke)
+    x, y = base.train_set.tensors  # type: ignore[attr-defined]
+    flipped = torch.zeros(len(y), dtype=torch.bool)
+    if key == "noisy":
+        y, flipped = flip_labels(y, NOISE, 10)
+    task = dataclasses.replace(
+        base,
+        train_set=ss.IndexedDataset(TensorDataset(x, y)),
+        loss_fn=CountingLoss(flipped),
+        train_loss=None,
+    )
+    return task, flipped
+
+
+def macs_per_sample(model: torch.nn.Module, sample: torch.Tensor) -> int:
+    """The multiply-accumulates of one forward pass per sample, over the model's ``Conv1d``
+    and ``Linear`` layers (the rest of a ConvNet's arithmetic is negligible).
+
+    Example:
+        >>> macs_per_sample(torch.nn.Linear(4, 3), torch.zeros(4))
+        12
+    """
+    total = 0
+
+    def count(layer: torch.nn.Module, _: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(layer, torch.nn.Conv1d):
+            per_output = layer.in_channels // layer.groups * layer.kernel_size[0]
+            total += out[0].numel() * per_output
+        elif isinstance(layer, torch.nn.Linear):
+            total += layer.in_features * layer.out_features
+
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.Linear))]
+    hooks = [m.register_forward_hook(count) for m in layers]
+    try:
+        with torch.no_grad():
+            model(sample.unsqueeze(0))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A reference model's per-sample losses and what they cost.
+
+    Attributes:
+        losses: by dataset index (NaN for the held-out slice the model trained on).
+        cost: in work units: the model's training samples, plus its pass over the other
+            samples at :data:`FORWARD_SHARE` of a training step each (forward only), weighed
+            by its multiply-accumulates per sample relative to the main model's, over the
+            training-set size.
+        cpu_seconds: the CPU seconds its training and its pass took (one thread).
+        accuracy: its own metric on the task's test set (how good a reference it is).
+    """
+
+    losses: np.ndarray
+    cost: float
+    cpu_seconds: float
+    accuracy: float
+
+
+def reference_losses(task: Task, setting: Setting, smoke: bool) -> Reference:
+    """RHO-LOSS's reference losses: a narrow ConvNet trained on a held-out tenth of the
+    training set, then its loss on every training sample.
+
+    The held-out slice (a fixed random tenth) stays in the training set of every run, so its
+    own samples get no reference (NaN: ``score="reducible"`` trains them undecided).
+    """
+    n = len(task.train_set)  # type: ignore[arg-type]
+    held = torch.randperm(n, generator=torch.Generator().manual_seed(1234))[
+        : max(1, round(REF_SHARE * n))
+    ]
+    width, epochs = SMOKE_REF if smoke else (REF_WIDTH, REF_EPOCHS)
+    ref_task = dataclasses.replace(
+        task,
+        build_model=functools.partial(ConvNet, width=width),
+        train_set=Subset(task.train_set, held.tolist()),
+        evaluate=lambda model: 0.0,
+    )
+    run = TrainingRun(
+        "reference",
+        ref_task,
+        epochs=epochs,
+        batch_size=setting.batch_size,
+        lr=setting.lr,
+        seed=0,
+        evals_per_epoch=1,
+        schedule="cosine",
+        clock=time.process_time,
+    )
+    train_side_by_side([run])
+    model = run.model.eval()
+    losses = np.empty(n, dtype=np.float64)
+    start = time.process_time()
+    with torch.no_grad():
+        for ids, x, y in DataLoader(task.train_set, batch_size=1024):
+            losses[ids.numpy()] = F.cross_entropy(model(x), y, reduction="none").double().numpy()
+    cpu = run.result.train_seconds + time.process_time() - start
+    losses[held.numpy()] = np.nan
+    samples = (epochs * held.numel() + FORWARD_SHARE * (n - held.numel())) / n
+    sample = task.train_set[0][1]
+    ratio = macs_per_sample(model, sample) / macs_per_sample(task.build_model(), sample)
+    with torch.no_grad():
+        accuracy = float(task.evaluate(model))
+    return Reference(losses, ratio * samples, cpu, accuracy)
+
+
+# ----------------------------------------------------------------------------- running
+@dataclass
+class SeedRuns:
+    """One seed of one task: every run's result, and what the reuse runs' samplers did."""
+
+    key: str
+    seed: int
+    results: list[RunResult]
+    epoch_stats: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    noisy_share: dict[str, float] = field(default_factory=dict)
+    reference_cost: float = 0.0  # work units (see Reference.cost)
+    reference_cpu: float = 0.0  # CPU seconds
+    reference_accuracy: float = math.nan  # its clean test accuracy
+
+    def by_name(self) -> dict[str, RunResult]:
+        return {r.name: r for r in self.results}
+
+
+def _run(
+    name: str,
+    task: Task,
+    flipped: torch.Tensor,
+    setting: Setting,
+    seed: int,
+    epochs: int | None = None,
+    arm: Arm | None = None,
+    reference: np.ndarray | None = None,
+) -> tuple[TrainingRun, CountingLoss]:
+    counter = CountingLoss(flipped)
+    reuse = None
+    policy = None
+    if arm is not None:
+        ref = None if reference is None else torch.from_numpy(reference)
+        reuse = dataclasses.replace(arm.reuse, reference=ref)
+        policy = ss.RelativeProbabilistic(keep=arm.keep, history=HISTORY)
+    run = TrainingRun(
+        name,
+        dataclasses.replace(task, loss_fn=counter),
+        epochs=epochs or setting.epochs,
+        batch_size=setting.batch_size,
+        lr=setting.lr,
+        policy=policy,
+        reuse=reuse,
+        seed=seed,
+        evals_per_epoch=1,
+        schedule=setting.schedule,
+        clock=time.process_time,
+    )
+    counter.model = run.model
+    return run, counter
+
+
+def seed_runs(key: str, seed: int, smoke: bool) -> SeedRuns:
+    """Every run of one task for one seed: plain, the control, then every arm, side by side."""
+    torch.set_num_threads(1)
+    setting = BENCHES["mnist1d"].setting_for(smoke)
+    task, flipped = build_task(key, smoke)
+    arms = arms_for(key)
+    ref = None
+    if any(a.uses_reference for a in arms):
+        ref = reference_losses(task, setting, smoke)
+    named: list[tuple[str, int | None, Arm | None]] = [(PLAIN, None, None)]
+    named += [(control_name(e, setting.epochs), e, None) for e in setting.control_epochs()]
+    named += [(a.name, None, a) for a in arms]
+    built = [
+        _run(
+            name,
+            task,
+            flipped,
+            setting,
+            seed,
+            epochs,
+            arm,
+            ref.losses if ref is not None and arm is not None and arm.uses_reference else None,
+        )
+        for name, epochs, arm in named
+    ]
+    results = train_side_by_side([run for run, _ in built])
+    stats = {
+        run.name: [s.as_dict() for s in run.sampler.epoch_stats.values()]
+        for run, _ in built
+        if run.sampler is not None
+    }
+    shares = {run.name: counter.share for run, counter in built}
+    if ref is None:
+        return SeedRuns(key, seed, results, stats, shares)
+    return SeedRuns(key, seed, results, stats, shares, ref.cost, ref.cpu_seconds, ref.accuracy)
+
+
+def _job(args: tuple[str, int, bool]) -> SeedRuns:
+    return seed_runs(*args)
+
+
+def run_all(
+    seeds: Mapping[str, Sequence[int]], smoke: bool, jobs: int
+) -> dict[str, list[SeedRuns]]:
+    """Every seed of every task (``seeds`` by task), in ``jobs`` worker processes (1: in this
+    process), the tasks in the order given (the longest first keeps the workers even)."""
+    keys = list(seeds)
+    work = [(k, s, smoke) for k in keys for s in seeds[k]]
+    out: dict[str, list[SeedRuns]] = {k: [] for k in keys}
+    if jobs <= 1:
+        done = [_job(item) for item in work]
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            done = []
+            for runs in pool.map(_job, work):
+                print(f"[reuse_study] {runs.key}, seed {runs.seed} done", file=sys.stderr)
+                done.append(runs)
+    for runs in done:
+        out[runs.key].append(runs)
+    return out
+
+
+# ----------------------------------------------------------------------------- analysis
+@dataclass
+class Measures:
+    """One run of one seed, against that seed's train-less frontier."""
+
+    final: float
+    work: float
+    above: float  # final minus the frontier's metric at this run's work units
+    above_cpu_charge: float  # the same, the reference model charged by its CPU seconds
+    decided_keep: float
+    undecided: float  # mean share of an epoch trained undecided (decided epochs only)
+    stale: float  # of which stale
+    noisy: float
+
+
+def _curve(result: RunResult, n: int, offset: float) -> list[float]:
+    return [offset + w for w in work_curve(result, 0.0, n)]
+
+
+def _epoch_shares(stats: Sequence[dict[str, Any]]) -> tuple[float, float]:
+    """Mean share of an epoch passed undecided, and stale, over the epochs that decide
+    (after the first, annealing epochs left out)."""
+    rows = [s for s in stats if s["epoch"] > 0 and not s["annealing"] and s["candidates"]]
+    if not rows:
+        return math.nan, math.nan
+    passed = statistics.fmean(s["passed"] / s["candidates"] for s in rows)
+    stale = statistics.fmean(s["stale"] / s["candidates"] for s in rows)
+    return passed, stale
+
+
+def reference_epochs(seed: SeedRuns) -> float:
+    """The reference model's CPU seconds in plain epochs of the seed's plain run (NaN if the
+    plain run has no time)."""
+    plain = seed.by_name()[PLAIN]
+    per_epoch = plain.train_seconds / max(1, len(plain.epoch_ends))
+    return seed.reference_cpu / per_epoch if per_epoch > 0 else math.nan
+
+
+def measure_seed(seed: SeedRuns) -> dict[str, Measures]:
+    runs = seed.by_name()
+    plain = runs[PLAIN]
+    n = plain.planned_samples // max(1, len(plain.epoch_ends))
+    offsets = {a.name: seed.reference_cost for a in ARMS if a.uses_reference}
+    by_cpu = reference_epochs(seed)
+    extra = {a.name: by_cpu - seed.reference_cost for a in ARMS if a.uses_reference}
+    frontier = [r for name, r in runs.items() if name == PLAIN or name.startswith(PLAIN + ",")]
+    points = [(_curve(r, n, 0.0)[-1], r.final) for r in frontier]
+    out = {}
+    for name, r in runs.items():
+        work = _curve(r, n, offsets.get(name, 0.0))[-1]
+        undecided, stale = _epoch_shares(seed.epoch_stats.get(name, []))
+        out[name] = Measures(
+            final=r.final,
+            work=work,
+            above=r.final - frontier_at(points, work),
+            above_cpu_charge=r.final - frontier_at(points, work + extra.get(name, 0.0)),
+            decided_keep=r.decided_keep,
+            undecided=undecided,
+            stale=stale,
+            noisy=seed.noisy_share.get(name, math.nan),
+        )
+    return out
+
+
+@dataclass
+class Summary:
+    """Each run's measures over seeds (run name, then measure), and the seed spread."""
+
+    per: dict[str, dict[str, list[float]]]
+    spread: float
+
+    def median(self, name: str, key: str) -> float:
+        values = [v for v in self.per[name][key] if not math.isnan(v)]
+        return float(statistics.median(values)) if values else math.nan
+
+
+def summarise(seeds: Sequence[SeedRuns]) -> Summary:
+    per: dict[str, dict[str, list[float]]] = {}
+    for seed in seeds:
+        for name, m in measure_seed(seed).items():
+            rec = per.setdefault(name, {})
+            for key, value in dataclasses.asdict(m).items():
+                rec.setdefault(key, []).append(value)
+    finals = per[PLAIN]["final"]
+    return Summary(per, max(finals) - min(finals) if len(finals) > 1 else 0.0)
+
+
+def _pts(value: float, signed: bool = True) -> str:
+    return f"{100 * value + 0.0:{'+' if signed else ''}.2f} points"
+
+
+def _pct(values: Sequence[float]) -> str:
+    return fmt_spread([100 * v for v in values], "{:.0f}", " %")
+
+
+def budget_table(key: str, summary: Summary, arms: Sequence[Arm]) -> str:
+    stated = {a.name: a.keep for a in arms}
+    rows = []
+    for name, rec in summary.per.items():
+        keep = summary.median(name, "decided_keep")
+        if name in stated:
+            held = abs(keep - stated[name]) <= KEEP_TOLERANCE
+            keep_text = f"{fmt_spread(rec['decided_keep'], '{:.3f}')} ({stated[name]:g})" + (
+                "" if math.isnan(keep) else ": yes" if held else ": **no**"
+            )
+        else:
+            keep_text = "(plain)"
+        above = summary.median(name, "above")
+        verdict = (
+            "(on it)"
+            if name.startswith(PLAIN)
+            else "n/a"
+            if math.isnan(above)
+            else "**yes**"
+            if above > summary.spread
+            else "no"
+        )
+        row = [
+            name,
+            fmt_spread([100 * v for v in rec["final"]]),
+            fmt_spread(rec["work"], "{:.2f}"),
+            fmt_spread([100 * v for v in rec["above"]], "{:+.2f}"),
+            verdict,
+            keep_text,
+            _pct(rec["undecided"]) if name in stated else "",
+            _pct(rec["stale"]) if name in stated else "",
+        ]
+        if key == "noisy":
+            row.append(fmt_spread([100 * v for v in rec["noisy"]], "{:.1f}", " %"))
+        rows.append(row)
+    headers = [
+        "run",
+        "final clean test accuracy (%)",
+        "work units",
+        f"above the frontier at its work (points; spread {_pts(summary.spread, False)})",
+        "above by more than the spread?",
+        "decided keep (stated): within 2 points?",
+        "trained undecided per epoch",
+        "of which stale",
+    ]
+    if key == "noisy":
+        headers.append("mislabeled among trained")
+    return markdown_table(headers, rows)
+
+
+def compare(summary: Summary, name: str, base: str = BASE) -> tuple[float, str]:
+    """The median over seeds of ``name``'s gain over the frontier less ``base``'s (paired by
+    seed), and the word for it against the seed spread: better, worse or no different."""
+    a, b = summary.per[name]["above"], summary.per[base]["above"]
+    diffs = [x - y for x, y in zip(a, b, strict=True) if not (math.isnan(x) or math.isnan(y))]
+    if not diffs:
+        return math.nan, "not comparable"
+    d = float(statistics.median(diffs))
+    word = (
+        "better than"
+        if d > summary.spread
+        else "worse than"
+        if d < -summary.spread
+        else "no different, within the seed spread, from"
+    )
+    return d, word
+
+
+def _versus(summary: Summary, name: str, label: str) -> str:
+    d, word = compare(summary, name)
+    return f"{label} is {word} the last loss ({_pts(d)} against the frontier, median paired seed)"
+
+
+def verdicts(key: str, summary: Summary) -> list[str]:
+    """A plain sentence per question, from the numbers."""
+    spread = _pts(summary.spread, False)
+    above = {
+        n: summary.median(n, "above")
+        for n in summary.per
+        if not n.startswith(PLAIN) and not math.isnan(summary.median(n, "above"))
+    }
+    winners = [n for n, v in above.items() if v > summary.spread]
+    best = max(above, key=above.__getitem__) if above else None
+    out = []
+    if winners:
+        out.append(
+            f"**Beats training less:** {', '.join(f'`{w}`' for w in winners)} (by more than "
+            f"the seed spread, {spread})."
+        )
+    elif best is not None:
+        out.append(
+            f"**No arm beats training less by more than the seed spread ({spread}).** The best, "
+            f"`{best}`, ends {_pts(above[best])} against the frontier at its work units."
+        )
+    parts = [_versus(summary, "change", "The change of the loss")]
+    parts.append(_versus(summary, "reducible", "the reducible loss"))
+    noisy = ""
+    if key == "noisy":
+        noisy = (
+            f" Mislabeled among the trained: last loss "
+            f"{100 * summary.median(BASE, 'noisy'):.1f} %, change "
+            f"{100 * summary.median('change', 'noisy'):.1f} %, reducible "
+            f"{100 * summary.median('reducible', 'noisy'):.1f} % (plain "
+            f"{100 * summary.median(PLAIN, 'noisy'):.1f} %)."
+        )
+    out.append("**Learnability vs loss:** " + "; ".join(parts) + "." + noisy)
+    if "max_age=1" in summary.per:
+        shares = ", ".join(
+            f"{n}: {100 * summary.median(n, 'undecided'):.0f} %"
+            for n in ("max_age=1", BASE, "max_age=None")
+        )
+        out.append(
+            "**Staleness and the exploration budget:** "
+            + _versus(summary, "max_age=1", "max_age=1")
+            + "; "
+            + _versus(summary, "max_age=None", "max_age=None (never stale)")
+            + f". Share of each epoch trained undecided ({BASE} has max_age=3): {shares}."
+        )
+    if "rescale" in summary.per:
+        out.append("**Rescaling:** " + _versus(summary, "rescale", "rescale=True") + ".")
+    if "anneal=0.1" in summary.per:
+        out.append("**Annealing:** " + _versus(summary, "anneal=0.1", "anneal=0.1") + ".")
+    if "keep=0.3" in summary.per:
+        out.append("**Keep 0.3:** " + _versus(summary, "keep=0.3", "keep=0.3") + ".")
+    return out
+
+
+def figure(seed: SeedRuns, title: str, path: Path) -> Path:
+    """One seed's curves against work units, with the train-less frontier."""
+    plain = seed.by_name()[PLAIN]
+    n = plain.planned_samples // max(1, len(plain.epoch_ends))
+    offsets = {a.name: seed.reference_cost for a in ARMS if a.uses_reference}
+    curves = [
+        dataclasses.replace(r, times=_curve(r, n, offsets.get(r.name, 0.0))) for r in seed.results
+    ]
+    fig = runs_figure(
+        curves,
+        scale=100.0,
+        ylabel="clean test accuracy (%)",
+        xlabel="work units (samples trained / training-set size)",
+        title=f"{title}, seed {seed.seed}",
+        reference=PLAIN,
+    )
+    ends = sorted((c.times[-1], 100 * c.final) for c in curves if c.name.startswith(PLAIN))
+    ax = fig.axes[0]
+    colours = iter([f"C{i}" for i in range(10)] * 2)
+    for line in ax.get_lines():  # the control's curves in grey: ten colours for the rest
+        if str(line.get_label()).startswith(PLAIN + ","):
+            line.set(color="grey", linestyle=":", linewidth=1.0)
+        else:
+            line.set_color(next(colours))
+    ax.plot(
+        [x for x, _ in ends], [y for _, y in ends], color="black", marker="s", linewidth=2.2,
+        alpha=0.6, label="train-less frontier",
+    )  # fmt: skip
+    finals = [100 * c.final for c in curves]
+    ax.set_ylim(min(finals) - 4, max(finals) + 1)  # the end game; the first epochs run low
+    ax.legend(loc="lower right", fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+TITLES = {
+    "clean": "MNIST-1D, the demo's setting",
+    "noisy": f"The same with {NOISE:.0%} of the training labels flipped",
+}
+
+
+def report_task(key: str, seeds: Sequence[SeedRuns], img_dir: Path) -> tuple[str, Summary]:
+    summary = summarise(seeds)
+    image = figure(seeds[0], TITLES[key], img_dir / f"reuse_study_{key}.png")
+    arms = arms_for(key)
+    cpu = [s.reference_cpu for s in seeds]
+    epochs = [reference_epochs(s) for s in seeds]
+    text = [
+        f"### {TITLES[key]}",
+        f"Arms: {', '.join(f'`{a.name}`' for a in arms)}. The reference model of `reducible` "
+        "reaches a clean test accuracy of "
+        f"{fmt_spread([100 * s.reference_accuracy for s in seeds], '{:.1f}', ' %')} and "
+        f"costs {fmt_spread([s.reference_cost for s in seeds], '{:.3f}')} work units by its "
+        f"arithmetic, included in its work. It took {fmt_spread(cpu, '{:.1f}')} CPU s, "
+        f"{fmt_spread(epochs, '{:.2f}')} plain epochs' worth (a narrow model uses a CPU less "
+        "efficiently than its arithmetic says); charged so, `reducible` would end "
+        f"{_pts(summary.median('reducible', 'above_cpu_charge'))} against the frontier "
+        "(median seed) instead of "
+        f"{_pts(summary.median('reducible', 'above'))}.",
+        budget_table(key, summary, arms),
+        *verdicts(key, summary),
+        f"![{TITLES[key]}: accuracy against work units](img/{image.name})",
+    ]
+    return "\n\n".join(text), summary
+
+
+def run(smoke: bool = False, img_dir: Path | None = None, jobs: int | None = None) -> Section:
+    """Trains every run of every seed and returns the report's section."""
+    img_dir = IMG_DIR if img_dir is None else img_dir
+    jobs = 1 if smoke else (jobs or min(2, os.cpu_count() or 1))
+    seeds = {k: v[:1] for k, v in SEEDS.items()} if smoke else SEEDS
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    saved = os.environ.get(RESULTS_ENV)
+    try:
+        if saved and Path(saved).is_file():
+            with open(saved, "rb") as f:
+                results, minutes = pickle.load(f)
+        else:
+            results = run_all(seeds, smoke, jobs)
+            minutes = (time.perf_counter() - start) / 60
+            if saved:
+                with open(saved, "wb") as f:
+                    pickle.dump((results, minutes), f)
+    finally:
+        torch.set_num_threads(threads)
+    setting = BENCHES["mnist1d"].setting_for(smoke)
+    ref_width, ref_epochs = SMOKE_REF if smoke else (REF_WIDTH, REF_EPOCHS)
+    intro = [
+        "Which loss-reuse variants beat simply training less? MNIST-1D in the demo's setting "
+        f"({setting.epochs} epochs, steps of {setting.batch_size} samples, AdamW lr "
+        f"{setting.lr:g}, a cosine schedule following the data: a reuse run's schedule ends "
+        "where its training ends), clean and with "
+        f"{NOISE:.0%} of the training labels flipped (test labels clean). Per seed, from the "
+        "same weights in the same first data order: plain; the train-less control, plain at "
+        f"{', '.join(str(e) for e in setting.control_epochs())} of {setting.epochs} epochs, "
+        "each with its own complete schedule; and loss-reuse arms, "
+        f"`RelativeProbabilistic(keep={KEEP:g}, history={HISTORY})` with `max_age=3` unless "
+        "named otherwise: `loss` (the last loss, the baseline), `change` (|last - previous| "
+        "loss), `reducible` (last loss less a reference model's: RHO-LOSS), `max_age=1`, "
+        "`max_age=None`, `rescale` (1/p weights), `anneal=0.1`, `keep=0.3`. To fit the study "
+        "in about 12 minutes on 2 cores, the noisy task runs only the three scores "
+        f"({', '.join(NOISY_ARMS)}) and {len(seeds['noisy'])} seed(s), and the runs evaluate "
+        "once per epoch.",
+        "Compute: work units = samples backpropagated / training-set size (a plain epoch is "
+        "1); a reuse run has no scoring pass, so this count is exact. The `reducible` arm is "
+        f"also charged its reference model, a ConvNet of width {ref_width} trained "
+        f"{ref_epochs} epochs on a fixed random {REF_SHARE:.0%} of the training set (which "
+        "stays in every run's training set; its own samples have no reference and are "
+        "trained undecided): its training samples plus its pass over the other samples at a "
+        "third of a training step each (forward only), weighed by its multiply-accumulates "
+        "per sample relative to the main model's (counted layer by layer). The frontier "
+        "joins the end points (work units, final accuracy) "
+        "of plain and the control; a run is above it when its final accuracy beats the "
+        "frontier's at the same work by more than the seed spread (the range of plain's final "
+        f"accuracy over seeds). Median (min–max) over seeds "
+        f"{', '.join(map(str, seeds['clean']))} (the noisy task: "
+        f"{', '.join(map(str, seeds['noisy']))}); figures: seed {seeds['clean'][0]}. "
+        "'Decided keep' is kept / decided over the run (what "
+        "`keep` states); 'trained undecided' is the mean share of an epoch's candidates "
+        "passed without a decision (never scored, stale, or without a finite score), over "
+        "the epochs that decide (after the first, annealing epochs left out): the exploration "
+        "budget. Arms are compared with the baseline by the paired difference of their gains "
+        "over the frontier, against the seed spread.",
+    ]
+    body = list(intro)
+    summaries = {}
+    for key in TASKS:
+        text, summaries[key] = report_task(key, results[key], img_dir)
+        body.append(text)
+    body.append(f"The study's training took {minutes:.1f} min of wall time.")
+    clean = summaries["clean"]
+    above = {n: clean.median(n, "above") for n in clean.per if not n.startswith(PLAIN)}
+    best = max(above, key=lambda n: -math.inf if math.isnan(above[n]) else above[n])
+    target = Target(
+        "Loss reuse above the train-less frontier (MNIST-1D demo setting, work units, median seed)",
+        "some arm by more than the seed spread",
+        f"{best} {_pts(above[best])} (seed spread {_pts(clean.spread, False)})",
+        met=above[best] > clean.spread,
+    )
+    return Section(
+        "Loss reuse: what to skip, how stale, how much to anneal", "\n\n".join(body), (target,)
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="a tiny, fast configuration")
+    parser.add_argument("--jobs", type=int, default=None, help="worker processes")
+    args = parser.parse_args(argv)
+    img_dir = Path(tempfile.mkdtemp(prefix="reuse-study-smoke-")) if args.smoke else None
+    print(run(args.smoke, img_dir=img_dir, jobs=args.jobs).markdown())
+
+
+if __name__ == "__main__":
+    main()
