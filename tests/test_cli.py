@@ -139,7 +139,7 @@ def test_demo_smoke_writes_plot_and_table(
     captured = capsys.readouterr()
     text = captured.out
     # Output that is not a terminal (here, captured) gets no progress bar to flood it.
-    assert "plain + sifted" not in captured.err and "epoch" not in captured.err
+    assert "4 runs" not in captured.err and "epoch" not in captured.err
     for row in (
         "training wall time",
         "optimizer steps",
@@ -156,7 +156,13 @@ def test_demo_smoke_writes_plot_and_table(
     # The plain run trains on batches of the refined size, so both take steps of one size:
     # smoke data has 480 training samples, refined batches of 32, 2 epochs.
     steps = next(line for line in text.splitlines() if line.startswith("optimizer steps"))
-    assert steps.split()[2] == str(2 * 480 // 32)
+    header = text.splitlines()[text.splitlines().index(steps) - 2]
+    assert header.split() == ["plain", "sifted", "reuse", "plain,", "1/2", "epochs"]
+    plain, sifted, reuse, control = map(int, steps.split()[2:])
+    assert plain == 2 * 480 // 32 and control == 480 // 32
+    # Loss reuse trains everything in its first epoch, then about half (keep 0.5).
+    assert 480 // 32 < reuse < plain and sifted < plain
+    assert "reuse: " in text and "against training less: loss reuse ended" in text
 
 
 def test_demo_with_a_constant_rate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -168,6 +174,8 @@ def test_demo_with_a_constant_rate(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_demo_rejects_bad_settings(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--smoke", "--epochs", "0"]) == 2
     assert "--epochs" in capsys.readouterr().err
+    assert main(["demo", "--smoke", "--reuse-keep", "1.5"]) == 2
+    assert "--reuse-keep must be in (0, 1), but got 1.5" in capsys.readouterr().err
 
 
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:

@@ -254,6 +254,6 @@ def test_the_demo_writes_the_sifted_runs_report(tmp_path: Path) -> None:
 
     config = dataclasses.replace(DemoConfig.smoke(), num_samples=300, evals_per_epoch=1)
     path = tmp_path / "demo-report.png"
-    _, sifted = run_demo(config, make_mnist1d(config.num_samples), report_path=path)
+    sifted = run_demo(config, make_mnist1d(config.num_samples), report_path=path).sifted
     assert _png_size(path)[0] > 0
     assert sifted.samples_backpropagated < sifted.samples_seen  # the second epoch was sifted

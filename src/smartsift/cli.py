@@ -74,10 +74,11 @@ def _parser() -> argparse.ArgumentParser:
     d = DemoConfig()
     demo = sub.add_parser(
         "demo",
-        help="train a CNN on MNIST-1D plain and sifted, side by side",
-        description="Trains a 1-D CNN on MNIST-1D twice, plain and sifted with the reference "
-        "rule, interleaved, then prints a table and saves a plot of test accuracy against "
-        "training time.",
+        help="train a CNN on MNIST-1D plain, sifted and by loss reuse, side by side",
+        description="Trains a 1-D CNN on MNIST-1D four times, interleaved: plain; sifted with "
+        "the reference rule; by loss reuse at a stated keep; and plain for half the epochs "
+        "(the train-less control). Then prints a table and saves a plot of test accuracy "
+        "against training time.",
     )
     demo.add_argument(
         "--out",
@@ -93,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
         ("--epochs", int, "epochs of each run"),
         ("--lr", float, "AdamW learning rate"),
         ("--beta", float, "RelativeProbabilistic beta: keeps about 1/(1+beta)"),
+        ("--reuse-keep", float, "loss reuse's stated keep"),
         ("--history", int, "losses each one is ranked against"),
         ("--sift-delay-epochs", int, "epochs trained unsifted first"),
         ("--seed", int, "initialisation and data order"),
@@ -103,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
         "--schedule",
         choices=[*SCHEDULES, "none"],
         default=None,
-        help=f"learning-rate schedule of both runs, following the data (default {d.schedule})",
+        help=f"learning-rate schedule of every run, following the data (default {d.schedule})",
     )
     demo.add_argument(
         "--threads",
@@ -161,17 +163,20 @@ def _demo(args: argparse.Namespace) -> int:
             raise _UsageError(f"--{name.replace('_', '-')} must be positive.")
     if config.sift_delay_epochs < 0 or not config.beta > 0 or not config.lr > 0:
         raise _UsageError("--sift-delay-epochs must be >= 0, --beta and --lr positive.")
+    if not 0 < config.reuse_keep < 1:
+        raise _UsageError(f"--reuse-keep must be in (0, 1), but got {config.reuse_keep}.")
     if args.threads < 1:
         raise _UsageError("--threads must be at least 1.")
     torch.set_num_threads(args.threads)
     print(f"smartsift demo: {config.describe()}", flush=True)
     print(
-        f"training plain and sifted side by side on {args.threads} CPU thread(s); times are "
-        "wall-clock seconds of training, evaluation excluded",
+        "training plain, sifted, loss reuse and the train-less control side by side on "
+        f"{args.threads} CPU thread(s); times are wall-clock seconds of training, evaluation "
+        "excluded",
         flush=True,
     )
     data = make_mnist1d(config.num_samples)
-    bar = _progress_bar(2 * config.epochs, disabled=args.no_progress)
+    bar = _progress_bar(3 * config.epochs + config.control_epochs, disabled=args.no_progress)
     latest: dict[str, float] = {}
     epochs: dict[str, int] = {}
 
@@ -185,11 +190,11 @@ def _demo(args: argparse.Namespace) -> int:
     out_path = Path(args.out)
     report = out_path.with_name(f"{out_path.stem}-report.png")
     try:
-        plain, sifted = run_demo(config, data, on_segment, report_path=report)
+        results = run_demo(config, data, on_segment, report_path=report)
     finally:
         bar.close()
-    print(summary_table(plain, sifted, config.tolerance))
-    out = plot_demo(plain, sifted, config, args.out)
+    print(summary_table(results, config.tolerance))
+    out = plot_demo(results, config, args.out)
     print(f"plot: {out}")
     print(f"sifting report (losses kept and sifted, keep rate over training): {report}")
     return 0
@@ -199,9 +204,7 @@ def _progress_bar(total: int, disabled: bool) -> Any:
     from tqdm import tqdm
 
     # disable=None: no bar where stderr is not a terminal (a log file, CI), which a bar floods.
-    return tqdm(
-        total=total, unit="epoch", desc="plain + sifted", disable=True if disabled else None
-    )
+    return tqdm(total=total, unit="epoch", desc="4 runs", disable=True if disabled else None)
 
 
 def _profile(args: argparse.Namespace) -> int:

@@ -1,4 +1,9 @@
-"""The demo job: a 1-D CNN on MNIST-1D, trained plain and sifted side by side.
+"""The demo job: a 1-D CNN on MNIST-1D, trained plain, sifted and by loss reuse side by side.
+
+Four runs: plain at the full budget; sifted by the reference rule (a scoring pass per raw
+batch); loss reuse (``ss.ReuseSampler`` at a stated keep: no scoring pass, learnt samples
+skipped before loading); and the train-less control, plain for half the epochs with its own
+complete schedule, which any sifting must beat to be worth its trouble.
 
 MNIST-1D (Greydanus, 2020) is generated procedurally by the ``mnist1d`` package, so nothing is
 downloaded. The helpers here are shared by ``smartsift demo``, ``smartsift profile`` and the
@@ -28,6 +33,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from smartsift.harness import (
+    Reuse,
     RunResult,
     Task,
     TrainingRun,
@@ -40,6 +46,7 @@ from smartsift.policies import Policy, RelativeProbabilistic
 __all__ = [
     "ConvNet",
     "DemoConfig",
+    "DemoResults",
     "cross_entropy_per_sample",
     "evaluate",
     "make_mnist1d",
@@ -157,10 +164,14 @@ class DemoConfig:
     fewer steps and, on this task, learn more slowly per second, and comparing against it
     would credit sifting with what smaller batches gain. ``sift_delay_epochs`` epochs are
     trained unsifted first; ``tolerance`` is how far below the plain run's final accuracy the
-    time-to-accuracy target lies. ``schedule`` is the learning-rate schedule (a name of
-    :data:`smartsift.harness.SCHEDULES`, or None for a constant rate): both runs' schedules are
-    sized as for plain training, and the sifted run's follows the data it consumes
-    (:class:`~smartsift.DataSchedule`), so both end where their training ends.
+    time-to-accuracy target lies. The loss-reuse run keeps ``reuse_keep`` of the samples it
+    decides on (``RelativeProbabilistic(keep=reuse_keep)``), in batches of
+    :attr:`plain_batch_size`; its first epoch, with nothing scored yet, trains everything. The
+    train-less control trains plain for :attr:`control_epochs`. ``schedule`` is the
+    learning-rate schedule (a name of :data:`smartsift.harness.SCHEDULES`, or None for a
+    constant rate): every run's schedule is sized as for plain training, and the sifted and
+    loss-reuse runs' follow the data they consume (:class:`~smartsift.DataSchedule`,
+    :class:`~smartsift.ReuseSchedule`), so every schedule ends where its training ends.
 
     Example:
         >>> DemoConfig.smoke().epochs
@@ -180,6 +191,7 @@ class DemoConfig:
     seed: int = 0
     evals_per_epoch: int = 4
     tolerance: float = 0.005
+    reuse_keep: float = 0.5
 
     @classmethod
     def smoke(cls) -> DemoConfig:
@@ -191,6 +203,15 @@ class DemoConfig:
     @property
     def policy(self) -> RelativeProbabilistic:
         return RelativeProbabilistic(beta=self.beta, history=self.history)
+
+    @property
+    def reuse_policy(self) -> RelativeProbabilistic:
+        return RelativeProbabilistic(keep=self.reuse_keep, history=self.history)
+
+    @property
+    def control_epochs(self) -> int:
+        """The train-less control's epochs: half the budget (at least one)."""
+        return max(1, self.epochs // 2)
 
     @property
     def plain_batch_size(self) -> int:
@@ -222,21 +243,25 @@ class DemoConfig:
         policy: Policy | None = None,
         batch_size: int | None = None,
         seed: int | None = None,
+        epochs: int | None = None,
+        reuse: Reuse | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> TrainingRun:
-        """A run of this setting: plain (``policy=None``) or sifted with ``policy``.
+        """A run of this setting: plain (``policy=None``), sifted with ``policy``, or by loss
+        reuse with ``policy`` and ``reuse``.
 
-        Both take optimizer steps of :attr:`plain_batch_size`. A plain run reads batches of
-        that size and a sifted one raw batches of :attr:`batch_size`, refined to it, after
-        ``sift_delay_epochs`` unsifted epochs; ``batch_size`` overrides the raw batch size,
-        ``seed`` the config's seed.
+        All take optimizer steps of :attr:`plain_batch_size`. A plain or loss-reuse run reads
+        batches of that size and a sifted one raw batches of :attr:`batch_size`, refined to it,
+        after ``sift_delay_epochs`` unsifted epochs; ``batch_size`` overrides the raw batch
+        size, ``seed`` the config's seed, ``epochs`` the budget.
         """
-        raw = batch_size or (self.batch_size if policy is not None else self.plain_batch_size)
+        sifts = policy is not None and reuse is None
+        raw = batch_size or (self.batch_size if sifts else self.plain_batch_size)
         n_raw = math.ceil(len(task.train_set) / raw)  # type: ignore[arg-type]
         return TrainingRun(
             name,
             task,
-            epochs=self.epochs,
+            epochs=epochs or self.epochs,
             batch_size=raw,
             lr=self.lr,
             policy=policy,
@@ -245,8 +270,23 @@ class DemoConfig:
             seed=self.seed if seed is None else seed,
             evals_per_epoch=self.evals_per_epoch,
             schedule=self.schedule,
+            reuse=reuse,
             clock=clock,
         )
+
+
+@dataclass(frozen=True)
+class DemoResults:
+    """The demo's four runs (see the module documentation)."""
+
+    plain: RunResult
+    sifted: RunResult
+    reuse: RunResult
+    control: RunResult
+
+    def runs(self) -> list[RunResult]:
+        """The runs in the order the table and the plot show them."""
+        return [self.plain, self.sifted, self.reuse, self.control]
 
 
 def run_demo(
@@ -255,12 +295,12 @@ def run_demo(
     on_segment: Callable[[TrainingRun], None] | None = None,
     policy: Policy | None = None,
     report_path: str | Path | None = None,
-) -> tuple[RunResult, RunResult]:
-    """Trains the plain and the sifted run side by side; returns (plain, sifted).
+) -> DemoResults:
+    """Trains the four runs side by side; returns their results.
 
-    ``policy`` replaces the config's reference rule; ``data`` reuses a generated data set;
-    ``on_segment(run)`` is called after each evaluation interval a run trains;
-    ``report_path``, when given, receives the sifted run's report (see
+    ``policy`` replaces the config's reference rule for the sifted run; ``data`` reuses a
+    generated data set; ``on_segment(run)`` is called after each evaluation interval a run
+    trains; ``report_path``, when given, receives the sifted run's report (see
     :func:`smartsift.report.plot_report`: kept against sifted losses and the keep rate over
     training; the demo runs no audit, so there is no per-class panel).
     """
@@ -272,63 +312,92 @@ def run_demo(
     sifted = config.training_run(
         "sifted", task, policy=policy if policy is not None else config.policy
     )
-    train_side_by_side([plain, sifted], on_segment)
+    reuse = config.training_run("reuse", task, policy=config.reuse_policy, reuse=Reuse())
+    control = config.training_run(
+        f"plain, {config.control_epochs}/{config.epochs} epochs",
+        task,
+        epochs=config.control_epochs,
+    )
+    train_side_by_side([plain, sifted, reuse, control], on_segment)
     if report_path is not None:
         sifted.loader.report(
             report_path, title=f"MNIST-1D demo, sifted run: {sifted.loader.policy}"
         )
-    return plain.result, sifted.result
+    return DemoResults(plain.result, sifted.result, reuse.result, control.result)
 
 
 def _fmt_time(seconds: float) -> str:
     return "never" if math.isinf(seconds) else f"{seconds:.1f} s"
 
 
-def summary_table(plain: RunResult, sifted: RunResult, tolerance: float = 0.005) -> str:
-    """A plain-text table comparing the two runs, with the time-to-accuracy speedup.
+def summary_table(results: DemoResults, tolerance: float = 0.005) -> str:
+    """A plain-text table comparing the runs, with each one's speedup to plain's accuracy.
 
-    The target is the plain run's final accuracy minus ``tolerance``.
+    The target is the plain run's final accuracy minus ``tolerance``. Compute is the samples
+    each run backpropagated plus, for the sifted run, those its scoring pass ranked, both
+    against the plain run's.
     """
+    plain = results.plain
     target = plain.target(tolerance)
-    t_plain, t_sifted = plain.time_to(target), sifted.time_to(target)
-    speedup = speedup_to_target(plain, sifted, target)
+    runs = results.runs()
     rows = [
-        ("training wall time", f"{plain.train_seconds:.1f} s", f"{sifted.train_seconds:.1f} s"),
-        ("optimizer steps", f"{plain.steps}", f"{sifted.steps}"),
+        ("training wall time", [f"{r.train_seconds:.1f} s" for r in runs]),
+        ("optimizer steps", [f"{r.steps}" for r in runs]),
+        ("samples backpropagated", [f"{r.samples_backpropagated}" for r in runs]),
+        ("keep rate", [f"{r.keep_rate:.1%}" for r in runs]),
+        ("final test accuracy", [f"{r.final:.2%}" for r in runs]),
+        (f"time to {target:.2%}", [_fmt_time(r.time_to(target)) for r in runs]),
         (
-            "samples backpropagated",
-            f"{plain.samples_backpropagated}",
-            f"{sifted.samples_backpropagated}",
+            "per-epoch speedup",
+            [
+                f"{plain.train_seconds / max(r.train_seconds, 1e-9) * _epochs(r, plain):.2f}x"
+                for r in runs
+            ],
         ),
-        ("keep rate", f"{plain.keep_rate:.1%}", f"{sifted.keep_rate:.1%}"),
-        ("final test accuracy", f"{plain.final:.2%}", f"{sifted.final:.2%}"),
-        (f"time to {target:.2%}", _fmt_time(t_plain), _fmt_time(t_sifted)),
     ]
-    width = max(len(r[0]) for r in rows) + 2
-    lines = [f"{'':<{width}}{'plain':>14}{'sifted':>14}"]
-    lines += [f"{name:<{width}}{a:>14}{b:>14}" for name, a, b in rows]
-    verdict = (
-        f"sifting reached {target:.2%} {speedup:.2f}x sooner"
-        if speedup >= 1
-        else f"sifting reached {target:.2%} {1 / speedup:.2f}x later"
-        if speedup > 0
-        else f"sifting never reached {target:.2%}"
-    )
-    lines.append(
-        f"speedup to {target:.2%} (plain final accuracy - {tolerance * 100:g} points): "
-        f"{speedup:.2f}x ({verdict}); per epoch: "
-        f"{plain.train_seconds / max(sifted.train_seconds, 1e-9):.2f}x"
-    )
+    width = max(len(name) for name, _ in rows) + 2
+    col = max(14, *(len(r.name) + 2 for r in runs))
+    lines = [f"{'':<{width}}" + "".join(f"{r.name:>{col}}" for r in runs)]
+    lines += [f"{name:<{width}}" + "".join(f"{v:>{col}}" for v in values) for name, values in rows]
+    for run in (results.sifted, results.reuse):
+        speedup = speedup_to_target(plain, run, target)
+        verdict = (
+            f"reached {target:.2%} {speedup:.2f}x sooner than plain"
+            if speedup >= 1
+            else f"reached {target:.2%} {1 / speedup:.2f}x later than plain"
+            if speedup > 0
+            else f"never reached {target:.2%} (plain final accuracy - {tolerance * 100:g} points)"
+        )
+        lines.append(f"{run.name}: {verdict}")
+    lines.append(_against_control(results))
     return "\n".join(lines)
 
 
-def plot_demo(plain: RunResult, sifted: RunResult, config: DemoConfig, path: str | Path) -> Path:
+def _epochs(run: RunResult, plain: RunResult) -> float:
+    """How many of plain's epochs ``run`` trained (the control trains fewer)."""
+    return len(run.epoch_ends) / max(1, len(plain.epoch_ends))
+
+
+def _against_control(results: DemoResults) -> str:
+    """Does loss reuse beat the train-less control, which trained plain for fewer epochs?"""
+    reuse, control = results.reuse, results.control
+    gap = 100 * (reuse.final - control.final)
+    cheaper = reuse.train_seconds <= control.train_seconds
+    return (
+        f"against training less: loss reuse ended {gap:+.2f} points from {control.name}, in "
+        f"{reuse.train_seconds:.1f} s of training against its {control.train_seconds:.1f} s"
+        + (" (less time, so it beats training less here)" if cheaper and gap > 0 else "")
+    )
+
+
+def plot_demo(results: DemoResults, config: DemoConfig, path: str | Path) -> Path:
     """Saves the demo's plot: test accuracy against training time, as a PNG; returns its path.
 
-    It shows both curves whole, the target (the plain run's final accuracy minus
+    It shows every run's curve whole, the target (the plain run's final accuracy minus
     ``config.tolerance``), when each run reached it, and where the sifted run's
     ``sift_delay_epochs`` end and sifting starts.
     """
+    plain, sifted = results.plain, results.sifted
     target = plain.target(config.tolerance)
     events = []
     delay = config.sift_delay_epochs
@@ -340,7 +409,7 @@ def plot_demo(plain: RunResult, sifted: RunResult, config: DemoConfig, path: str
             )
         )
     return plot_runs(
-        [plain, sifted],
+        results.runs(),
         path,
         target=target,
         target_label=(
@@ -351,4 +420,5 @@ def plot_demo(plain: RunResult, sifted: RunResult, config: DemoConfig, path: str
         ylabel="test accuracy (%)",
         xlabel="training wall-clock time (s), evaluation excluded",
         title="MNIST-1D: test accuracy against training time",
+        reference=plain.name,
     )
