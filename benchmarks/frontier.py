@@ -301,6 +301,13 @@ SMOKE_SAMPLES = DemoConfig.smoke().num_samples
 SMOKE_MNIST = Setting(2, 32, 64, 5e-3, 1, 100, evals_per_epoch=2)
 LM_CORPUS, LM_CONTEXT, LM_MODEL = 80_000, 64, {"dim": 64, "layers": 2, "heads": 4}
 LM_LONG_CORPUS, LM_LONG_EPOCHS = 30_000, 16
+# The arms the language models run (fewer than the others, to fit the time).
+LM_ARMS = (
+    REFERENCE,
+    "Auto(RelativeProbabilistic(beta=1))",
+    f"{REUSE_PREFIX}RelativeProbabilistic(keep=0.5)",
+    f"{REUSE_PREFIX}RelativeProbabilistic(keep=0.3)",
+)
 
 
 def _demo_task(smoke: bool) -> Task:
@@ -367,13 +374,7 @@ BENCHES: dict[str, Bench] = {
             metric="validation loss (nats per byte)",
             scale=1.0,
             unit="nats",
-            arms=(
-                REFERENCE,
-                "Auto(RelativeProbabilistic(beta=1))",
-                "RelativeProbabilistic(keep=0.5)",
-                f"{REUSE_PREFIX}RelativeProbabilistic(keep=0.5)",
-                f"{REUSE_PREFIX}RelativeProbabilistic(keep=0.3)",
-            ),
+            arms=(*LM_ARMS[:2], "RelativeProbabilistic(keep=0.5)", *LM_ARMS[2:]),
         ),
         Bench(
             "charlm_long",
@@ -390,12 +391,7 @@ BENCHES: dict[str, Bench] = {
             metric="validation loss (nats per byte)",
             scale=1.0,
             unit="nats",
-            arms=(
-                REFERENCE,
-                "Auto(RelativeProbabilistic(beta=1))",
-                f"{REUSE_PREFIX}RelativeProbabilistic(keep=0.5)",
-                f"{REUSE_PREFIX}RelativeProbabilistic(keep=0.3)",
-            ),
+            arms=LM_ARMS,
             uniform=False,
         ),
         Bench(

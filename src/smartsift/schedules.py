@@ -105,7 +105,49 @@ def plain_steps(samples: int, batch_size: int, samples_per_epoch: int | None = N
     return epochs * -(-samples_per_epoch // batch_size) + rest // batch_size
 
 
-class DataSchedule:
+class _Adapter:
+    """What both adapters share: step a scheduler up to a target, never past its end."""
+
+    scheduler: LRScheduler
+    total_steps: int | None
+    _steps: int
+    _done: int
+
+    @property
+    def steps(self) -> int:
+        """Scheduler steps this adapter has taken."""
+        return self._steps
+
+    def get_last_lr(self) -> list[Any]:
+        """The wrapped scheduler's last learning rates, one per parameter group."""
+        return list(self.scheduler.get_last_lr())
+
+    def _advance_to(self, target: int) -> int:
+        """Steps the scheduler up to plain step ``target`` (not past its end); returns how many."""
+        todo = target - self._done
+        remaining = _remaining(self.scheduler, self.total_steps, self._steps)
+        todo = max(0, todo if remaining is None else min(todo, remaining))
+        for _ in range(todo):
+            self.scheduler.step()
+        self._steps += todo
+        self._done = max(self._done, target)
+        return todo
+
+
+def _check_scheduler(scheduler: Any) -> None:
+    if not callable(getattr(scheduler, "step", None)):
+        raise TypeError(
+            f"Expected `scheduler` to be a learning-rate scheduler with a step() method, "
+            f"but got {type(scheduler).__name__}."
+        )
+    if isinstance(scheduler, ReduceLROnPlateau):
+        raise TypeError(
+            "Expected `scheduler` to be a step-based scheduler, but got ReduceLROnPlateau, "
+            "which follows a metric: keep calling its step(metric) yourself."
+        )
+
+
+class DataSchedule(_Adapter):
     """Steps a learning-rate scheduler by the data a sifting loader consumed.
 
     Size ``scheduler`` exactly as for plain training at ``batch_size``; call :meth:`step`
@@ -151,16 +193,7 @@ class DataSchedule:
         samples_per_epoch: int | None = None,
         total_steps: int | None = None,
     ) -> None:
-        if not callable(getattr(scheduler, "step", None)):
-            raise TypeError(
-                f"Expected `scheduler` to be a learning-rate scheduler with a step() method, "
-                f"but got {type(scheduler).__name__}."
-            )
-        if isinstance(scheduler, ReduceLROnPlateau):
-            raise TypeError(
-                "Expected `scheduler` to be a step-based scheduler, but got ReduceLROnPlateau, "
-                "which follows a metric: keep calling its step(metric) yourself."
-            )
+        _check_scheduler(scheduler)
         if not hasattr(loader, "stats"):
             raise TypeError(
                 f"Expected `loader` to be a SiftingDataLoader, but got {type(loader).__name__}."
@@ -200,28 +233,11 @@ class DataSchedule:
         bs, n = self.batch_size, self.samples_per_epoch
         return math.ceil(n / bs) if bs and n else None
 
-    @property
-    def steps(self) -> int:
-        """Scheduler steps this adapter has taken."""
-        return self._steps
-
     def step(self) -> int:
         """Steps the scheduler up to the data consumed so far; returns how many steps it took."""
         stats = self.loader.stats
         self._check_epochs(stats.samples_seen, stats.epochs)
-        target = self._target(stats.samples_seen)
-        n = target - self._done
-        remaining = self._remaining()
-        n = max(0, n if remaining is None else min(n, remaining))
-        for _ in range(n):
-            self.scheduler.step()
-        self._steps += n
-        self._done = max(self._done, target)
-        return n
-
-    def get_last_lr(self) -> list[Any]:
-        """The wrapped scheduler's last learning rates, one per parameter group."""
-        return list(self.scheduler.get_last_lr())
+        return self._advance_to(self._target(stats.samples_seen))
 
     def state_dict(self) -> dict[str, Any]:
         """Returns the adapter's counters (the wrapped scheduler is not included)."""
@@ -256,9 +272,6 @@ class DataSchedule:
         if not bs or samples_seen == 0:
             return 0  # the batch size is known once the loader has pulled a raw batch
         return plain_steps(samples_seen, bs, self.samples_per_epoch)
-
-    def _remaining(self) -> int | None:
-        return _remaining(self.scheduler, self.total_steps, self._steps)
 
     def _check_epochs(self, samples_seen: int, epochs: int) -> None:
         n = self.samples_per_epoch
@@ -303,7 +316,7 @@ def reuse_target(epoch: int, step: int, batches: int, steps_per_epoch: int) -> i
     return epoch * steps_per_epoch + min(steps_per_epoch, round(step * steps_per_epoch / batches))
 
 
-class ReuseSchedule:
+class ReuseSchedule(_Adapter):
     """Steps a learning-rate scheduler by the share of each loss-reuse epoch trained.
 
     With a :class:`~smartsift.ReuseSampler` an epoch skips samples before loading, so it has
@@ -353,13 +366,7 @@ class ReuseSchedule:
         drop_last: bool = False,
         total_steps: int | None = None,
     ) -> None:
-        if not callable(getattr(scheduler, "step", None)) or isinstance(
-            scheduler, ReduceLROnPlateau
-        ):
-            raise TypeError(
-                "Expected `scheduler` to be a step-based learning-rate scheduler, but got "
-                f"{type(scheduler).__name__}."
-            )
+        _check_scheduler(scheduler)
         if not hasattr(sampler, "epoch_stats"):
             raise TypeError(
                 f"Expected `sampler` to be a ReuseSampler, but got {type(sampler).__name__}."
@@ -382,11 +389,6 @@ class ReuseSchedule:
         self._epoch: int | None = None
         self._in_epoch = 0
 
-    @property
-    def steps(self) -> int:
-        """Scheduler steps this adapter has taken."""
-        return self._steps
-
     def step(self) -> int:
         """Steps the scheduler to where the epoch's trained share puts it; returns how many."""
         epoch = self.sampler.epoch
@@ -397,19 +399,7 @@ class ReuseSchedule:
         self._in_epoch += 1
         n = len(self.sampler)
         batches = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-        target = reuse_target(epoch, self._in_epoch, batches, self.steps_per_epoch)
-        todo = target - self._done
-        remaining = _remaining(self.scheduler, self.total_steps, self._steps)
-        todo = max(0, todo if remaining is None else min(todo, remaining))
-        for _ in range(todo):
-            self.scheduler.step()
-        self._steps += todo
-        self._done = max(self._done, target)
-        return todo
-
-    def get_last_lr(self) -> list[Any]:
-        """The wrapped scheduler's last learning rates, one per parameter group."""
-        return list(self.scheduler.get_last_lr())
+        return self._advance_to(reuse_target(epoch, self._in_epoch, batches, self.steps_per_epoch))
 
     def state_dict(self) -> dict[str, Any]:
         """The adapter's counters (the wrapped scheduler and the sampler are saved by you)."""
