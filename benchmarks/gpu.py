@@ -10,10 +10,14 @@ and builds the refined batches there. It first checks, on the device:
 - the counters add up (seen = kept + sifted; kept = trained + buffered + dropped);
 - bf16 scoring ranks the samples like fp32 scoring (Spearman correlation);
 - scoring leaves the model untouched;
+- loss reuse (``ss.ScoreTable`` fed with the training step's bf16 losses on the device,
+  ``ss.ReuseSampler`` at keep 0.5 with ``rescale``): the weights come back on the device, and
+  an epoch after the first trains exactly the samples the sampler kept or passed, once each;
 
 then times whole epochs (``torch.cuda.synchronize`` around each), runs ``smartsift.profile``
 on the same setting and prints one table: per-epoch speedup, F/T, keep, the ideal
-``1 / (F/T + k)``, the efficiency and the profiler's prediction.
+``1 / (F/T + k)``, the efficiency and the profiler's prediction; and loss reuse's per-epoch
+speedup against its ideal ``1 / k``.
 
 Without a GPU, ``--smoke`` runs the tiny setting on the CPU to check the script itself and
 exits cleanly; the full run needs a GPU. Usage, from the repository root: ``python -m
@@ -192,6 +196,9 @@ def measure(setting: Setting, device: torch.device) -> dict[str, Any]:
             / max(1, after_stats.samples_seen - before_stats.samples_seen)
         )
 
+    reuse = _reuse(data, setting, device, model, optimizer, plain_epoch)
+    checks.append(("loss reuse: weights on the device, each kept sample trained once", "yes"))
+
     # --- the profiler on the same setting (bf16 scoring, bf16 training step)
     def profiled_step(m: torch.nn.Module, batch: Any) -> torch.Tensor:
         with torch.autocast(device.type, dtype=amp):
@@ -227,6 +234,70 @@ def measure(setting: Setting, device: torch.device) -> dict[str, Any]:
         "efficiency": measured / ideal,
         "predicted": report.predicted_speedup(k),
         "report": report,
+        **reuse,
+    }
+
+
+def _reuse(
+    data: TensorDataset,
+    setting: Setting,
+    device: torch.device,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    plain_epoch: Any,
+) -> dict[str, float]:
+    """Checks loss reuse on the device, then times its epochs against plain ones."""
+    table = ss.ScoreTable(len(data))
+    sampler = ss.ReuseSampler(
+        torch.utils.data.RandomSampler(data, generator=torch.Generator().manual_seed(5)),
+        table,
+        ss.RelativeProbabilistic(keep=0.5),
+        max_age=None,
+        rescale=True,
+    )
+    loader = DataLoader(
+        ss.IndexedDataset(data), batch_size=setting.batch_size, sampler=sampler,
+        pin_memory=device.type == "cuda",
+    )  # fmt: skip
+
+    def epoch(check: bool) -> float:
+        _sync(device)
+        start = time.perf_counter()
+        trained = []
+        for ids, w, idx in loader:
+            batch = (w.to(device, non_blocking=True), idx.to(device, non_blocking=True))
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                per_sample = _loss_fn(model, batch)
+            table.update(ids, per_sample)
+            weights = sampler.weights(ids.to(device))
+            if check and weights.device.type != device.type:
+                raise AssertionError(f"reuse weights came back on {weights.device}")
+            optimizer.zero_grad(set_to_none=True)
+            (per_sample * weights).mean().backward()
+            optimizer.step()
+            trained.append(ids)
+        _sync(device)
+        seconds = time.perf_counter() - start
+        if check:
+            got = torch.cat(trained)
+            stats = sampler.stats
+            if stats is None or len(got.unique()) != len(got) or len(got) != stats.trained:
+                raise AssertionError(f"a reuse epoch trained {len(got)} samples, stats {stats}")
+        return seconds
+
+    epoch(check=True)  # epoch 0: nothing scored, everything trained
+    plain_t, reuse_t, keeps = [], [], []
+    for _ in range(setting.epochs):
+        plain_t.append(plain_epoch())
+        reuse_t.append(epoch(check=True))
+        keeps.append(sampler.stats.keep_rate if sampler.stats is not None else 1.0)
+    k = statistics.median(keeps)
+    measured = statistics.median(p / r for p, r in zip(plain_t, reuse_t, strict=True))
+    return {
+        "reuse_s": statistics.median(reuse_t),
+        "reuse_keep": k,
+        "reuse_measured": measured,
+        "reuse_efficiency": measured * k,
     }
 
 
@@ -249,6 +320,10 @@ def _table(r: dict[str, Any]) -> str:
         ["measured per-epoch speedup", f"{r['measured']:.2f}x"],
         ["efficiency", f"{r['efficiency']:.2f}"],
         ["profiler's predicted speedup at k", f"{r['predicted']:.2f}x"],
+        ["loss reuse epoch (s), keep 0.5 stated", f"{r['reuse_s']:.2f}"],
+        ["loss reuse: trained fraction k", f"{r['reuse_keep']:.3f}"],
+        ["loss reuse: per-epoch speedup (ideal 1/k)", f"{r['reuse_measured']:.2f}x"],
+        ["loss reuse: efficiency against 1/k", f"{r['reuse_efficiency']:.2f}"],
     ]
     return markdown_table(["check or figure", "value"], rows)
 

@@ -141,7 +141,11 @@ def test_schedules_smoke(tmp_path: Path) -> None:
 def test_gpu_smoke() -> None:
     from benchmarks import gpu
 
-    assert "counters add up | yes" in gpu.run(smoke=True).body
+    body = gpu.run(smoke=True).body
+    assert "counters add up | yes" in body
+    assert "loss reuse: weights on the device, each kept sample trained once | yes" in body
+    trained = next(line for line in body.splitlines() if "trained fraction k" in line)
+    assert 0.3 < float(trained.strip("| ").split("|")[-1]) < 0.8  # keep 0.5 plus the passed
 
 
 def test_run_only_renders_its_section_and_keeps_the_others(tmp_path: Path) -> None:
