@@ -131,8 +131,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no benchmark module for {', '.join(missing)}")
     out = args.out if args.out is not None else (None if args.smoke else DOC)
     blocks: dict[str, str] = {}
-    if out is not None and args.only and out.is_file():
-        blocks = {m.group(1): m.group(0) for m in _BLOCK.finditer(out.read_text())}
     failed = []
     for name in names:
         print(f"[benchmarks.run] {name}...", file=sys.stderr, flush=True)
@@ -141,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         if not ok:
             failed.append(name)
         print(f"[benchmarks.run] {name} done in {seconds / 60:.1f} min", file=sys.stderr)
+    if out is not None and args.only and out.is_file():
+        # Read the sections kept only now, so that another run that wrote meanwhile is kept.
+        kept = {m.group(1): m.group(0) for m in _BLOCK.finditer(out.read_text())}
+        blocks = {**kept, **blocks}
     doc = render(blocks, args.smoke)
     if out is None:
         print(doc)
