@@ -318,3 +318,13 @@ def test_plot_runs_writes_a_png_without_pyplot(tmp_path: Path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if not had_pyplot:  # pyplot holds global state (the backend, open figures): not used
         assert "matplotlib.pyplot" not in sys.modules
+
+
+def test_a_figure_of_many_runs_gives_each_its_own_colour_and_style() -> None:
+    runs = [RunResult(f"run {i}", times=[1.0, 2.0], values=[0.1 * i, 0.2 * i]) for i in range(12)]
+    fig = runs_figure(runs, styles={"run 3": {"linestyle": "--"}})
+    lines = [line for line in fig.axes[0].get_lines() if line.get_label().startswith("run")]
+    assert len(lines) == 12
+    assert len({tuple(line.get_color()) for line in lines}) == 12
+    assert [line.get_linestyle() for line in lines].count("--") == 1
+    assert lines[3].get_linestyle() == "--"

@@ -660,6 +660,7 @@ def runs_figure(
     title: str = "",
     reference: str | None = None,
     x_unit: str = "s",
+    styles: dict[str, dict[str, Any]] | None = None,
 ) -> Figure:
     """A matplotlib figure of each run's metric (times ``scale``) against training time.
 
@@ -683,7 +684,7 @@ def runs_figure(
     fig = Figure(figsize=(11, 4.5) if zoom else (7, 4.5), dpi=110)
     axes = fig.subplots(1, 2 if zoom else 1, squeeze=False)[0]
     for ax in axes:
-        _draw(ax, results, target, target_label, events, scale, reference, x_unit)
+        _draw(ax, results, target, target_label, events, scale, reference, x_unit, styles or {})
         ax.set_xlim(left=0.0)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
@@ -718,8 +719,14 @@ def _draw(
     scale: float,
     reference: str | None,
     x_unit: str = "s",
+    styles: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     """Draws the curves, the target, the marker where each run reached it, and the events."""
+    if len(results) > 10:
+        from matplotlib import colormaps
+
+        tab20 = colormaps["tab20"]
+        ax.set_prop_cycle(color=[tab20(i) for i in range(20)])
     for result in results:
         label = result.name
         values = [scale * v for v in result.values]
@@ -732,8 +739,9 @@ def _draw(
                 else f"reached at {result.times[index]:.3g} {x_unit}".rstrip()
             )
             label = f"{result.name}: target {reached}"
-        width = 2.0 if result.name == reference else 1.2
-        (line,) = ax.plot(result.times, values, label=label, linewidth=width)
+        style = {"linewidth": 2.0 if result.name == reference else 1.2}
+        style.update((styles or {}).get(result.name, {}))
+        (line,) = ax.plot(result.times, values, label=label, **style)
         if index is not None:
             ax.plot(
                 result.times[index], values[index], marker="o", markersize=7,
