@@ -195,3 +195,13 @@ def test_python_dash_m_runs_a_benchmark_module() -> None:
 def test_a_kept_section_from_an_older_report_asks_to_be_rerun() -> None:
     old = "<!-- benchmark:gpu -->\n## GPU\n\nTarget: x.\n<!-- /benchmark:gpu -->\n"
     assert run._summary({"gpu": old}) == "- **gpu**: targets not recorded; rerun this benchmark."
+
+
+def test_a_smoke_run_leaves_the_report_s_figures_alone(tmp_path: Path) -> None:
+    from benchmarks.common import IMG_DIR
+
+    before = {p.name: p.stat().st_mtime_ns for p in IMG_DIR.glob("*.png")}
+    assert run.main(["--smoke", "--only", "schedules", "--out", str(tmp_path / "b.md")]) == 0
+    after = {p.name: p.stat().st_mtime_ns for p in IMG_DIR.glob("*.png")}
+    assert after == before
+    assert "## " in (tmp_path / "b.md").read_text()
