@@ -163,6 +163,7 @@ def test_demo_smoke_writes_plot_and_table(
     # Loss reuse trains everything in its first epoch, then about half (keep 0.5).
     assert 480 // 32 < reuse < plain and sifted < plain
     assert "reuse: " in text and "against training less: loss reuse ended" in text
+    assert "reuse: loss reuse at keep 0.5; control: plain for 1 epochs" in text
 
 
 def test_demo_with_a_constant_rate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

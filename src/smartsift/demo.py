@@ -226,7 +226,8 @@ class DemoConfig:
             f"plain: batches of {self.plain_batch_size}; sifted: "
             f"RelativeProbabilistic(beta={self.beta:g}, history={self.history}), raw batches "
             f"of {self.batch_size} refined to {self.plain_batch_size}, sift_delay "
-            f"{self.sift_delay_epochs} epoch(s)"
+            f"{self.sift_delay_epochs} epoch(s); reuse: loss reuse at keep {self.reuse_keep:g}; "
+            f"control: plain for {self.control_epochs} epochs"
         )
         return f"{text}; seed {self.seed}" if seed else text
 
