@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmarks: report sections, the machine, markdown tables, spreads.
+"""Helpers shared by the benchmarks: report sections, the machine, markdown tables, spreads,
+and running seeds in worker processes.
 
 Every benchmark module exposes ``run(smoke: bool) -> Section``: a title, a markdown body and
 the targets it checks; ``python -m benchmarks.run`` renders them into ``docs/benchmarks.md``.
@@ -25,14 +26,19 @@ Example:
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import platform
 import statistics
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 __all__ = [
     "IMG_DIR",
@@ -81,6 +87,33 @@ class Section:
         if self.targets:
             parts.append("Targets:\n\n" + "\n".join(f"- {t}" for t in self.targets))
         return "\n\n".join(parts)
+
+
+def run_jobs(
+    fn: Callable[[T], R],
+    items: Sequence[T],
+    jobs: int,
+    done: Callable[[R], str] | None = None,
+) -> list[R]:
+    """``fn`` over ``items``, results in order: here (``jobs <= 1``) or in ``jobs`` spawned
+    worker processes (``fn`` must then be picklable: a module-level function or a
+    ``functools.partial`` of one). With workers, ``done(result)`` is printed to stderr as each
+    result comes back, so that a long benchmark shows its progress.
+
+    Example:
+        >>> run_jobs(abs, [-1, 2, -3], jobs=1)
+        [1, 2, 3]
+    """
+    if jobs <= 1:
+        return [fn(item) for item in items]
+    out = []
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        for result in pool.map(fn, items):
+            if done is not None:
+                print(done(result), file=sys.stderr, flush=True)
+            out.append(result)
+    return out
 
 
 def machine() -> str:

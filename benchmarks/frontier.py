@@ -51,14 +51,11 @@ import dataclasses
 import functools
 import itertools
 import math
-import multiprocessing
 import os
 import pickle
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +64,7 @@ from torch.utils.data import ConcatDataset, DataLoader, TensorDataset
 
 import smartsift as ss
 from benchmarks import charlm
-from benchmarks.common import IMG_DIR, Section, Target, fmt_spread, markdown_table
+from benchmarks.common import IMG_DIR, Section, Target, fmt_spread, markdown_table, run_jobs
 from smartsift.demo import DemoConfig, MnistData, make_mnist1d, mnist1d_task
 from smartsift.harness import (
     Reuse,
@@ -538,16 +535,10 @@ def run_all(
     """Every seed of every task, in ``jobs`` worker processes (1: in this process)."""
     work = [(k, s, smoke) for k in keys for s in seeds]
     out: dict[str, list[SeedRuns]] = {k: [] for k in keys}
-    if jobs <= 1:
-        for item in work:
-            key, runs = _job(item)
-            out[key].append(runs)
-    else:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            for key, runs in pool.map(_job, work):
-                out[key].append(runs)
-                print(f"[frontier] {key}, seed {runs.seed} done", file=sys.stderr, flush=True)
+    for key, runs in run_jobs(
+        _job, work, jobs, done=lambda r: f"[frontier] {r[0]}, seed {r[1].seed} done"
+    ):
+        out[key].append(runs)
     for runs in out.values():
         runs.sort(key=lambda r: r.seed)
     return out

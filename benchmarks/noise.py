@@ -26,12 +26,10 @@ import argparse
 import dataclasses
 import functools
 import math
-import multiprocessing
 import statistics
 import tempfile
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +39,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 import smartsift as ss
-from benchmarks.common import IMG_DIR, Section, Target, fmt_spread, markdown_table
+from benchmarks.common import IMG_DIR, Section, Target, fmt_spread, markdown_table, run_jobs
 from smartsift.demo import ConvNet, evaluate, make_mnist1d
 from smartsift.harness import RunResult, Task, TrainingRun, runs_figure, train_side_by_side
 
@@ -199,11 +197,7 @@ def seed_runs(seed: int, smoke: bool) -> SeedResult:
 
 def run_seeds(seeds: Sequence[int], smoke: bool, jobs: int) -> list[SeedResult]:
     """Every seed, in ``jobs`` worker processes (1: in this process)."""
-    if jobs <= 1:
-        return [seed_runs(s, smoke) for s in seeds]
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        return list(pool.map(seed_runs, seeds, [smoke] * len(seeds)))
+    return run_jobs(functools.partial(seed_runs, smoke=smoke), seeds, jobs)
 
 
 def _ratio(plain: float, other: float) -> float:

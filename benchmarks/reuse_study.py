@@ -40,15 +40,12 @@ import argparse
 import dataclasses
 import functools
 import math
-import multiprocessing
 import os
 import pickle
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,7 +56,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 import smartsift as ss
-from benchmarks.common import IMG_DIR, Section, Target, fmt_spread, markdown_table
+from benchmarks.common import IMG_DIR, Section, Target, fmt_spread, markdown_table, run_jobs
 from benchmarks.frontier import BENCHES, PLAIN, Setting, control_name, frontier_at, work_curve
 from benchmarks.noise import NOISE, flip_labels
 from smartsift.demo import ConvNet
@@ -368,16 +365,9 @@ def run_all(
     keys = list(seeds)
     work = [(k, s, smoke) for k in keys for s in seeds[k]]
     out: dict[str, list[SeedRuns]] = {k: [] for k in keys}
-    if jobs <= 1:
-        done = [_job(item) for item in work]
-    else:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            done = []
-            for runs in pool.map(_job, work):
-                print(f"[reuse_study] {runs.key}, seed {runs.seed} done", file=sys.stderr)
-                done.append(runs)
-    for runs in done:
+    for runs in run_jobs(
+        _job, work, jobs, done=lambda r: f"[reuse_study] {r.key}, seed {r.seed} done"
+    ):
         out[runs.key].append(runs)
     return out
 
