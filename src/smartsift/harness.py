@@ -408,11 +408,10 @@ class TrainingRun:
         self.loader: Any = self.raw
         self.step_batch_size = batch_size
         self.n_train = len(task.train_set)  # type: ignore[arg-type]
-        self.table: ScoreTable | None = None
         self.sampler: ReuseSampler | None = None
         self.plain_batches = len(self.raw)
         if reuse is not None and policy is not None:
-            self.table, self.sampler = _reuse_parts(reuse, policy, task, order, epochs, seed)
+            self.sampler = _reuse_sampler(reuse, policy, task, order, epochs, seed)
             # The loader draws its workers' base seed from `order` before the sampler shuffles,
             # as the plain loader does, so that the first epoch reads the plain run's order.
             self.raw = self.loader = DataLoader(
@@ -467,6 +466,11 @@ class TrainingRun:
     @property
     def name(self) -> str:
         return self.result.name
+
+    @property
+    def table(self) -> ScoreTable | None:
+        """A loss-reuse run's score table (None for other runs)."""
+        return None if self.sampler is None else self.sampler.table
 
     @property
     def lr(self) -> float:
@@ -529,11 +533,11 @@ class TrainingRun:
 
     def _step_loss(self, batch: Any) -> tuple[torch.Tensor, int]:
         """The training step's loss and batch size; a loss-reuse step records its losses."""
-        if self.table is None or self.sampler is None:
+        if self.sampler is None:
             return self._train_loss(self.model, batch), batch_size_of(batch)
         ids, batch = _split_ids(batch, self._tuple_samples)
         per_sample = self.task.loss_fn(self.model, batch)
-        self.table.update(ids, per_sample)
+        self.sampler.table.update(ids, per_sample)
         if self.sampler.rescale:
             per_sample = per_sample * self.sampler.weights(ids).to(per_sample.dtype)
         return per_sample.mean(), int(ids.numel())
@@ -589,32 +593,30 @@ def _split_ids(batch: Any, tuple_samples: bool) -> tuple[torch.Tensor, Any]:
     return ids, rest if tuple_samples else rest[0]
 
 
-def _reuse_parts(
+def _reuse_sampler(
     reuse: Reuse,
     policy: Policy,
     task: Task,
     order: torch.Generator,
     epochs: int,
     seed: int,
-) -> tuple[ScoreTable, ReuseSampler]:
-    """The score table and the sampler of a loss-reuse run (the same first order as plain)."""
+) -> ReuseSampler:
+    """The sampler of a loss-reuse run, with its score table (the same first order as plain)."""
     n = len(task.train_set)  # type: ignore[arg-type]
     table = ScoreTable(n, distributed=False)
     if reuse.reference is not None:
         table.set_reference(torch.arange(n), torch.as_tensor(reuse.reference))
-    extra = {} if reuse.score == "loss" else {"score": reuse.score}
-    sampler = ReuseSampler(
+    return ReuseSampler(
         RandomSampler(task.train_set, generator=order),  # type: ignore[arg-type]
         table,
         policy,
+        score=reuse.score,
         max_age=reuse.max_age,
         rescale=reuse.rescale,
         epochs=epochs,
         anneal=reuse.anneal,
         seed=seed,
-        **extra,
     )
-    return table, sampler
 
 
 def _schedule_factory(schedule: str | ScheduleFactory | None) -> ScheduleFactory | None:
