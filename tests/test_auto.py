@@ -24,8 +24,10 @@ from smartsift.auto import (
     SIFT,
     SKIP,
     AutoController,
+    HeldOut,
     judge,
     progress_rate,
+    track_best,
 )
 from smartsift.stats import conservation_errors
 
@@ -315,3 +317,184 @@ def auto_ranks(rank: int, world_size: int) -> dict[str, Any]:
 def test_every_rank_takes_the_same_decisions() -> None:
     a, b = run_ranks(auto_ranks, 2, timeout=120)
     assert a == b
+
+
+# ----------------------------------------------------------------------------- held-out metric
+def test_track_best_counts_checks_since_a_new_best() -> None:
+    held = HeldOut()
+    for value in (0.9, 0.7, 0.72, 0.71):
+        held = track_best(held, value, higher_is_better=False, min_delta=0.0)
+    assert held == HeldOut(checks=4, best=0.7, since_best=2, last=0.71)
+    assert held.stalled(2) and not held.stalled(3)
+    up = HeldOut()
+    for value in (0.5, 0.6, 0.605, math.nan):
+        up = track_best(up, value, higher_is_better=True, min_delta=0.01)
+    # 0.605 beats 0.6 by less than min_delta; NaN is no new best.
+    assert (up.best, up.since_best, up.checks) == (0.6, 2, 4) and math.isnan(up.last)
+    # One check says nothing of a trend, even a stalled-looking one.
+    assert not track_best(HeldOut(), 1.0, higher_is_better=True, min_delta=0.0).stalled(1)
+
+
+def test_an_improving_held_out_metric_keeps_training_plain() -> None:
+    auto = ss.Auto(ss.TopK(0.5), cost_ratio=0.1, validate=lambda: 0.0, patience=2)
+    improving = HeldOut(checks=3, best=0.8, since_best=1, last=0.81)
+    verdict = judge(**_signals(auto=auto, held_out=improving))
+    assert verdict == (
+        False,
+        "plain (held-out improving): the validation metric is 0.81, its best 0.8 set 1 "
+        "check(s) ago (sifting waits for 2 checks without a better one): the model still turns "
+        "compute into held-out gains",
+    )
+    # A new best while sifting stops it too; a stalled metric lets the other signals decide.
+    assert not judge(**_signals(auto=auto, held_out=improving, sifting=True))[0]  # type: ignore[index]
+    stalled = HeldOut(checks=4, best=0.8, since_best=2, last=0.82)
+    assert judge(**_signals(auto=auto, held_out=stalled))[0]  # type: ignore[index]
+    # Cheaper reasons come first: a dear scoring pass is named as such.
+    dear = judge(**_signals(auto=auto, held_out=improving, f=0.9))
+    assert dear is not None and dear[1].startswith("plain (cost)")
+
+
+def test_held_out_arguments_are_checked_and_described() -> None:
+    def val_loss() -> float:
+        return 1.0
+
+    with pytest.raises(TypeError, match="`validate` to be None or a callable"):
+        ss.Auto(validate=0.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="`patience` to be a positive int, but got 0"):
+        ss.Auto(validate=val_loss, patience=0)
+    with pytest.raises(ValueError, match="`min_delta` to be a non-negative float"):
+        ss.Auto(validate=val_loss, min_delta=-1.0)
+    with pytest.raises(TypeError, match="`higher_is_better` to be a bool"):
+        ss.Auto(validate=val_loss, higher_is_better=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`patience`, `min_delta` only apply .* validate=\.\.\."):
+        ss.Auto(patience=5, min_delta=0.1)
+    auto = ss.Auto(ss.TopK(0.5), validate=val_loss, patience=5)
+    assert repr(auto).endswith("validate='test_held_out_arguments_are_checked_and_described."
+                               "<locals>.val_loss', patience=5)")  # fmt: skip
+    assert auto.matches(auto.describe()) and not ss.Auto(ss.TopK(0.5)).matches(auto.describe())
+
+
+class _Validation:
+    """A held-out metric scripted by the number of calls: improving, then flat."""
+
+    def __init__(self, model: torch.nn.Module, improving: int) -> None:
+        self.model, self.improving, self.calls = model, improving, 0
+        self.modes: list[bool] = []
+        self.grad: list[bool] = []
+
+    def __call__(self) -> float:
+        self.modes.append(self.model.training)
+        self.grad.append(torch.is_grad_enabled())
+        self.model.eval()  # as a real validation would; the loader must restore the mode
+        self.calls += 1
+        return 1.0 / min(self.calls, self.improving)
+
+
+def test_loader_sifts_only_once_the_held_out_metric_stalls(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    model = torch.nn.Linear(2, 2)
+    validation = _Validation(model, improving=4)
+    policy = ss.Auto(ss.TopK(0.5), probe=2, every=10, cost_ratio=0.1, validate=validation)
+    loader = ss.SiftingDataLoader(
+        DataLoader(_data(), batch_size=32), model, _fixed_loss, policy, seed=0, batch_size=16
+    )
+    states, checks = [], []
+    with caplog.at_level(logging.INFO, logger="smartsift"):
+        for _ in range(4):
+            for _ in loader:
+                states.append(loader.stats.auto_state)
+                checks.append(validation.calls)
+    ctl = loader._selector.auto
+    assert ctl is not None and validation.calls == ctl.judgements == ctl.held_out.checks
+    # Checks 1-4 set new bests (plain); checks 5-7 do not (patience 3): sifting starts.
+    first_sift = states.index("sift")
+    assert checks[first_sift] == 7 and set(states[:first_sift]) <= {"measuring", "plain"}
+    assert loader.stats.samples_sifted > 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("plain (held-out improving)" in m for m in messages)
+    assert model.training and all(validation.modes) and not any(validation.grad)
+
+
+def test_loader_reports_a_failing_or_wrong_validation() -> None:
+    def broken() -> float:
+        raise RuntimeError("no validation set")
+
+    policy = ss.Auto(ss.TopK(0.5), probe=2, every=10, cost_ratio=0.1, validate=broken)
+    with pytest.raises(RuntimeError, match="no validation set") as info:
+        list(_loader(policy, _data()))
+    assert info.value.__notes__ == ["smartsift: raised in Auto's validate()."]
+    wrong = ss.Auto(ss.TopK(0.5), probe=2, every=10, validate=lambda: "0.9")  # type: ignore[arg-type,return-value]
+    with pytest.raises(TypeError, match=r"validate\(\)` of Auto to return a number.*'0.9'"):
+        list(_loader(wrong, _data()))
+
+
+def test_held_out_record_resumes() -> None:
+    auto = ss.Auto(ss.TopK(0.5), probe=2, every=6, cost_ratio=0.1, validate=lambda: 0.0)
+    ctl, scalars = AutoController(auto), [np.zeros(SCALARS)]
+    losses = [np.array([0.0, 0.0, 0.0, 4.0])]
+    for i in range(20):
+        ctl.observe(losses, [2], scalars, 1.0 / (i + 1) if ctl.judges_next() else None)
+    copy = AutoController(auto)
+    copy.load_state_dict(ctl.state_dict())
+    assert copy.held_out == ctl.held_out and copy.held_out.checks > 2
+    # A state saved before the held-out record existed starts it afresh.
+    old = ctl.state_dict()
+    del old["held_out"]
+    copy.load_state_dict(old)
+    assert copy.held_out == HeldOut()
+
+
+def validating_ranks(rank: int, world_size: int) -> dict[str, Any]:
+    """Each rank's validation half: rank 0's improves, rank 1's worsens faster, so the mean
+    (what every rank must act on) worsens: Auto sifts on both ranks at the same check."""
+    data = _data(384)
+    sampler = DistributedSampler(data, world_size, rank, shuffle=True, seed=0)
+    calls = [0]
+
+    def validate() -> float:
+        calls[0] += 1
+        return -0.1 * calls[0] if rank == 0 else 0.3 * calls[0]
+
+    policy = ss.Auto(ss.TopK(0.5), probe=2, every=6, cost_ratio=0.1, validate=validate)
+    loader = ss.SiftingDataLoader(
+        DataLoader(data, batch_size=16, sampler=sampler), MODEL, _fixed_loss, policy, seed=0,
+        batch_size=8,
+    )  # fmt: skip
+    states = [loader.stats.auto_state for _ in range(2) for _ in loader]
+    ctl = loader._selector.auto
+    assert ctl is not None
+    return {"states": states, "calls": calls[0], "best": ctl.held_out.best}
+
+
+def failing_validation_ranks(rank: int, world_size: int) -> str:
+    data = _data(384)
+    sampler = DistributedSampler(data, world_size, rank, shuffle=True, seed=0)
+
+    def validate() -> float:
+        if rank == 1:
+            raise RuntimeError("rank 1 lost its validation set")
+        return 0.0
+
+    policy = ss.Auto(ss.TopK(0.5), probe=2, every=6, cost_ratio=0.1, validate=validate)
+    loader = ss.SiftingDataLoader(
+        DataLoader(data, batch_size=16, sampler=sampler), MODEL, _fixed_loss, policy, seed=0,
+        batch_size=8,
+    )  # fmt: skip
+    try:
+        list(loader)
+    except Exception as err:  # every rank must stop, none may hang
+        return f"{type(err).__name__}: {err}"
+    return "finished"
+
+
+@pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed gloo"
+)
+def test_ranks_act_on_the_mean_held_out_metric_and_stop_together_on_failure() -> None:
+    a, b = run_ranks(validating_ranks, 2, timeout=120)
+    assert a == b and a["calls"] > 3 and "sift" in a["states"]
+    assert a["best"] == pytest.approx(0.1)  # the mean of the first check, (-0.1 + 0.3) / 2
+    first, second = run_ranks(failing_validation_ranks, 2, timeout=120)
+    assert second == "RuntimeError: rank 1 lost its validation set"
+    assert first.startswith("RemoteRankError: smartsift: Auto's validate() failed on 1 rank(s)")

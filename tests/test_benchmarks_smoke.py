@@ -83,7 +83,8 @@ def test_frontier_smoke(tmp_path: Path) -> None:
 
     section = frontier.run(smoke=True, img_dir=tmp_path)
     body = section.body
-    arms = (*frontier.policies(100), *frontier.reuse_arms(100), frontier.UNIFORM)
+    arms = (*frontier.policies(100), frontier.AUTO_HELD_OUT, *frontier.reuse_arms(100))
+    arms = (*arms, frontier.UNIFORM)
     for name in (*arms, "plain, 1/2 epochs (0.50x)"):
         assert f"| {name} |" in body
     for bench in frontier.BENCHES.values():
@@ -96,7 +97,11 @@ def test_frontier_smoke(tmp_path: Path) -> None:
     assert f"| {frontier.UNIFORM} |" not in long and "| TopK(0.5) |" not in long
     # Reference, best policy and loss reuse on MNIST-1D, the frontier on two tasks, saturation
     # on one, and a stated keep realised on every task.
-    _targets_are_checked(section, 6 + len(frontier.BENCHES))
+    # Auto against plain, and against the best fixed policy, on every task.
+    _targets_are_checked(section, 6 + 3 * len(frontier.BENCHES))
+    autos = [t for t in section.targets if ", Auto: time to the plain run's" in t.name]
+    assert len(autos) == len(frontier.BENCHES)
+    assert all("with a held-out metric" in t.measured for t in autos)
     keeps = [t for t in section.targets if "stated keep is realised" in t.name]
     assert len(keeps) == len(frontier.BENCHES)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(

@@ -64,3 +64,25 @@ def test_tensorboard_report_example_logs_scalars_and_draws_the_report(tmp_path: 
     seen = [e.value for e in events.Scalars("smartsift/samples_seen")]
     assert seen == sorted(seen) and seen[-1] > seen[0]  # logged as training went on
     assert len(events.Scalars("test/accuracy")) == 2  # one per epoch
+
+
+def test_auto_validate_example_logs_why_it_trains_plain(tmp_path: Path) -> None:
+    script = shutil.copy(EXAMPLES / "auto_validate.py", tmp_path)
+    cmd = [sys.executable, str(script), "--epochs=3", "--samples=1500", "--width=16"]
+    cmd += ["--every=15", "--patience=2"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=env, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    decisions = [line for line in proc.stderr.splitlines() if line.startswith("smartsift auto")]
+    assert decisions and all(": plain (" in d or ": sift: " in d for d in decisions), proc.stderr
+    epochs = [_fields(line) for line in proc.stdout.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 3 and all(0 <= e["test_accuracy"] <= 1 for e in epochs)
+    (total,) = [_fields(line) for line in proc.stdout.splitlines() if line.startswith("[total]")]
+    assert total["seen"] == 3 * 1080 == total["kept"] + total["sifted"]  # 0.8 * 1500 - 120
+    assert total["trained"] == total["kept"]
+    # One validation per judgement: after the first probe, then every 15 raw batches.
+    assert total["checks"] >= 2
+    if all(e["sifting"] == 0 for e in epochs):  # plain throughout: nothing was dropped
+        assert total["sifted"] == 0

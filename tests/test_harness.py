@@ -279,6 +279,28 @@ def test_reuse_needs_a_policy() -> None:
         _run("reuse", _task(), reuse=Reuse())
 
 
+def test_a_policy_function_reads_the_run_s_own_model() -> None:
+    """``Auto(validate=...)`` evaluates the model a run trains: a function of it builds it."""
+    task, checked = _task(higher_is_better=False), []
+
+    def held_out_auto(model: torch.nn.Module) -> ss.Auto:
+        def validate() -> float:
+            checked.append(model)
+            return task.evaluate(model)
+
+        return ss.Auto(ss.TopK(0.5), probe=2, every=6, cost_ratio=0.1, validate=validate)
+
+    run = _run("auto", task, policy=held_out_auto, batch_size=16, epochs=3)
+    train_side_by_side([run])
+    assert checked and all(m is run.model for m in checked)
+    assert isinstance(run.loader, ss.SiftingDataLoader)
+    assert isinstance(run.loader.policy, ss.Auto)
+    with pytest.raises(TypeError, match="`policy` function to return a smartsift Policy"):
+        _run("bad", task, policy=lambda model: "TopK")
+    with pytest.raises(TypeError, match="a function of the model returning one"):
+        _run("bad", task, policy=0.5)
+
+
 # ----------------------------------------------------------------------------- plots
 def test_the_figure_shows_whole_curves_the_target_events_and_when_each_run_reached_it() -> None:
     plain = RunResult("plain", times=[1.0, 2.0, 3.0], values=[0.1, 0.8, 0.9])

@@ -29,9 +29,12 @@ first gate that fails decides plain, with its reason:
 1. cost: the predicted per-epoch speedup ``(1 + d) / (d + f + keep)`` must reach
    ``min_speedup`` (``min_speedup - 0.05`` to stay sifting);
 2. concentration: ``c`` must reach ``min_concentration`` (``- 0.05`` to stay sifting);
-3. trend, to start sifting: ``c`` must not have risen by more than 0.05 since the previous
+3. held-out (only with ``validate=``): the validation metric must have set no new best in the
+   last ``patience`` checks (one check per judgement): while it still improves, every sample's
+   compute buys held-out gains, and a run that sifts them away ends lower;
+4. trend, to start sifting: ``c`` must not have risen by more than 0.05 since the previous
    judgement (the model is still learning its easier samples, which sifting would drop);
-4. progress, to stay sifting: over at least 3 comparisons, plain windows must not lower the
+5. progress, to stay sifting: over at least 3 comparisons, plain windows must not lower the
    loss per unit of compute significantly faster (mean difference over two standard errors)
    and by more than 10 % than the sifted windows around them. After such a fallback the next
    attempt waits twice as long each time (up to 16 cycles).
@@ -53,10 +56,11 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,8 +79,10 @@ __all__ = [
     "SKIP",
     "Auto",
     "AutoController",
+    "HeldOut",
     "judge",
     "progress_rate",
+    "track_best",
 ]
 
 # States, and what a round does.
@@ -113,6 +119,17 @@ class Auto(Policy):
         cost_ratio: the scoring pass over a training step, per sample (``F/T``, e.g. from
             ``ss.profile``: ``report.scoring_s / report.step_s``), instead of timing them; then
             no clock enters the decision and runs are reproducible.
+        validate: ``validate() -> float``, the metric you judge the model by on held-out data
+            (a validation loss, or accuracy with ``higher_is_better=True``; never the test
+            set). Called at each judgement (every ``every`` raw batches), under
+            ``torch.no_grad()``; the loader puts the model back in the training mode it found,
+            so call ``model.eval()`` inside if the model has dropout or batch norm. Under DDP
+            every rank calls it at the same raw batch and the value is averaged over ranks.
+            With it, Auto sifts only once the metric has stopped improving: the one signal
+            that sees the harm of sifting away compute a model still turns into held-out gains.
+        higher_is_better: whether a larger ``validate()`` is better.
+        patience: checks without a new best before the metric counts as stalled.
+        min_delta: how much a value must beat the best by to count as a new best.
 
     Example:
         >>> import smartsift as ss
@@ -120,6 +137,10 @@ class Auto(Policy):
         Auto(TopK(keep=0.5), cost_ratio=0.2)
         >>> ss.Auto().expected_keep
         0.5
+        >>> def val_accuracy() -> float:
+        ...     return 0.9  # evaluate the model on a held-out set here
+        >>> ss.Auto(ss.TopK(0.5), validate=val_accuracy, higher_is_better=True)
+        Auto(TopK(keep=0.5), validate='val_accuracy', higher_is_better=True)
     """
 
     policy: Policy = field(default_factory=RelativeProbabilistic)
@@ -128,6 +149,10 @@ class Auto(Policy):
     min_speedup: float = 1.1
     min_concentration: float = EVEN_LOSSES
     cost_ratio: float | None = None
+    validate: Callable[[], float] | None = None
+    higher_is_better: bool = False
+    patience: int = 3
+    min_delta: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.policy, Policy) or isinstance(self.policy, Auto):
@@ -157,6 +182,33 @@ class Auto(Policy):
                 f"Expected `cost_ratio` to be None or a non-negative float (scoring over a "
                 f"training step, per sample), but got {r!r}."
             )
+        self._check_held_out()
+
+    def _check_held_out(self) -> None:
+        v = self.validate
+        if v is not None and not callable(v):
+            raise TypeError(
+                f"Expected `validate` to be None or a callable `validate() -> float` (the "
+                f"held-out metric), but got {v!r}."
+            )
+        if not isinstance(self.higher_is_better, bool):
+            raise TypeError(
+                f"Expected `higher_is_better` to be a bool, but got {self.higher_is_better!r}."
+            )
+        p = self.patience
+        if not isinstance(p, int) or isinstance(p, bool) or p < 1:
+            raise ValueError(f"Expected `patience` to be a positive int, but got {p!r}.")
+        m = self.min_delta
+        if not _is_real(m) or m < 0:
+            raise ValueError(f"Expected `min_delta` to be a non-negative float, but got {m!r}.")
+        if v is None:
+            given = [n for n in HELD_OUT_FIELDS if getattr(self, n) != _DEFAULTS[n]]
+            if given:
+                raise ValueError(
+                    f"{', '.join(f'`{n}`' for n in given)} only apply to the held-out metric, "
+                    f"but `validate` is None: pass validate=... (a callable returning the "
+                    "metric on held-out data), or leave them at their defaults."
+                )
 
     def __repr__(self) -> str:
         return Policy.format_description(self.describe())
@@ -178,6 +230,12 @@ class Auto(Policy):
             value = getattr(self, name)
             if value != defaults[name].default:
                 fields[name] = value
+        if self.validate is not None:
+            # A name, not the callable: descriptions are saved in checkpoints as plain values.
+            fields["validate"] = _callable_name(self.validate)
+            for name in HELD_OUT_FIELDS:
+                if getattr(self, name) != defaults[name].default:
+                    fields[name] = getattr(self, name)
         return {"type": "Auto", "fields": fields}
 
     def make_history(self) -> LossHistory | None:
@@ -188,6 +246,48 @@ class Auto(Policy):
     ) -> np.ndarray:
         """The wrapped policy's mask; whether it runs at all is the controller's decision."""
         return self.policy.keep_mask(losses, history, generator)
+
+
+HELD_OUT_FIELDS = ("higher_is_better", "patience", "min_delta")
+_DEFAULTS = {n: Auto.__dataclass_fields__[n].default for n in HELD_OUT_FIELDS}
+
+
+def _callable_name(fn: Callable[..., Any]) -> str:
+    inner = getattr(fn, "func", fn)  # functools.partial
+    return str(getattr(inner, "__qualname__", type(inner).__name__))
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The held-out metric's record: checks so far, the best value, checks since it, the last.
+
+    Example:
+        >>> h = HeldOut()
+        >>> for v in (0.9, 0.7, 0.72, 0.71):
+        ...     h = track_best(h, v, higher_is_better=False, min_delta=0.0)
+        >>> h.checks, h.best, h.since_best, h.last
+        (4, 0.7, 2, 0.71)
+    """
+
+    checks: int = 0
+    best: float = math.nan
+    since_best: int = 0
+    last: float = math.nan
+
+    def stalled(self, patience: int) -> bool:
+        """Whether the last ``patience`` checks set no new best."""
+        return self.checks > patience and self.since_best >= patience
+
+
+def track_best(held: HeldOut, value: float, *, higher_is_better: bool, min_delta: float) -> HeldOut:
+    """``held`` after one more check of value ``value``; a non-finite value is no new best."""
+    sign = 1.0 if higher_is_better else -1.0
+    better = math.isfinite(value) and (
+        not math.isfinite(held.best) or sign * (value - held.best) > min_delta
+    )
+    if better:
+        return HeldOut(held.checks + 1, value, 0, value)
+    return HeldOut(held.checks + 1, held.best, held.since_best + 1, value)
 
 
 def _is_real(value: Any) -> bool:
@@ -226,6 +326,7 @@ def judge(
     rise: float,
     comparison: tuple[float, float, int] | None,
     auto: Auto,
+    held_out: HeldOut | None = None,
 ) -> tuple[bool, str] | None:
     """The rule: whether to sift from here, and why; None when the signals cannot tell yet.
 
@@ -240,6 +341,7 @@ def judge(
             plain-minus-sifted loss decrease per compute, the ratio of the mean decreases and
             their number; None before any.
         auto: the thresholds.
+        held_out: the validation metric's record (with ``auto.validate`` only).
     """
     if math.isnan(f) or math.isnan(c):
         return None
@@ -255,6 +357,13 @@ def judge(
         return False, (
             f"plain (even losses): the higher-loss half of the samples carries {c:.0%} of the "
             f"loss (needs {need_c:.0%}): the model still learns from nearly every sample"
+        )
+    if held_out is not None and not held_out.stalled(auto.patience):
+        return False, (
+            f"plain (held-out improving): the validation metric is {held_out.last:.4g}, its "
+            f"best {held_out.best:.4g} set {held_out.since_best} check(s) ago (sifting waits "
+            f"for {auto.patience} checks without a better one): the model still turns compute "
+            "into held-out gains"
         )
     if not sifting and math.isfinite(rise) and rise > CONCENTRATING:
         return False, (
@@ -312,6 +421,7 @@ class AutoController:
         self.rates: dict[str, float] = {}
         self.pairs: deque[tuple[float, float]] = deque(maxlen=COMPARISONS)  # (plain, sifted)
         self.judgements = 0
+        self.held_out = HeldOut()
 
     # ------------------------------------------------------------------ the round plan
     def kind(self) -> str:
@@ -321,6 +431,10 @@ class AutoController:
         if self.state == PLAIN_STATE:
             return SKIP if self.position < self.wait else MEASURE
         return MEASURE if self._cycle() < self.auto.probe else SIFT
+
+    def judges_next(self) -> bool:
+        """Whether the next :meth:`observe` judges (the loader validates before it, if asked)."""
+        return self._due(self.position + 1)
 
     def _cycle(self) -> int:
         return self.position % self.auto.every
@@ -394,6 +508,7 @@ class AutoController:
         losses: Sequence[np.ndarray],
         kept: Sequence[int] | None,
         scalars: Sequence[np.ndarray],
+        held_out: float | None = None,
     ) -> bool:
         """Takes one round's global figures; returns whether the state, or the kind of reason
         for it, changed.
@@ -402,7 +517,16 @@ class AutoController:
             losses: every rank's scored losses this round (empty arrays when skipped).
             kept: every rank's kept count in a sifted round, else None.
             scalars: every rank's :data:`SCALARS` timings (all zero when not measured).
+            held_out: the validation metric, averaged over ranks, when this round judges and
+                ``Auto`` has ``validate`` (see :meth:`judges_next`).
         """
+        if held_out is not None:
+            self.held_out = track_best(
+                self.held_out,
+                float(held_out),
+                higher_is_better=self.auto.higher_is_better,
+                min_delta=self.auto.min_delta,
+            )
         kind = self.kind()
         window = self._window_name()
         self._timings(scalars)
@@ -453,16 +577,16 @@ class AutoController:
             self.rates = {}
 
     # ------------------------------------------------------------------ judging
-    def _due(self) -> bool:
+    def _due(self, position: int) -> bool:
         probe, every = self.auto.probe, self.auto.every
         if self.state == MEASURING:
-            return self.position >= probe and self.position % probe == 0
+            return position >= probe and position % probe == 0
         if self.state == PLAIN_STATE:
-            return self.position >= self.wait + probe
-        return self.position % every == 0
+            return position >= self.wait + probe
+        return position % every == 0
 
     def _maybe_judge(self) -> bool:
-        if not self._due():
+        if not self._due(self.position):
             return False
         sifting = self.state == SIFTING
         c = self.concentration()
@@ -475,6 +599,7 @@ class AutoController:
             rise=c - self.last_c,
             comparison=self.comparison() if sifting else None,
             auto=self.auto,
+            held_out=self.held_out if self.auto.validate is not None else None,
         )
         self.judgements += 1
         if math.isfinite(c):
@@ -528,6 +653,7 @@ class AutoController:
             "rates": dict(self.rates),
             "pairs": [list(x) for x in self.pairs],
             "judgements": self.judgements,
+            "held_out": dataclasses.asdict(self.held_out),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -550,3 +676,4 @@ class AutoController:
         self.pairs.clear()
         self.pairs.extend((float(p), float(s)) for p, s in state["pairs"])
         self.judgements = int(state["judgements"])
+        self.held_out = HeldOut(**state.get("held_out", {}))

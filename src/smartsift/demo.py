@@ -133,10 +133,13 @@ def _mean_cross_entropy(model: torch.nn.Module, batch: Any) -> torch.Tensor:
     return F.cross_entropy(model(x), y)
 
 
-def mnist1d_task(data: MnistData, width: int = 100) -> Task:
+def mnist1d_task(
+    data: MnistData, width: int = 100, validation: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> Task:
     """The demo's :class:`~smartsift.harness.Task`: a :class:`ConvNet` of ``width`` on ``data``.
 
-    Its metric is the test accuracy (higher is better).
+    Its metric is the test accuracy (higher is better); ``validation`` ``(x, y)``, held-out
+    samples other than the test set, gives it a ``validate`` accuracy for ``Auto``.
 
     Example:
         >>> task = mnist1d_task(make_mnist1d(200), width=8)
@@ -150,6 +153,9 @@ def mnist1d_task(data: MnistData, width: int = 100) -> Task:
         loss_fn=cross_entropy_per_sample,
         evaluate=functools.partial(evaluate, x=x_test, y=y_test),
         train_loss=_mean_cross_entropy,
+        validate=None
+        if validation is None
+        else functools.partial(evaluate, x=validation[0], y=validation[1]),
     )
 
 

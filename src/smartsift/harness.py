@@ -70,6 +70,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SCHEDULES",
+    "PolicyFactory",
     "Reuse",
     "RunResult",
     "ScheduleFactory",
@@ -89,6 +90,10 @@ M = TypeVar("M")
 
 ScheduleFactory = Callable[[torch.optim.Optimizer, int], LRScheduler]
 """``factory(optimizer, total_steps) -> scheduler``: a schedule of ``total_steps`` steps."""
+
+PolicyFactory = Callable[[torch.nn.Module], Policy]
+"""A function of a run's model returning its policy (see :class:`TrainingRun`)."""
+
 
 WARMUP_FRACTION = 0.05
 """The share of the steps :func:`warmup_cosine_schedule` warms up over."""
@@ -316,6 +321,9 @@ class Task:
         train_loss: ``train_loss(model, batch) -> Tensor ()``: the loss each training step
             minimises; default: the mean of ``loss_fn``.
         weight_decay: AdamW's weight decay.
+        validate: ``validate(model) -> float``: the metric on held-out data other than
+            ``evaluate``'s, for a policy that reads one (``Auto(validate=...)``, built by a
+            policy function of the run's model); same direction as ``evaluate``.
     """
 
     build_model: Callable[[], torch.nn.Module]
@@ -325,10 +333,26 @@ class Task:
     higher_is_better: bool = True
     train_loss: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None
     weight_decay: float = 1e-2
+    validate: Callable[[torch.nn.Module], float] | None = None
 
     def step_loss(self) -> Callable[[torch.nn.Module, Any], torch.Tensor]:
         """The training step's loss: ``train_loss``, or the mean of ``loss_fn``."""
         return self.train_loss if self.train_loss is not None else _mean_loss(self.loss_fn)
+
+
+def _built_policy(factory: PolicyFactory, model: torch.nn.Module) -> Policy:
+    if not callable(factory):
+        raise TypeError(
+            f"Expected `policy` to be a Policy, a function of the model returning one, or "
+            f"None, but got {factory!r}."
+        )
+    policy = factory(model)
+    if not isinstance(policy, Policy):
+        raise TypeError(
+            f"Expected the `policy` function to return a smartsift Policy, but it returned "
+            f"{policy!r}."
+        )
+    return policy
 
 
 @torch.no_grad()
@@ -348,7 +372,9 @@ class TrainingRun:
     ``batch_size`` come in an order drawn from ``seed`` too, so runs with the same seed start
     from the same weights and read the same data order. With a ``policy``, the raw loader is
     wrapped in a :class:`~smartsift.SiftingDataLoader` (``sift_delay`` raw batches unsifted
-    first; refined batches of ``refined_batch_size``, default ``batch_size``).
+    first; refined batches of ``refined_batch_size``, default ``batch_size``). ``policy`` may
+    also be a function of the run's model returning the policy, for one that reads the model
+    (``lambda model: ss.Auto(validate=...)`` evaluating that model).
 
     The learning rate starts at ``lr``. With a ``schedule`` (a name in :data:`SCHEDULES`, or
     a :data:`ScheduleFactory`), a per-step torch scheduler is built as for plain training at
@@ -377,7 +403,7 @@ class TrainingRun:
         epochs: int,
         batch_size: int,
         lr: float,
-        policy: Policy | None = None,
+        policy: Policy | PolicyFactory | None = None,
         sift_delay: int = 0,
         refined_batch_size: int | None = None,
         seed: int = 0,
@@ -398,6 +424,8 @@ class TrainingRun:
         factory = _schedule_factory(schedule)
         self.task = task
         self.model = seeded(task.build_model, seed)
+        if policy is not None and not isinstance(policy, Policy):
+            policy = _built_policy(policy, self.model)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=lr, weight_decay=task.weight_decay
         )

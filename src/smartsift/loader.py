@@ -550,10 +550,49 @@ class SiftingDataLoader:
 
     def _auto_round(self, peers: list[PeerRound], skipped: bool) -> None:
         kept = None if skipped else self._round_kept
-        if self._selector.end_round([p.losses for p in peers], kept, [p.scalars for p in peers]):
+        ctl = self._selector.auto
+        held_out = None
+        if ctl is not None and ctl.auto.validate is not None and ctl.judges_next():
+            held_out = self._validate(ctl.auto.validate)
+        losses, scalars = [p.losses for p in peers], [p.scalars for p in peers]
+        if self._selector.end_round(losses, kept, scalars, held_out):
             status = self._selector.auto_status()
             if self.ranks.rank == 0 and status is not None:
                 logger.info("smartsift auto, epoch %d: %s", self._cursor.epoch, status[1])
+
+    def _validate(self, validate: Callable[[], float]) -> float:
+        """``Auto``'s held-out metric, averaged over ranks; every rank calls this at the same
+        round, and a failure on any rank stops every rank instead of hanging the others.
+
+        Untimed for Auto's cost signals: it is neither the scoring pass nor the user's step.
+        """
+        was_training = self.model.training
+        error: BaseException | None = None
+        value = 0.0
+        try:
+            with torch.no_grad():
+                out = validate()
+            if isinstance(out, torch.Tensor) and out.numel() == 1:
+                out = out.item()
+            if not isinstance(out, (int, float)) or isinstance(out, bool):
+                raise TypeError(
+                    f"Expected `validate()` of Auto to return a number (the held-out metric), "
+                    f"but it returned {out!r}."
+                )
+            value = float(out)
+        except Exception as err:  # reported to the other ranks before it is raised
+            error = _annotate(err, "in Auto's validate()")
+        finally:
+            self.model.train(was_training)
+        total, failed = self._lockstep.sum([value, float(error is not None)])
+        if error is not None:
+            raise error
+        if failed:
+            raise RemoteRankError(
+                f"smartsift: Auto's validate() failed on {int(failed)} rank(s) (see their "
+                f"error); rank {self.ranks.rank} stops too so that the job does not hang."
+            )
+        return total / self.ranks.world_size
 
     def _pass_through(self, peers: list[PeerRound], raw: Any, sliceable: Any, size: int) -> None:
         batcher = self._batcher

@@ -127,12 +127,13 @@ class Selector:
         losses: Sequence[np.ndarray],
         kept: Sequence[int] | None,
         scalars: Sequence[np.ndarray],
+        held_out: float | None = None,
     ) -> bool:
         """Tells ``Auto`` what a round measured (see :meth:`AutoController.observe`); returns
         whether its state changed. Does nothing for other policies."""
         if self.auto is None:
             return False
-        return self.auto.observe(losses, kept, scalars)
+        return self.auto.observe(losses, kept, scalars, held_out)
 
     def auto_status(self) -> tuple[str, str] | None:
         """``Auto``'s state and the reason for it, or None for other policies."""
