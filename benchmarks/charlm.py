@@ -128,12 +128,16 @@ def validation_loss(model: torch.nn.Module, windows: torch.Tensor) -> float:
 
 
 def lm_task(
-    train: torch.Tensor, val: torch.Tensor, model_kwargs: dict[str, Any] | None = None
+    train: torch.Tensor,
+    val: torch.Tensor,
+    model_kwargs: dict[str, Any] | None = None,
+    held_out: torch.Tensor | None = None,
 ) -> Task:
     """The language model as a :class:`~smartsift.harness.Task`; lower validation loss is better.
 
     ``train`` and ``val`` are windows from :func:`make_windows`; ``model_kwargs`` go to
-    :class:`CharTransformer` (its context is the windows' length minus one).
+    :class:`CharTransformer` (its context is the windows' length minus one). ``held_out``
+    windows, other than ``val``, give the task a ``validate`` loss for ``Auto``.
     """
     return Task(
         build_model=functools.partial(
@@ -143,4 +147,5 @@ def lm_task(
         loss_fn=per_sample_loss,
         evaluate=functools.partial(validation_loss, windows=val),
         higher_is_better=False,
+        validate=None if held_out is None else functools.partial(validation_loss, windows=held_out),
     )

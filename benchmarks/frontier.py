@@ -8,7 +8,9 @@ trains, from the same initial weights in the same data order, interleaved:
   own complete schedule;
 - every policy at the full budget: the reference rule ``RelativeProbabilistic(beta=1)``,
   ``TopK(0.5)``, ``RelativeProbabilistic(beta=3)`` and ``QuantileThreshold(0.5)``, all with the
-  same sift delay and history;
+  same sift delay and history; ``Auto`` over the reference rule, from its training signals
+  alone and also reading a held-out metric (validation data that is neither training nor test
+  data, ``Task.validate``);
 - loss reuse (:class:`smartsift.ReuseSampler`) at stated keeps of 0.5 and 0.3: no scoring
   pass; each epoch skips, before loading, samples whose loss recorded by their last training
   step says they are learnt (never-scored samples, and scores older than 3 epochs, are
@@ -58,6 +60,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, TensorDataset
@@ -67,6 +70,7 @@ from benchmarks import charlm
 from benchmarks.common import IMG_DIR, Section, Target, fmt_spread, markdown_table, run_jobs
 from smartsift.demo import DemoConfig, MnistData, make_mnist1d, mnist1d_task
 from smartsift.harness import (
+    PolicyFactory,
     Reuse,
     RunResult,
     Task,
@@ -96,25 +100,43 @@ UNIFORM = "Uniform (reference's keep)"
 TARGET_REFERENCE = 1.5
 TARGET_BEST = 2.0
 TARGET_REUSE = 2.0
+TARGET_AUTO, TARGET_AUTO_SHARE = 0.97, 0.9
 KEEP_TOLERANCE = 0.02
 REUSE_PREFIX = "Reuse: "
+AUTO = "Auto(RelativeProbabilistic(beta=1))"
+AUTO_HELD_OUT = "Auto(RelativeProbabilistic(beta=1), validate=held-out metric)"
 RESULTS_ENV = "SMARTSIFT_FRONTIER_RESULTS"
 
 
-def policies(history: int) -> dict[str, ss.Policy]:
-    """The policies every task runs at the full budget, the reference rule first."""
-    return {
+def policies(history: int, task: Task | None = None) -> dict[str, ss.Policy | PolicyFactory]:
+    """The policies every task runs at the full budget, the reference rule first.
+
+    With a ``task`` that has a held-out ``validate`` metric, also ``Auto`` reading it: a
+    function of each run's model, which the metric evaluates.
+    """
+    arms: dict[str, ss.Policy | PolicyFactory] = {
         REFERENCE: ss.RelativeProbabilistic(beta=1.0, history=history),
         "TopK(0.5)": ss.TopK(0.5),
         "RelativeProbabilistic(beta=3)": ss.RelativeProbabilistic(beta=3.0, history=history),
         "QuantileThreshold(0.5)": ss.QuantileThreshold(exclude=0.5, history=history),
         # Sifts only where its online signals say it pays; plain training elsewhere.
-        "Auto(RelativeProbabilistic(beta=1))": ss.Auto(
-            ss.RelativeProbabilistic(beta=1.0, history=history)
-        ),
+        AUTO: ss.Auto(ss.RelativeProbabilistic(beta=1.0, history=history)),
         # A stated keep rate, held by adapting beta online.
         "RelativeProbabilistic(keep=0.5)": ss.RelativeProbabilistic(keep=0.5, history=history),
     }
+    if task is not None and task.validate is not None:
+        arms[AUTO_HELD_OUT] = functools.partial(_held_out_auto, history, task)
+    return arms
+
+
+def _held_out_auto(history: int, task: Task, model: torch.nn.Module) -> ss.Auto:
+    """Auto that also reads the task's held-out metric of ``model`` (a picklable factory)."""
+    assert task.validate is not None
+    return ss.Auto(
+        ss.RelativeProbabilistic(beta=1.0, history=history),
+        validate=functools.partial(task.validate, model),
+        higher_is_better=task.higher_is_better,
+    )
 
 
 def reuse_arms(history: int) -> dict[str, tuple[ss.Policy, Reuse]]:
@@ -179,7 +201,7 @@ class Setting:
         task: Task,
         seed: int,
         *,
-        policy: ss.Policy | None = None,
+        policy: ss.Policy | PolicyFactory | None = None,
         epochs: int | None = None,
         reuse: Reuse | None = None,
     ) -> TrainingRun:
@@ -218,6 +240,19 @@ class Setting:
 @functools.lru_cache(maxsize=2)
 def _mnist(num_samples: int) -> MnistData:
     return make_mnist1d(num_samples)
+
+
+VALIDATION_SEED, VALIDATION_SAMPLES, LM_HELD_OUT = 7, 1000, 8_000
+
+
+@functools.lru_cache(maxsize=2)
+def mnist1d_validation(smoke: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Held-out MNIST-1D samples for ``Auto``'s ``validate``: drawn with another seed, so
+    neither training nor test samples (1000; 200 in the smoke configuration)."""
+    n = 200 if smoke else VALIDATION_SAMPLES
+    train, _ = make_mnist1d(round(n / 0.8), seed=VALIDATION_SEED)
+    x, y = train.tensors
+    return x[:n], y[:n]
 
 
 def subset_mnist1d(n_train: int, num_samples: int = 10_000) -> MnistData:
@@ -301,7 +336,8 @@ LM_LONG_CORPUS, LM_LONG_EPOCHS = 30_000, 16
 # The arms the language models run (fewer than the others, to fit the time).
 LM_ARMS = (
     REFERENCE,
-    "Auto(RelativeProbabilistic(beta=1))",
+    AUTO,
+    AUTO_HELD_OUT,
     f"{REUSE_PREFIX}RelativeProbabilistic(keep=0.5)",
     f"{REUSE_PREFIX}RelativeProbabilistic(keep=0.3)",
 )
@@ -309,15 +345,18 @@ LM_ARMS = (
 
 def _demo_task(smoke: bool) -> Task:
     config = DemoConfig.smoke() if smoke else DEMO
-    return mnist1d_task(_mnist(config.num_samples), config.width)
+    return mnist1d_task(_mnist(config.num_samples), config.width, mnist1d_validation(smoke))
 
 
 def _lm_task(smoke: bool, corpus: int = LM_CORPUS) -> Task:
-    text, _ = charlm.corpus(4_000 if smoke else corpus)
-    windows = charlm.make_windows(text, 16 if smoke else LM_CONTEXT)
+    size, context = (4_000, 16) if smoke else (corpus, LM_CONTEXT)
+    text, _ = charlm.corpus(size + LM_HELD_OUT)
+    windows = charlm.make_windows(text[:size], context)
     n_val = max(8, len(windows) // 10)
     kwargs = {"dim": 16, "layers": 1, "heads": 2} if smoke else LM_MODEL
-    return charlm.lm_task(windows[:-n_val], windows[-n_val:], kwargs)
+    # Auto's held-out metric reads the text after the corpus, not its validation tenth.
+    held_out = charlm.make_windows(text[size:], context)
+    return charlm.lm_task(windows[:-n_val], windows[-n_val:], kwargs, held_out)
 
 
 def _lm_long_task(smoke: bool) -> Task:
@@ -330,14 +369,16 @@ RED_REAL, RED_SHARE, RED_WIDTH = 2000, 0.75, 32
 
 def _unsaturated_task(smoke: bool) -> Task:
     if smoke:
-        return mnist1d_task(subset_mnist1d(300, SMOKE_SAMPLES), 8)
-    return mnist1d_task(subset_mnist1d(NS_TRAIN), NS_WIDTH)
+        return mnist1d_task(subset_mnist1d(300, SMOKE_SAMPLES), 8, mnist1d_validation(smoke))
+    return mnist1d_task(subset_mnist1d(NS_TRAIN), NS_WIDTH, mnist1d_validation(smoke))
 
 
 def _redundant_task(smoke: bool) -> Task:
+    validation = mnist1d_validation(smoke)
     if smoke:
-        return mnist1d_task(redundant_mnist1d(100, RED_SHARE, num_samples=SMOKE_SAMPLES), 8)
-    return mnist1d_task(redundant_mnist1d(RED_REAL, RED_SHARE), RED_WIDTH)
+        data = redundant_mnist1d(100, RED_SHARE, num_samples=SMOKE_SAMPLES)
+        return mnist1d_task(data, 8, validation)
+    return mnist1d_task(redundant_mnist1d(RED_REAL, RED_SHARE), RED_WIDTH, validation)
 
 
 BENCHES: dict[str, Bench] = {
@@ -371,7 +412,7 @@ BENCHES: dict[str, Bench] = {
             metric="validation loss (nats per byte)",
             scale=1.0,
             unit="nats",
-            arms=(*LM_ARMS[:2], "RelativeProbabilistic(keep=0.5)", *LM_ARMS[2:]),
+            arms=(*LM_ARMS[:3], "RelativeProbabilistic(keep=0.5)", *LM_ARMS[3:]),
         ),
         Bench(
             "charlm_long",
@@ -451,7 +492,7 @@ def seed_runs(key: str, seed: int, smoke: bool) -> SeedRuns:
     ]
     sifted = [
         setting.run(n, task, seed, policy=p)
-        for n, p in policies(setting.history).items()
+        for n, p in policies(setting.history, task).items()
         if bench.runs_arm(n)
     ]
     sifted += [
@@ -496,7 +537,9 @@ def measure_costs(key: str, smoke: bool, repeats: int = 3) -> Costs:
     for bs in (setting.raw_batch_size, setting.batch_size):
         # A small training set is repeated, so that every profile measures all its steps.
         n = len(task.train_set)  # type: ignore[arg-type]
-        data = ConcatDataset([task.train_set] * math.ceil((steps + warmup + 1) * bs / n))
+        data: ConcatDataset[Any] = ConcatDataset(
+            [task.train_set] * math.ceil((steps + warmup + 1) * bs / n)
+        )
         loader = DataLoader(
             data, batch_size=bs, shuffle=True, generator=torch.Generator().manual_seed(0)
         )
@@ -539,8 +582,8 @@ def run_all(
         _job, work, jobs, done=lambda r: f"[frontier] {r[0]}, seed {r[1].seed} done"
     ):
         out[key].append(runs)
-    for runs in out.values():
-        runs.sort(key=lambda r: r.seed)
+    for task_runs in out.values():
+        task_runs.sort(key=lambda r: r.seed)
     return out
 
 
@@ -927,6 +970,50 @@ def keep_target(bench: Bench, summary: TaskSummary) -> Target:
     )
 
 
+def auto_targets(bench: Bench, summary: TaskSummary) -> list[Target]:
+    """Auto never much slower than plain to plain's final metric; where a fixed scoring policy
+    is faster than plain, Auto gets most of its gain (CPU s, median seed)."""
+    autos = [n for n in (AUTO_HELD_OUT, AUTO) if n in summary.per]
+    if not autos:
+        return []
+    speed = {n: summary.median(n, "speedup_cpu") for n in summary.policies()}
+    seeds = {
+        n: f"{int(sum(summary.per[n]['reached']))}/{len(summary.per[n]['reached'])}" for n in autos
+    }
+    main = autos[0]
+    shown = "; ".join(
+        f"{'with' if n == AUTO_HELD_OUT else 'without'} a held-out metric {speed[n]:.2f}x "
+        f"({seeds[n]} seeds reach it)"
+        for n in autos
+    )
+    fixed = [n for n in speed if n not in autos and not n.startswith(REUSE_PREFIX)]
+    best = max(fixed, key=speed.__getitem__) if fixed else None
+    targets = [
+        Target(
+            f"{bench.title}, Auto: time to the plain run's final metric within the tolerance, "
+            "against plain's (CPU s, median seed)",
+            f"at least {TARGET_AUTO:.2f}x",
+            shown,
+            met=speed[main] >= TARGET_AUTO,
+        )
+    ]
+    if best is not None:
+        pays = speed[best] > 1.0
+        share = (speed[main] - 1.0) / (speed[best] - 1.0) if pays else math.nan
+        targets.append(
+            Target(
+                f"{bench.title}, Auto: share of the best fixed scoring policy's speedup gain "
+                "(over plain, to plain's final metric, CPU s, median seed) where one pays",
+                f"at least {TARGET_AUTO_SHARE:.0%}",
+                f"{best} {speed[best]:.2f}x, {main} {speed[main]:.2f}x: {share:.0%} of its gain"
+                if pays
+                else f"no fixed scoring policy pays here (best: {best} {speed[best]:.2f}x)",
+                met=not pays or share >= TARGET_AUTO_SHARE,
+            )
+        )
+    return targets
+
+
 def reuse_names(summary: TaskSummary) -> list[str]:
     return [n for n in summary.names if n.startswith(REUSE_PREFIX)]
 
@@ -1013,6 +1100,7 @@ def report_task(
     if reuse:
         parts.insert(-1, reuse)
     targets = [keep_target(bench, summary)] if any(map(stated_keep, summary.names)) else []
+    targets += auto_targets(bench, summary)
     if bench.key == "mnist1d":
         targets.append(reuse_target(bench, summary))
     if bench.key == "mnist1d":
@@ -1105,7 +1193,12 @@ def _run(smoke: bool, img_dir: Path, jobs: int) -> Section:
         "Does sifting beat simply training less? Every seed trains, from the same weights in "
         "the same data order: plain at the full budget; the train-less control, plain at about "
         "0.35x, 0.5x and 0.7x of the epochs, each with its own complete schedule; every policy "
-        f"at the full budget ({', '.join(policies(1))}, with the same delay and history); loss "
+        f"at the full budget ({', '.join(policies(1))}, with the same delay and history); "
+        f"{AUTO_HELD_OUT}, Auto reading a held-out metric: accuracy on "
+        f"{VALIDATION_SAMPLES} MNIST-1D samples drawn with another seed, or the loss on the "
+        f"{LM_HELD_OUT // 1000} KB of text after the language models' corpus (neither training "
+        "nor test data), checked at each of Auto's judgements, its cost counted in the CPU "
+        "seconds but not in the work units; loss "
         f"reuse ({', '.join(reuse_arms(1))}: no scoring pass, samples skipped before loading "
         "from the losses their last training step recorded; never-scored samples and scores "
         "older than 3 epochs are trained); and `Uniform` at the kept fraction the reference "
