@@ -85,7 +85,7 @@ def test_frontier_smoke(tmp_path: Path) -> None:
     body = section.body
     arms = (*frontier.policies(100), frontier.AUTO_HELD_OUT, *frontier.reuse_arms(100))
     arms = (*arms, frontier.UNIFORM)
-    for name in (*arms, "plain, 1/2 epochs (0.50x)"):
+    for name in (*arms, "plain, 1/2 epochs (0.50x)", frontier.REPLICATE):
         assert f"| {name} |" in body
     for bench in frontier.BENCHES.values():
         assert f"### {bench.title}" in body and "F/T = " in body
@@ -102,6 +102,8 @@ def test_frontier_smoke(tmp_path: Path) -> None:
     autos = [t for t in section.targets if ", Auto: time to the plain run's" in t.name]
     assert len(autos) == len(frontier.BENCHES)
     assert all("with a held-out metric" in t.measured for t in autos)
+    assert all("plain itself in another data order" in t.measured for t in autos)
+    assert f"| {frontier.REPLICATE} |" in body and "(a replicate)" in body
     keeps = [t for t in section.targets if "stated keep is realised" in t.name]
     assert len(keeps) == len(frontier.BENCHES)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(

@@ -105,6 +105,16 @@ def test_runs_of_one_seed_start_from_the_same_weights_and_leave_the_global_rng()
     assert torch.equal(seeded(task.build_model, 3).weight, plain.model.weight)
 
 
+def test_another_data_seed_keeps_the_weights_and_changes_only_the_order() -> None:
+    task = _task()
+    runs = [_run("plain", task, seed=3), _run("again", task, seed=3),
+            _run("reordered", task, seed=3, data_seed=9)]  # fmt: skip
+    orders = [[tuple(b[1].tolist()) for b in r.raw] for r in runs]
+    assert orders[0] == orders[1] != orders[2]
+    assert sorted(sum(orders[0], ())) == sorted(sum(orders[2], ()))  # the same samples
+    assert all(torch.equal(runs[0].model.weight, r.model.weight) for r in runs)
+
+
 def test_a_sifted_run_still_in_its_delay_trains_exactly_like_the_plain_run() -> None:
     # Same init, same data order: while every raw batch passes through the delay unsifted,
     # the two runs take the very same steps, so their curves are identical.

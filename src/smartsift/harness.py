@@ -369,8 +369,10 @@ class TrainingRun:
     """One run of a :class:`Task`, plain (``policy=None``) or sifted, trained in segments.
 
     The model is built from ``seed`` and trained with AdamW; the raw batches of
-    ``batch_size`` come in an order drawn from ``seed`` too, so runs with the same seed start
-    from the same weights and read the same data order. With a ``policy``, the raw loader is
+    ``batch_size`` come in an order drawn from ``seed`` too (or from ``data_seed`` if given),
+    so runs with the same seed start from the same weights and read the same data order; a run
+    with another ``data_seed`` shows how much the order alone moves a result. With a
+    ``policy``, the raw loader is
     wrapped in a :class:`~smartsift.SiftingDataLoader` (``sift_delay`` raw batches unsifted
     first; refined batches of ``refined_batch_size``, default ``batch_size``). ``policy`` may
     also be a function of the run's model returning the policy, for one that reads the model
@@ -407,6 +409,7 @@ class TrainingRun:
         sift_delay: int = 0,
         refined_batch_size: int | None = None,
         seed: int = 0,
+        data_seed: int | None = None,
         evals_per_epoch: int = 2,
         schedule: str | ScheduleFactory | None = None,
         follow_data: bool = True,
@@ -429,7 +432,7 @@ class TrainingRun:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=lr, weight_decay=task.weight_decay
         )
-        order = torch.Generator().manual_seed(seed)
+        order = torch.Generator().manual_seed(seed if data_seed is None else data_seed)
         self.raw: DataLoader[Any] = DataLoader(
             task.train_set, batch_size=batch_size, shuffle=True, generator=order
         )
