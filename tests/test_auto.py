@@ -395,21 +395,31 @@ def test_loader_sifts_only_once_the_held_out_metric_stalls(
 ) -> None:
     model = torch.nn.Linear(2, 2)
     validation = _Validation(model, improving=4)
+    scored: list[int] = []
+
+    def counting_loss(m: torch.nn.Module, batch: Any) -> torch.Tensor:
+        scored.append(len(batch[0]))
+        return _fixed_loss(m, batch)
+
     policy = ss.Auto(ss.TopK(0.5), probe=2, every=10, cost_ratio=0.1, validate=validation)
     loader = ss.SiftingDataLoader(
-        DataLoader(_data(), batch_size=32), model, _fixed_loss, policy, seed=0, batch_size=16
+        DataLoader(_data(), batch_size=32), model, counting_loss, policy, seed=0, batch_size=16
     )
-    states, checks = [], []
+    states, checks, scorings = [], [], []
     with caplog.at_level(logging.INFO, logger="smartsift"):
         for _ in range(4):
             for _ in loader:
                 states.append(loader.stats.auto_state)
                 checks.append(validation.calls)
+                scorings.append(len(scored))
     ctl = loader._selector.auto
     assert ctl is not None and validation.calls == ctl.judgements == ctl.held_out.checks
     # Checks 1-4 set new bests (plain); checks 5-7 do not (patience 3): sifting starts.
     first_sift = states.index("sift")
     assert checks[first_sift] == 7 and set(states[:first_sift]) <= {"measuring", "plain"}
+    # While the metric improved, no probe was scored: only the first measurement and the
+    # probe after the stalled check 7 (and at most the first sifted raw batch).
+    assert 2 * 2 <= scorings[first_sift] <= 2 * 2 + 1
     assert loader.stats.samples_sifted > 0
     messages = [r.getMessage() for r in caplog.records]
     assert any("plain (held-out improving)" in m for m in messages)
@@ -434,7 +444,7 @@ def test_held_out_record_resumes() -> None:
     ctl, scalars = AutoController(auto), [np.zeros(SCALARS)]
     losses = [np.array([0.0, 0.0, 0.0, 4.0])]
     for i in range(20):
-        ctl.observe(losses, [2], scalars, 1.0 / (i + 1) if ctl.judges_next() else None)
+        ctl.observe(losses, [2], scalars, 1.0 / (i + 1) if ctl.validates_next() else None)
     copy = AutoController(auto)
     copy.load_state_dict(ctl.state_dict())
     assert copy.held_out == ctl.held_out and copy.held_out.checks > 2

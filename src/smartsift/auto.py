@@ -30,8 +30,9 @@ first gate that fails decides plain, with its reason:
    ``min_speedup`` (``min_speedup - 0.05`` to stay sifting);
 2. concentration: ``c`` must reach ``min_concentration`` (``- 0.05`` to stay sifting);
 3. held-out (only with ``validate=``): the validation metric must have set no new best in the
-   last ``patience`` checks (one check per judgement): while it still improves, every sample's
-   compute buys held-out gains, and a run that sifts them away ends lower;
+   last ``patience`` checks (one about every ``every`` rounds; training plain, before the probe,
+   which is not even scored while the metric improves): while it still improves, every
+   sample's compute buys held-out gains, and a run that sifts them away ends lower;
 4. trend, to start sifting: ``c`` must not have risen by more than 0.05 since the previous
    judgement (the model is still learning its easier samples, which sifting would drop);
 5. progress, to stay sifting: over at least 3 comparisons, plain windows must not lower the
@@ -80,6 +81,7 @@ __all__ = [
     "Auto",
     "AutoController",
     "HeldOut",
+    "held_out_gate",
     "judge",
     "progress_rate",
     "track_best",
@@ -121,8 +123,9 @@ class Auto(Policy):
             no clock enters the decision and runs are reproducible.
         validate: ``validate() -> float``, the metric you judge the model by on held-out data
             (a validation loss, or accuracy with ``higher_is_better=True``; never the test
-            set). Called at each judgement (every ``every`` raw batches), under
-            ``torch.no_grad()``; the loader puts the model back in the training mode it found,
+            set). Called about every ``every`` raw batches: training plain, before each probe
+            (while it still improves, no probe is scored at all), otherwise at each judgement;
+            under ``torch.no_grad()``; the loader puts the model back in the training mode it found,
             so call ``model.eval()`` inside if the model has dropout or batch norm. Under DDP
             every rank calls it at the same raw batch and the value is averaged over ranks.
             With it, Auto sifts only once the metric has stopped improving: the one signal
@@ -358,13 +361,9 @@ def judge(
             f"plain (even losses): the higher-loss half of the samples carries {c:.0%} of the "
             f"loss (needs {need_c:.0%}): the model still learns from nearly every sample"
         )
-    if held_out is not None and not held_out.stalled(auto.patience):
-        return False, (
-            f"plain (held-out improving): the validation metric is {held_out.last:.4g}, its "
-            f"best {held_out.best:.4g} set {held_out.since_best} check(s) ago (sifting waits "
-            f"for {auto.patience} checks without a better one): the model still turns compute "
-            "into held-out gains"
-        )
+    improving = held_out_gate(held_out, auto) if held_out is not None else None
+    if improving is not None:
+        return False, improving
     if not sifting and math.isfinite(rise) and rise > CONCENTRATING:
         return False, (
             f"plain (still concentrating): the higher-loss half's share of the loss rose by "
@@ -381,6 +380,24 @@ def judge(
     return True, (
         f"sift: predicted {speedup:.2f}x faster per epoch at keep {keep:.2f}; the higher-loss "
         f"half of the samples carries {c:.0%} of the loss"
+    )
+
+
+def held_out_gate(held_out: HeldOut, auto: Auto) -> str | None:
+    """The reason to stay plain while the held-out metric still improves, or None if stalled.
+
+    Example:
+        >>> auto = Auto(validate=lambda: 0.0)
+        >>> held_out_gate(HeldOut(checks=4, best=0.5, since_best=3, last=0.6), auto) is None
+        True
+    """
+    if held_out.stalled(auto.patience):
+        return None
+    return (
+        f"plain (held-out improving): the validation metric is {held_out.last:.4g}, its best "
+        f"{held_out.best:.4g} set {held_out.since_best} check(s) ago (sifting waits for "
+        f"{auto.patience} checks without a better one): the model still turns compute into "
+        "held-out gains"
     )
 
 
@@ -432,8 +449,16 @@ class AutoController:
             return SKIP if self.position < self.wait else MEASURE
         return MEASURE if self._cycle() < self.auto.probe else SIFT
 
-    def judges_next(self) -> bool:
-        """Whether the next :meth:`observe` judges (the loader validates before it, if asked)."""
+    def validates_next(self) -> bool:
+        """Whether the next :meth:`observe` needs the held-out metric (``Auto(validate=...)``).
+
+        Sifting or measuring, at each judgement. Training plain, before each probe instead:
+        while the metric still improves, Auto stays plain without scoring a probe at all.
+        """
+        if self.auto.validate is None:
+            return False
+        if self.state == PLAIN_STATE:
+            return self.position + 1 == self.wait
         return self._due(self.position + 1)
 
     def _cycle(self) -> int:
@@ -518,7 +543,7 @@ class AutoController:
             kept: every rank's kept count in a sifted round, else None.
             scalars: every rank's :data:`SCALARS` timings (all zero when not measured).
             held_out: the validation metric, averaged over ranks, when this round judges and
-                ``Auto`` has ``validate`` (see :meth:`judges_next`).
+                ``Auto`` has ``validate`` (see :meth:`validates_next`).
         """
         if held_out is not None:
             self.held_out = track_best(
@@ -541,6 +566,8 @@ class AutoController:
             cost = self._cost(kind, n_raw, kept)
             self._track(window, cost, float(pooled.mean()))
         self.position += 1
+        if held_out is not None and self.state == PLAIN_STATE:
+            return self._precheck()
         return self._maybe_judge()
 
     def _timings(self, scalars: Sequence[np.ndarray]) -> None:
@@ -617,6 +644,18 @@ class AutoController:
             self._enter_plain(reason, progress=sifting and reason.startswith("plain (progress)"))
         self.reason = reason
         return (self.state, reason.split(":")[0]) != before
+
+    def _precheck(self) -> bool:
+        """Training plain, before a probe: a held-out metric still improving keeps it plain
+        (a judgement of its own, without scoring); a stalled one lets the probe run."""
+        reason = held_out_gate(self.held_out, self.auto)
+        if reason is None:
+            return False
+        self.judgements += 1
+        before = self.reason.split(":")[0]
+        self.reason = reason
+        self._enter_plain(self.reason, progress=False)
+        return self.reason.split(":")[0] != before
 
     def _enter_sift(self) -> None:
         self.state = SIFTING
