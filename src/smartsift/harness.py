@@ -372,11 +372,11 @@ class TrainingRun:
     ``batch_size`` come in an order drawn from ``seed`` too (or from ``data_seed`` if given),
     so runs with the same seed start from the same weights and read the same data order; a run
     with another ``data_seed`` shows how much the order alone moves a result. With a
-    ``policy``, the raw loader is
-    wrapped in a :class:`~smartsift.SiftingDataLoader` (``sift_delay`` raw batches unsifted
-    first; refined batches of ``refined_batch_size``, default ``batch_size``). ``policy`` may
-    also be a function of the run's model returning the policy, for one that reads the model
-    (``lambda model: ss.Auto(validate=...)`` evaluating that model).
+    ``policy``, the raw loader is wrapped in a :class:`~smartsift.SiftingDataLoader`
+    (``sift_delay`` raw batches unsifted first; refined batches of ``refined_batch_size``,
+    default ``batch_size``). ``policy`` may also be a function of the run's model returning
+    the policy, for one that reads the model (``lambda model: ss.Auto(validate=...)``
+    evaluating that model).
 
     The learning rate starts at ``lr``. With a ``schedule`` (a name in :data:`SCHEDULES`, or
     a :data:`ScheduleFactory`), a per-step torch scheduler is built as for plain training at

@@ -552,9 +552,8 @@ class SiftingDataLoader:
         kept = None if skipped else self._round_kept
         ctl = self._selector.auto
         held_out = None
-        validate = ctl.auto.validate if ctl is not None else None
-        if validate is not None and ctl is not None and ctl.validates_next():
-            held_out = self._validate(validate)
+        if ctl is not None and ctl.auto.validate is not None and ctl.validates_next():
+            held_out = self._validate(ctl.auto.validate)
         losses, scalars = [p.losses for p in peers], [p.scalars for p in peers]
         if self._selector.end_round(losses, kept, scalars, held_out):
             status = self._selector.auto_status()
