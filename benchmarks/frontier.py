@@ -884,9 +884,10 @@ def frontier_figure(bench: Bench, seed: SeedRuns, costs: Costs, path: Path) -> P
             [x for x, _ in ends], [y for _, y in ends], color="black", marker="s",
             linewidth=2.2, linestyle="-", alpha=0.6, label="train-less frontier (plain end points)",
         )  # fmt: skip
-    fig.axes[0].legend(loc="lower right" if bench.higher_is_better else "upper right", fontsize=7)
+    # Below the plots: with every arm listed, a legend inside would hide the curves.
+    fig.axes[0].legend(loc="upper left", bbox_to_anchor=(0.0, -0.16), ncol=3, fontsize=7)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     return path
 
 
