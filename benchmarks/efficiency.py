@@ -47,7 +47,7 @@ from benchmarks import charlm
 from benchmarks.common import Section, Target, fmt_spread, markdown_table
 from smartsift.demo import ConvNet, cross_entropy_per_sample, make_mnist1d
 from smartsift.harness import seeded
-from smartsift.profiling import CANDIDATE_KEEPS, MIN_SPEEDUP
+from smartsift.tools.profiling import CANDIDATE_KEEPS, MIN_SPEEDUP
 
 __all__ = ["Case", "ReuseCase", "measure_case", "measure_reuse", "reuse_report", "run"]
 

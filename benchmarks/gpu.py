@@ -40,7 +40,7 @@ import smartsift as ss
 from benchmarks import charlm
 from benchmarks.common import Section, machine, markdown_table
 from smartsift.harness import seeded
-from smartsift.scoring import score
+from smartsift.modes.scoring import score
 
 __all__ = ["Setting", "measure", "run"]
 

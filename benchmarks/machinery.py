@@ -25,9 +25,9 @@ import torch
 
 import smartsift as ss
 from benchmarks.common import Section, Target, fmt_spread, markdown_table
-from smartsift.batcher import RefinedBatcher
-from smartsift.batching import select
-from smartsift.selector import Selector
+from smartsift.batches.structure import select
+from smartsift.engine.batcher import RefinedBatcher
+from smartsift.engine.selector import Selector
 
 __all__ = ["run"]
 

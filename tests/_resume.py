@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from smartsift import SiftingDataLoader, SiftStats
-from smartsift.stats import counter_fields
+from smartsift.engine.stats import counter_fields
 
 __all__ = ["Run", "assert_resume_matches", "canonical", "roundtrip", "run_epochs"]
 

@@ -18,7 +18,8 @@ from _resume import assert_resume_matches
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import smartsift as ss
-from smartsift.auto import (
+from smartsift.engine.stats import conservation_errors
+from smartsift.policies.auto import (
     MEASURE,
     SCALARS,
     SIFT,
@@ -29,7 +30,6 @@ from smartsift.auto import (
     progress_rate,
     track_best,
 )
-from smartsift.stats import conservation_errors
 
 MODEL = torch.nn.Linear(2, 2)
 CHEAP = ss.Auto(ss.TopK(0.5), cost_ratio=0.1)

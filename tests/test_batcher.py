@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import smartsift as ss
-from smartsift.batcher import ReadyBatch, RefinedBatcher
+from smartsift.batches.structure import signature
+from smartsift.engine.batcher import ReadyBatch, RefinedBatcher
 
 
 class Sample(NamedTuple):
@@ -98,7 +99,7 @@ def test_check_layout_refuses_another_layout_at_the_first_raw_batch_after_the_re
     other = (torch.zeros(8, 5), torch.arange(8))
 
     def layout(b: Any) -> Any:
-        return ss.batching.signature(b)
+        return signature(b)
 
     batcher.check_layout(first, layout(first))
     batcher.check_layout(same, layout(same))
@@ -190,13 +191,13 @@ def test_a_type_that_cannot_be_resolved_falls_back_to_plain_containers() -> None
 def test_the_reference_layout_is_restored_with_the_buffer() -> None:
     batcher = RefinedBatcher(4)
     chunk = (torch.zeros(3, 2), torch.arange(3))
-    batcher.check_layout(chunk, ss.batching.signature(chunk))
+    batcher.check_layout(chunk, signature(chunk))
     batcher.push(chunk, 3)
     restored = RefinedBatcher(4)
     restored.load_state_dict(roundtrip(batcher.state_dict()))
     other = (torch.zeros(3, 7), torch.arange(3))
     with pytest.raises(ValueError, match="cannot be joined"):
-        restored.check_layout(other, ss.batching.signature(other))
+        restored.check_layout(other, signature(other))
 
 
 def test_a_joiner_joins_and_decides_the_layout() -> None:
@@ -205,7 +206,7 @@ def test_a_joiner_joins_and_decides_the_layout() -> None:
     a = {"tokens": torch.tensor([[1, 2, 3], [4, 5, 0]]), "label": torch.tensor([0, 1])}
     b = {"tokens": torch.tensor([[6], [7]]), "label": torch.tensor([1, 0])}
     for batch in (a, b):  # padded to different lengths: the joiner's layout matches
-        batcher.check_layout(batch, ss.batching.signature(batch))
+        batcher.check_layout(batch, signature(batch))
         batcher.push(batch, 2)
     batcher.form_all()
     formed = batcher.ready.popleft().batch
@@ -214,4 +215,4 @@ def test_a_joiner_joins_and_decides_the_layout() -> None:
     assert batcher.join([a, b])["tokens"].shape == (4, 3)
     wrong = {"tokens": torch.tensor([[1.0]]), "label": torch.tensor([0])}  # float tokens
     with pytest.raises(ValueError, match="cannot be joined"):
-        batcher.check_layout(wrong, ss.batching.signature(wrong))
+        batcher.check_layout(wrong, signature(wrong))

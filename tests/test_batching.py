@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from smartsift.batching import (
+from smartsift.batches.structure import (
     UnsupportedBatchError,
     batch_size_of,
     concat,

@@ -18,8 +18,8 @@ from _resume import roundtrip
 from _v1_state import CONFIGS, EPOCHS, FIXTURE, counters, make_loader
 
 import smartsift as ss
-from smartsift import checkpoint as ckpt
-from smartsift.stats import conservation_errors
+from smartsift.engine import checkpoint as ckpt
+from smartsift.engine.stats import conservation_errors
 
 NESTED_KEYS = {
     ckpt.VERSION_KEY,

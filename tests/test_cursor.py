@@ -10,7 +10,7 @@ import torch
 from _resume import roundtrip
 from torch.utils.data import DataLoader, RandomSampler
 
-from smartsift.cursor import EpochCursor, is_stateful, loader_generators
+from smartsift.engine.cursor import EpochCursor, is_stateful, loader_generators
 
 
 def _run_epoch(cursor: EpochCursor, rounds: int, data: Any = (1, 2, 3)) -> None:

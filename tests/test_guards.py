@@ -16,17 +16,17 @@ from _resume import assert_resume_matches, roundtrip
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, TensorDataset
 
 import smartsift as ss
-from smartsift.batching import per_sample_ints
-from smartsift.guards import (
+from smartsift.batches.structure import per_sample_ints
+from smartsift.engine.history import LossHistory
+from smartsift.engine.selector import Selector
+from smartsift.engine.stats import conservation_errors
+from smartsift.policies.guards import (
     NOISE_HISTORY,
     StreakTable,
     class_floor_mask,
     noise_mask,
     streak_mask,
 )
-from smartsift.history import LossHistory
-from smartsift.selector import Selector
-from smartsift.stats import conservation_errors
 
 MODEL = torch.nn.Linear(2, 2)
 

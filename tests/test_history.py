@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import smartsift.history
-from smartsift.history import LossHistory, weak_percentile
+import smartsift.engine.history
+from smartsift.engine.history import LossHistory, weak_percentile
 
 
 @settings(max_examples=60, deadline=None)
@@ -24,12 +24,12 @@ def test_history_matches_a_list_model(
     capacity: int, chunks: list[list[float]], merge: bool
 ) -> None:
     # Both ways of keeping the sorted view: re-sorting a short history, merging into a long one.
-    resort_max = smartsift.history._RESORT_MAX
-    smartsift.history._RESORT_MAX = 0 if merge else resort_max
+    resort_max = smartsift.engine.history._RESORT_MAX
+    smartsift.engine.history._RESORT_MAX = 0 if merge else resort_max
     try:
         _check_against_list(capacity, chunks)
     finally:
-        smartsift.history._RESORT_MAX = resort_max
+        smartsift.engine.history._RESORT_MAX = resort_max
 
 
 def _check_against_list(capacity: int, chunks: list[list[float]]) -> None:

@@ -12,8 +12,8 @@ from _resume import canonical, roundtrip
 from torch.utils.data import DataLoader
 
 import smartsift as ss
-from smartsift.ledger import Ledger
-from smartsift.stats import conservation_errors
+from smartsift.engine.ledger import Ledger
+from smartsift.engine.stats import conservation_errors
 
 
 def _batch(ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smartsift.batcher import RefinedBatcher
-from smartsift.leftovers import LeftoverPlan, plan_leftovers, split_evenly
+from smartsift.engine.batcher import RefinedBatcher
+from smartsift.engine.leftovers import LeftoverPlan, plan_leftovers, split_evenly
 
 counts_st = st.lists(st.integers(0, 50), min_size=1, max_size=6)
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from smartsift.lossstats import loss_concentration, relative_trend, trend_t
+from smartsift.policies.signals import loss_concentration, relative_trend, trend_t
 
 
 def test_concentration_separates_even_from_concentrated_losses() -> None:

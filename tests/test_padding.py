@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smartsift.padding import Padding, PadField, join_padded, padded_layout
+from smartsift.batches.padding import Padding, PadField, join_padded, padded_layout
 
 Batch = namedtuple("Batch", ["input_ids", "labels"])
 

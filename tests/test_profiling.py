@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import smartsift as ss
-from smartsift.profiling import ProfileReport, loss_concentration
+from smartsift.tools.profiling import ProfileReport, loss_concentration
 
 
 def _ce(model: torch.nn.Module, batch: Any) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Tests of smartsift.report: the sifting report's numbers, panels and PNG, and loader.report."""
+"""Tests of smartsift.tools.report: the sifting report's numbers, panels and PNG, and
+loader.report."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import smartsift as ss
-from smartsift.report import (
+from smartsift.tools.report import (
     class_keep_rates,
     loss_histograms,
     plot_report,
@@ -232,7 +233,7 @@ def test_loader_report_of_a_run_with_an_audit(tmp_path: Path) -> None:
 def test_drawing_leaves_matplotlib_global_state_alone(tmp_path: Path) -> None:
     code = (
         "import sys, numpy as np, matplotlib, smartsift as ss\n"
-        "from smartsift.report import plot_report\n"
+        "from smartsift.tools.report import plot_report\n"
         "def settings():\n"
         "    return {k: matplotlib.rcParams[k] for k in matplotlib.rcParams if k != 'backend'}\n"
         "before = settings()\n"

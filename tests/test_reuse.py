@@ -23,8 +23,8 @@ from torch.utils.data import (
 )
 
 import smartsift as ss
-from smartsift.reuse import ReuseSampler, annealing, fresh_scores, shard_evenly
-from smartsift.scoretable import ScoreTable
+from smartsift.modes.reuse import ReuseSampler, annealing, fresh_scores, shard_evenly
+from smartsift.modes.table import ScoreTable
 
 N = 96
 BS = 8

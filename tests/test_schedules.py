@@ -22,7 +22,7 @@ from torch.optim import lr_scheduler as lrs
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import smartsift as ss
-from smartsift.schedules import DataSchedule, plain_steps
+from smartsift.modes.schedules import DataSchedule, plain_steps
 
 N, FEATURES, EPOCHS, LR = 200, 6, 3, 0.1
 MakeScheduler = Callable[[torch.optim.Optimizer, int, int], Any]

@@ -12,8 +12,8 @@ from _ddp import run_ranks
 from torch.utils.data import SequentialSampler
 
 import smartsift as ss
-from smartsift.reuse import ReuseSampler
-from smartsift.scoretable import SCORES, ScoreTable, loss_change, reducible_loss
+from smartsift.modes.reuse import ReuseSampler
+from smartsift.modes.table import SCORES, ScoreTable, loss_change, reducible_loss
 
 
 def _roundtrip(state: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import smartsift as ss
-from smartsift.scoring import LossFunctionError, score, unwrap_model
+from smartsift.modes.scoring import LossFunctionError, score, unwrap_model
 
 
 class Net(torch.nn.Module):

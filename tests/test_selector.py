@@ -11,7 +11,7 @@ from _resume import roundtrip
 from torch.utils.data import DataLoader, TensorDataset
 
 import smartsift as ss
-from smartsift.selector import Selector
+from smartsift.engine.selector import Selector
 
 POLICIES = [
     ss.RelativeProbabilistic(beta=1.0, history=32),

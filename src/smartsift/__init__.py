@@ -6,23 +6,24 @@ Example:
     0.5
 """
 
-from smartsift.audit import EpochRecord, IndexedDataset, SiftAudit
-from smartsift.auto import Auto
-from smartsift.batching import BatchTransform, UnsupportedBatchError
-from smartsift.distributed import RemoteRankError
-from smartsift.guards import Guarded
-from smartsift.history import LossHistory
-from smartsift.ledger import SiftTrace
-from smartsift.loader import SiftingDataLoader
-from smartsift.padding import Padding, PadField
+from smartsift.batches.indexed import IndexedDataset
+from smartsift.batches.padding import Padding, PadField
+from smartsift.batches.structure import BatchTransform, UnsupportedBatchError
+from smartsift.engine.audit import EpochRecord, SiftAudit
+from smartsift.engine.distributed import RemoteRankError
+from smartsift.engine.history import LossHistory
+from smartsift.engine.ledger import SiftTrace
+from smartsift.engine.stats import SiftStats
+from smartsift.modes.loader import SiftingDataLoader
+from smartsift.modes.reuse import ReuseEpochStats, ReuseSampler
+from smartsift.modes.schedules import DataSchedule, ReuseSchedule
+from smartsift.modes.scoring import LossFunctionError
+from smartsift.modes.table import ScoreTable
 from smartsift.policies import Policy, QuantileThreshold, RelativeProbabilistic, TopK, Uniform
-from smartsift.profiling import ProfileReport, profile
-from smartsift.report import plot_report
-from smartsift.reuse import ReuseEpochStats, ReuseSampler
-from smartsift.schedules import DataSchedule, ReuseSchedule
-from smartsift.scoretable import ScoreTable
-from smartsift.scoring import LossFunctionError
-from smartsift.stats import SiftStats
+from smartsift.policies.auto import Auto
+from smartsift.policies.guards import Guarded
+from smartsift.tools.profiling import ProfileReport, profile
+from smartsift.tools.report import plot_report
 
 __all__ = [
     "Auto",

@@ -2,7 +2,7 @@
 
 ``smartsift demo`` trains a 1-D CNN on MNIST-1D twice, plain and sifted, side by side, prints a
 comparison table, saves a plot of test accuracy against training time and, beside it, the
-sifted run's report (:mod:`smartsift.report`).
+sifted run's report (:mod:`smartsift.tools.report`).
 
 ``smartsift profile`` runs :func:`smartsift.profile` on the demo model, or, with
 ``--target module:function``, on your own: the function takes no arguments and returns
@@ -208,7 +208,7 @@ def _progress_bar(total: int, disabled: bool) -> Any:
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from smartsift.profiling import profile
+    from smartsift.tools.profiling import profile
 
     if args.steps < 1 or args.warmup < 0:
         raise _UsageError("--steps must be at least 1 and --warmup at least 0.")

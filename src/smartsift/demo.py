@@ -308,7 +308,7 @@ def run_demo(
     ``policy`` replaces the config's reference rule for the sifted run; ``data`` reuses a
     generated data set; ``on_segment(run)`` is called after each evaluation interval a run
     trains; ``report_path``, when given, receives the sifted run's report (see
-    :func:`smartsift.report.plot_report`: kept against sifted losses and the keep rate over
+    :func:`smartsift.tools.report.plot_report`: kept against sifted losses and the keep rate over
     training; the demo runs no audit, so there is no per-class panel).
     """
     config = config or DemoConfig()

@@ -56,14 +56,14 @@ import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from smartsift.audit import IndexedDataset
-from smartsift.batching import batch_size_of
-from smartsift.loader import SiftingDataLoader
+from smartsift.batches.indexed import IndexedDataset
+from smartsift.batches.structure import batch_size_of
+from smartsift.modes.loader import SiftingDataLoader
+from smartsift.modes.reuse import ReuseSampler
+from smartsift.modes.schedules import DataSchedule, ReuseSchedule
+from smartsift.modes.scoring import LossFn
+from smartsift.modes.table import ScoreTable
 from smartsift.policies import Policy
-from smartsift.reuse import ReuseSampler
-from smartsift.schedules import DataSchedule, ReuseSchedule
-from smartsift.scoretable import ScoreTable
-from smartsift.scoring import LossFn
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

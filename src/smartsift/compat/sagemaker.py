@@ -129,11 +129,11 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import torch
 
-from smartsift.batching import UnsupportedBatchError, batch_size_of
-from smartsift.loader import SiftingDataLoader
+from smartsift.batches.structure import UnsupportedBatchError, batch_size_of
+from smartsift.engine.stats import SiftStats
+from smartsift.modes.loader import SiftingDataLoader
+from smartsift.modes.scoring import LossFunctionError
 from smartsift.policies import Policy, QuantileThreshold, RelativeProbabilistic
-from smartsift.scoring import LossFunctionError
-from smartsift.stats import SiftStats
 
 __all__ = [
     "ListBatch",

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from smartsift.scoring import LossFn, unwrap_model
+from smartsift.modes.scoring import LossFn, unwrap_model
 
 __all__ = [
     "IGNORE_INDEX",

@@ -66,8 +66,8 @@ Learning-rate schedules:
     step-interval schedule once per optimizer step, and a sifted epoch takes fewer, so a
     schedule sized for plain training would stop part-way. :class:`SiftingCallback` tops it up
     after every step to the plain steps the data trained so far is worth
-    (:func:`smartsift.schedules.plain_steps`, in raw batches of the wrapped loader per rank, the
-    unit of :class:`~smartsift.DataSchedule`), so it ends where training ends. Size it as for
+    (:func:`smartsift.modes.schedules.plain_steps`, in raw batches of the wrapped loader per
+    rank, the unit of :class:`~smartsift.DataSchedule`), so it ends where training ends. Size it as for
     plain training: ``max_epochs * plain_steps_per_epoch(len(data), batch_size, world_size)``.
     ``DataSchedule`` itself is not used because Lightning takes only torch schedulers (unless
     ``lr_scheduler_step`` is overridden) and already steps them once per step: the callback adds
@@ -151,11 +151,11 @@ except ImportError as err:  # pragma: no cover - depends on the environment
         "smartsift.integrations.lightning needs lightning: pip install 'smartsift[lightning]'."
     ) from err
 
-from smartsift.loader import SiftingDataLoader
+from smartsift.engine.stats import SiftStats
+from smartsift.modes.loader import SiftingDataLoader
+from smartsift.modes.schedules import plain_steps
+from smartsift.modes.scoring import LossFn
 from smartsift.policies import Policy
-from smartsift.schedules import plain_steps
-from smartsift.scoring import LossFn
-from smartsift.stats import SiftStats
 
 __all__ = [
     "LOSS_METHOD",

@@ -43,7 +43,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from smartsift.stats import SiftStats
+from smartsift.engine.stats import SiftStats
 
 __all__ = ["stats_scalars", "tensorboard_logger"]
 

@@ -94,12 +94,12 @@ except ImportError as err:  # pragma: no cover - depends on the environment
         "pip install 'smartsift[transformers]'."
     ) from err
 
+from smartsift.batches.padding import Padding
+from smartsift.engine.stats import SiftStats
 from smartsift.integrations.hf_losses import loss_for_model
-from smartsift.loader import SiftingDataLoader
-from smartsift.padding import Padding
+from smartsift.modes.loader import SiftingDataLoader
+from smartsift.modes.scoring import LossFn
 from smartsift.policies import Policy
-from smartsift.scoring import LossFn
-from smartsift.stats import SiftStats
 
 __all__ = [
     "SiftingCallback",

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from smartsift.batching import BatchTransform
+from smartsift.batches.structure import BatchTransform
 from smartsift.policies import Policy
 
 __all__ = [

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from smartsift.history import LossHistory, weak_percentile
+from smartsift.engine.history import LossHistory, weak_percentile
 
 __all__ = [
     "Policy",
@@ -216,10 +216,10 @@ class RelativeProbabilistic(Policy):
     kept fraction is ``1 / (1 + beta)``: beta 0.5 keeps 67 %, 1 keeps 50 %, 3 keeps 25 %.
 
     Give either ``beta`` or ``keep``, not both (neither means ``beta=1``). With ``keep``, the
-    kept fraction is stated instead: the :class:`~smartsift.selector.Selector` that runs the
+    kept fraction is stated instead: the :class:`~smartsift.engine.selector.Selector` that runs the
     policy starts from ``beta = 1 / keep - 1`` and adapts it online so that the realised kept
     fraction tracks ``keep`` whatever the loss distribution does (see
-    :mod:`smartsift.keeprate`); the policy itself holds no state.
+    :mod:`smartsift.policies.keeprate`); the policy itself holds no state.
 
     Args:
         beta: positive selectivity; larger keeps fewer, more strongly the highest losses.

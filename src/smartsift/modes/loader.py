@@ -33,12 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from smartsift import checkpoint as ckpt
-from smartsift.audit import SiftAudit
-from smartsift.auto import SKIP
-from smartsift.batcher import Joiner, RefinedBatcher
-from smartsift.batching import BatchTransform, inspect_batch, narrow, select, to_device
-from smartsift.checks import (
+from smartsift.batches.structure import BatchTransform, inspect_batch, narrow, select, to_device
+from smartsift.engine import checkpoint as ckpt
+from smartsift.engine.audit import SiftAudit
+from smartsift.engine.batcher import Joiner, RefinedBatcher
+from smartsift.engine.checks import (
     check_dataloader,
     check_int,
     check_loss_fn,
@@ -47,14 +46,15 @@ from smartsift.checks import (
     check_policy,
     check_transform,
 )
-from smartsift.cursor import EpochCursor, is_stateful
-from smartsift.distributed import Lockstep, PeerRound, RemoteRankError, resolve_ranks
-from smartsift.ledger import Ledger, SiftTrace
-from smartsift.leftovers import plan_leftovers
+from smartsift.engine.cursor import EpochCursor, is_stateful
+from smartsift.engine.distributed import Lockstep, PeerRound, RemoteRankError, resolve_ranks
+from smartsift.engine.ledger import Ledger, SiftTrace
+from smartsift.engine.leftovers import plan_leftovers
+from smartsift.engine.selector import NONFINITE_MODES, Selector
+from smartsift.engine.stats import SiftStats, from_sums, stats_fields
+from smartsift.modes.scoring import LossFn, score
 from smartsift.policies import Policy, RelativeProbabilistic
-from smartsift.scoring import LossFn, score
-from smartsift.selector import NONFINITE_MODES, Selector
-from smartsift.stats import SiftStats, from_sums, stats_fields
+from smartsift.policies.auto import SKIP
 
 __all__ = ["NONFINITE_MODES", "SiftingDataLoader"]
 
@@ -74,11 +74,11 @@ class SiftingDataLoader:
     ``torch.distributed`` process group every rank yields the same number of batches.
 
     The work is done by the engine's parts (see ``docs/design.md``): a
-    :class:`~smartsift.selector.Selector` decides, a
-    :class:`~smartsift.batcher.RefinedBatcher` forms batches, the
-    :func:`~smartsift.leftovers.plan_leftovers` plan shares an epoch's last samples between
-    ranks, an :class:`~smartsift.cursor.EpochCursor` tracks the epoch and a
-    :class:`~smartsift.ledger.Ledger` records every sample's outcome; this class pulls, scores,
+    :class:`~smartsift.engine.selector.Selector` decides, a
+    :class:`~smartsift.engine.batcher.RefinedBatcher` forms batches, the
+    :func:`~smartsift.engine.leftovers.plan_leftovers` plan shares an epoch's last samples between
+    ranks, an :class:`~smartsift.engine.cursor.EpochCursor` tracks the epoch and a
+    :class:`~smartsift.engine.ledger.Ledger` records every sample's outcome; this class pulls, scores,
     exchanges and hands over.
 
     Args:
@@ -243,9 +243,9 @@ class SiftingDataLoader:
     def report(self, path: str | Path, labels: Any = None, title: str | None = None) -> Path:
         """Saves a PNG of what sifting did: kept against sifted losses, the keep rate over
         training and, with an ``audit`` and ``labels`` (the class of every sample id), per-class
-        keep rates. See :func:`smartsift.report.plot_report`; needs matplotlib.
+        keep rates. See :func:`smartsift.tools.report.plot_report`; needs matplotlib.
         """
-        from smartsift.report import plot_report
+        from smartsift.tools.report import plot_report
 
         return plot_report(
             self.trace,
@@ -324,7 +324,7 @@ class SiftingDataLoader:
     def state_dict(self) -> dict[str, Any]:
         """Returns the loader's state: tensors and plain Python values only.
 
-        A nested dict (see :mod:`smartsift.checkpoint`): the selector's history and generator,
+        A nested dict (see :mod:`smartsift.engine.checkpoint`): the selector's history and generator,
         the batcher's buffered samples, the cursor's position in the epoch, counters and
         timers, and the wrapped loader's state when it has one. It saves with ``torch.save``
         and loads with ``torch.load(..., weights_only=True)``.
@@ -540,7 +540,7 @@ class SiftingDataLoader:
         return np.stack(rows).astype(np.float64) if rows else None
 
     def _auto_scalars(self, scored: int, size: int, data_s: float) -> np.ndarray:
-        """This rank's timings since the last round, for Auto (see ``smartsift.auto.SCALARS``)."""
+        """This rank's timings since the last round, for Auto (see ``smartsift.policies.auto.SCALARS``)."""
         out = np.array(
             [self._overhead_s, scored, self._user_s, self._user_n, data_s, size], dtype=np.float64
         )

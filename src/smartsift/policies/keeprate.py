@@ -58,7 +58,7 @@ def adapt_log_beta(log_beta: float, kept: int, decided: int, target: float, hori
 class KeepRate:
     """The adaptation state of a stated keep rate: the current ``beta`` and the counts so far.
 
-    Held by the :class:`~smartsift.selector.Selector` (the policy stays a frozen value) and
+    Held by the :class:`~smartsift.engine.selector.Selector` (the policy stays a frozen value) and
     saved in its ``state_dict``.
 
     Args:

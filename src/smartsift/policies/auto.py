@@ -5,7 +5,7 @@ carry most of the loss; while the model is still data-hungry every dropped sampl
 forgone. :class:`Auto` wraps a policy and decides, as training goes, whether to run it or to
 train plain (every sample kept and, between short probes, not even scored, so that plain costs
 nothing extra). The decision is the :class:`AutoController`'s, held by the
-:class:`~smartsift.selector.Selector`; the :class:`~smartsift.SiftingDataLoader` feeds it.
+:class:`~smartsift.engine.selector.Selector`; the :class:`~smartsift.SiftingDataLoader` feeds it.
 
 The signals, all global (summed or pooled over DDP ranks, so that every rank decides alike):
 
@@ -15,7 +15,7 @@ The signals, all global (summed or pooled over DDP ranks, so that every rank dec
   last 32 rounds that measured them. Or ``f = cost_ratio`` when stated (``d = 0``): then no
   clock enters the decision and runs are reproducible.
 - ``keep``: the kept fraction of the recent sifted rounds (the policy's nominal one before).
-- ``c``: the loss concentration (:func:`smartsift.lossstats.loss_concentration`) of the last
+- ``c``: the loss concentration (:func:`smartsift.policies.signals.loss_concentration`) of the last
   ``probe`` scored rounds' losses, and its rise since the previous judgement.
 - progress: while sifting, every ``every`` rounds a window of ``probe`` rounds trains plain
   (scored, everything kept); the loss decrease per unit of compute (the slope of each round's
@@ -68,9 +68,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from smartsift.history import LossHistory
-from smartsift.lossstats import EVEN_LOSSES, loss_concentration
+from smartsift.engine.history import LossHistory
 from smartsift.policies import Policy, RelativeProbabilistic
+from smartsift.policies.signals import EVEN_LOSSES, loss_concentration
 
 __all__ = [
     "MEASURE",

@@ -7,7 +7,7 @@ trainer hook, the profiler or a benchmark can drive it.
 
 It also holds the state of the policies that wrap others: the streaks of a
 :class:`~smartsift.Guarded` policy (per sample id; ids and labels come with the losses, one
-array per rank) and the :class:`~smartsift.auto.AutoController` of :class:`~smartsift.Auto`,
+array per rank) and the :class:`~smartsift.policies.auto.AutoController` of :class:`~smartsift.Auto`,
 which the loader asks what each round does (:meth:`Selector.round_kind`) and tells what each
 round measured (:meth:`Selector.end_round`).
 
@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from smartsift.auto import MEASURE, SIFT, Auto, AutoController
-from smartsift.guards import Guarded, StreakTable
-from smartsift.history import LossHistory
-from smartsift.keeprate import KeepRate
+from smartsift.engine.history import LossHistory
 from smartsift.policies import Policy, RelativeProbabilistic
+from smartsift.policies.auto import MEASURE, SIFT, Auto, AutoController
+from smartsift.policies.guards import Guarded, StreakTable
+from smartsift.policies.keeprate import KeepRate
 
 __all__ = ["KEEP_HORIZON", "NONFINITE_MODES", "Decision", "Selector"]
 
@@ -67,7 +67,7 @@ class Selector:
     """Decides which samples to keep: policy + loss history + private generator.
 
     A policy with a stated keep rate (``RelativeProbabilistic(keep=...)``) is adapted here: the
-    selector holds its :class:`~smartsift.keeprate.KeepRate` (the current beta, corrected after
+    selector holds its :class:`~smartsift.policies.keeprate.KeepRate` (the current beta, corrected after
     every decision by what was kept, over a horizon of ``min(history, 256)`` samples) and saves
     it in :meth:`state_dict`.
 

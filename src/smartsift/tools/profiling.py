@@ -55,9 +55,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from smartsift.batcher import RefinedBatcher
-from smartsift.batching import BatchTransform, batch_size_of, select, to_device
-from smartsift.checks import (
+from smartsift.batches.structure import BatchTransform, batch_size_of, select, to_device
+from smartsift.engine.batcher import RefinedBatcher
+from smartsift.engine.checks import (
     check_dataloader,
     check_int,
     check_loss_fn,
@@ -65,10 +65,10 @@ from smartsift.checks import (
     check_policy,
     check_transform,
 )
-from smartsift.lossstats import EVEN_LOSSES, loss_concentration, relative_trend, trend_t
+from smartsift.engine.selector import Selector
+from smartsift.modes.scoring import LossFn, score
 from smartsift.policies import Policy, RelativeProbabilistic
-from smartsift.scoring import LossFn, score
-from smartsift.selector import Selector
+from smartsift.policies.signals import EVEN_LOSSES, loss_concentration, relative_trend, trend_t
 
 __all__ = [
     "CANDIDATE_KEEPS",

@@ -20,7 +20,7 @@ global matplotlib state changes. The numbers behind each panel come from pure fu
 
 Example:
     >>> import numpy as np
-    >>> from smartsift.ledger import SiftTrace
+    >>> from smartsift.engine.ledger import SiftTrace
     >>> trace = SiftTrace(steps=np.arange(20), seen=np.full(20, 8), kept=np.full(20, 4),
     ...                   kept_losses=np.linspace(1.0, 3.0, 80),
     ...                   sifted_losses=np.linspace(0.01, 1.0, 80))
@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from smartsift.audit import SiftAudit
-from smartsift.ledger import SiftTrace
+from smartsift.engine.audit import SiftAudit
+from smartsift.engine.ledger import SiftTrace
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -14,7 +14,7 @@ gets most persistently wrong: a pure high-loss rule trains on label noise more a
   Samples are added back highest loss first, taking those no other guard excluded first.
 
 The guards draw no random numbers, so the policy's random stream is that of the unguarded
-policy. The :class:`~smartsift.selector.Selector` holds the streaks (per sample id, saved in its
+policy. The :class:`~smartsift.engine.selector.Selector` holds the streaks (per sample id, saved in its
 ``state_dict``) and, under DDP, applies the guards to every rank's samples alike: ids and labels
 travel with the losses in the round's one exchange.
 
@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from smartsift.batching import IdKey, per_sample_ints
-from smartsift.history import LossHistory, weak_percentile
+from smartsift.batches.structure import IdKey, per_sample_ints
+from smartsift.engine.history import LossHistory, weak_percentile
 from smartsift.policies import Policy, RelativeProbabilistic, Uniform
 
 __all__ = [
@@ -214,7 +214,7 @@ class Guarded(Policy):
     label_key: IdKey | None = None
 
     def __post_init__(self) -> None:
-        from smartsift.auto import Auto  # a module that imports this one
+        from smartsift.policies.auto import Auto  # a module that imports this one
 
         if not isinstance(self.policy, Policy) or isinstance(self.policy, Auto):
             raise TypeError(
@@ -347,7 +347,7 @@ class Guarded(Policy):
         self, losses: np.ndarray, history: LossHistory | None, generator: torch.Generator
     ) -> np.ndarray:
         """The wrapped policy's mask limited by ``exclude_top`` (the guards that need no ids
-        or labels); the :class:`~smartsift.selector.Selector` applies all of them."""
+        or labels); the :class:`~smartsift.engine.selector.Selector` applies all of them."""
         mask = self.policy.keep_mask(losses, history, generator)
         return self.guard(mask, losses, history)[0]
 

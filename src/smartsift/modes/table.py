@@ -1,8 +1,8 @@
 """The score table: each dataset index's last training loss, fed by the training step itself.
 
-Loss reuse (:mod:`smartsift.reuse`) sifts without a scoring pass: the per-sample losses that the
-training step computes anyway are written into a :class:`ScoreTable`, keyed by dataset index,
-and the next epoch's :class:`~smartsift.reuse.ReuseSampler` decides from them which indices to
+Loss reuse (:mod:`smartsift.modes.reuse`) sifts without a scoring pass: the per-sample losses
+that the training step computes anyway are written into a :class:`ScoreTable`, keyed by dataset index,
+and the next epoch's :class:`~smartsift.modes.reuse.ReuseSampler` decides from them which indices to
 skip before they are loaded. Feeding it is one line after the forward pass::
 
     per_sample = loss_fn(model(x), y)            # reduction="none", shape (B,)
@@ -100,7 +100,7 @@ class ScoreTable:
             there is one).
         reference: each index's reference loss (NaN unless set by :meth:`set_reference`).
         scored_epoch, scored_update: the epoch and the update of the last record (-1 if none).
-        epoch: the epoch that new losses are stamped with; the :class:`~smartsift.reuse.
+        epoch: the epoch that new losses are stamped with; the :class:`~smartsift.modes.reuse.
             ReuseSampler` sets it when it decides an epoch (-1 before).
         updates: how many :meth:`update` calls have been made (every rank counts alike).
         sync_seconds: seconds spent in the all-gather, summed.
@@ -354,4 +354,4 @@ ScoreFn = Callable[[ScoreTable, np.ndarray], np.ndarray]
 training); a non-finite score leaves the sample undecided (trained)."""
 
 SCORES: dict[str, ScoreFn] = {"loss": _last_loss, "change": _change, "reducible": _reducible}
-"""The scores a :class:`~smartsift.reuse.ReuseSampler` accepts by name."""
+"""The scores a :class:`~smartsift.modes.reuse.ReuseSampler` accepts by name."""

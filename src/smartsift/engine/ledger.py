@@ -3,7 +3,8 @@
 Each outcome of a sample — pulled, passed through the sift delay, kept or sifted by the policy
 (non-finite losses counted too), trained, dropped at an epoch end — goes through one method that
 updates the counters and, when an audit is attached, the audit together, so that the
-conservation laws (:func:`smartsift.stats.conservation_errors`) follow from this module alone.
+conservation laws (:func:`smartsift.engine.stats.conservation_errors`) follow from this
+module alone.
 :meth:`Ledger.snapshot` is a pure read.
 
 Example:
@@ -27,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from smartsift.audit import SiftAudit
-from smartsift.stats import SiftStats, counter_fields, timer_fields
+from smartsift.engine.audit import SiftAudit
+from smartsift.engine.stats import SiftStats, counter_fields, timer_fields
 
 __all__ = ["Ledger", "SiftTrace"]
 

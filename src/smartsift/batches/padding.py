@@ -5,9 +5,9 @@ differ in length, so their kept samples cannot be joined as they are. A :class:`
 says which fields are padded sequences, with which pad value and along which dimension;
 :func:`join_padded` then re-pads every piece of such a field to the longest along its sequence
 dimension (on the spec's side) and joins them, optionally trimming the result to the longest
-real length so that no step pays for padding none of its samples needs. :func:`padded_layout`
-is :func:`smartsift.batching.signature` with the sequence dimension of padded fields ignored, to
-check early that two raw batches can be joined.
+real length so that no step pays for padding none of its samples needs.
+:func:`padded_layout` is :func:`~smartsift.batches.structure.signature` with the sequence
+dimension of padded fields ignored, to check early that two raw batches can be joined.
 
 Example:
     >>> import torch
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from smartsift.batching import (
+from smartsift.batches.structure import (
     _is_namedtuple,
     _is_sample_sequence,
     _rebuild_mapping,
@@ -339,8 +339,8 @@ def _take(x: Array, d: int, start: int, length: int) -> Any:
 
 
 def padded_layout(batch: Any, spec: Padding) -> tuple[Any, ...]:
-    """Returns the batch's :func:`~smartsift.batching.signature` with the sequence dimension
-    of its padded fields ignored (shown as 0): raw batches with equal layouts can be joined by
+    """Returns the batch's :func:`~smartsift.batches.structure.signature` with the sequence
+    dimension of its padded fields ignored (shown as 0): raw batches with equal layouts can be joined by
     :func:`join_padded`.
 
     Raises:
@@ -523,7 +523,7 @@ def _pad_join(leaf: _Leaf, side: str) -> Array:
 def join_padded(pieces: Sequence[Any], spec: Padding) -> Any:
     """Joins batches along the sample dimension, re-padding the spec's padded fields.
 
-    Like :func:`smartsift.batching.concat` (container types and metadata come from the last
+    Like :func:`smartsift.batches.structure.concat` (container types and metadata come from the last
     piece), but each padded field of every piece is first re-padded with its pad value, on the
     spec's side, to the longest of the pieces along its sequence dimension; with ``trim``, each
     group of padded fields is then cut to the longest real length in the joined batch. One

@@ -3,7 +3,7 @@
 Both tell whether sifting can pay on a model *now*: sifting needs a few samples to carry most
 of the loss (a high :func:`loss_concentration`), and a model whose loss still falls fast from
 every batch (:func:`relative_trend`) is still learning from the samples sifting would drop.
-The profiler (:mod:`smartsift.profiling`) and :class:`~smartsift.Auto` read them.
+The profiler (:mod:`smartsift.tools.profiling`) and :class:`~smartsift.Auto` read them.
 
 Example:
     >>> import numpy as np

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
-from smartsift.batching import (
+from smartsift.batches.structure import (
     batch_size_of,
     concat,
     container_types,
@@ -70,8 +70,8 @@ class RefinedBatcher:
 
     Args:
         batch_size: the refined batch size (None until known; set :attr:`batch_size` later).
-        joiner: how pieces are joined; default :func:`smartsift.batching.concat`, which needs
-            equal trailing shapes.
+        joiner: how pieces are joined; default :func:`smartsift.batches.structure.concat`, which
+            needs equal trailing shapes.
     """
 
     def __init__(self, batch_size: int | None = None, joiner: Joiner | None = None) -> None:
@@ -98,8 +98,8 @@ class RefinedBatcher:
 
         Args:
             sliceable: the raw batch in sliceable form.
-            layout: its :func:`~smartsift.batching.signature` (ignored with a joiner, whose own
-                layout is taken).
+            layout: its :func:`~smartsift.batches.structure.signature` (ignored with a joiner,
+                whose own layout is taken).
 
         Raises:
             ValueError: naming both layouts and the fix.

@@ -2,9 +2,9 @@
 
 :class:`ReuseSampler` wraps the sampler you would give your ``DataLoader`` and, once per epoch,
 drops from its indices the samples predicted to be learnt, judged by the per-sample losses that
-the training step recorded in a :class:`~smartsift.scoretable.ScoreTable`. There is no scoring
+the training step recorded in a :class:`~smartsift.modes.table.ScoreTable`. There is no scoring
 pass, and skipped samples are never loaded. The decision is made by a
-:class:`~smartsift.selector.Selector`, so every policy works, including a stated keep rate
+:class:`~smartsift.engine.selector.Selector`, so every policy works, including a stated keep rate
 (``RelativeProbabilistic(keep=0.3)``). The training loop needs two lines::
 
     table = ScoreTable(len(dataset))
@@ -30,7 +30,7 @@ In the last ``anneal`` fraction of ``epochs`` every candidate is trained.
 moved between its last two records, ``|last - previous|``: a learnt sample and one the model
 cannot learn (a mislabeled one stays high) both hold still and are skipped, while samples being
 learnt or forgotten are kept. ``"reducible"`` decides on the last loss less a reference model's
-(RHO-LOSS), set with :meth:`~smartsift.scoretable.ScoreTable.set_reference`. A callable
+(RHO-LOSS), set with :meth:`~smartsift.modes.table.ScoreTable.set_reference`. A callable
 ``score(table, indices) -> np.ndarray`` gives any other score. Every policy ranks the scores
 (against its history, or within the chunk), so any real values work, negative ones included.
 
@@ -79,12 +79,12 @@ import numpy as np
 import torch
 from torch.utils.data import DistributedSampler, Sampler
 
-from smartsift.audit import SiftAudit
-from smartsift.auto import Auto
-from smartsift.guards import Guarded
+from smartsift.engine.audit import SiftAudit
+from smartsift.engine.selector import Selector
+from smartsift.modes.table import SCORES, ScoreFn, ScoreTable
 from smartsift.policies import Policy, RelativeProbabilistic
-from smartsift.scoretable import SCORES, ScoreFn, ScoreTable
-from smartsift.selector import Selector
+from smartsift.policies.auto import Auto
+from smartsift.policies.guards import Guarded
 
 __all__ = [
     "ReuseEpochStats",

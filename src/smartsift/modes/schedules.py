@@ -39,7 +39,7 @@ Example:
     >>> import torch
     >>> from torch.utils.data import DataLoader, TensorDataset
     >>> import smartsift as ss
-    >>> from smartsift.schedules import DataSchedule
+    >>> from smartsift.modes.schedules import DataSchedule
     >>> data = TensorDataset(torch.randn(100, 4), torch.randint(0, 2, (100,)))
     >>> model = torch.nn.Linear(4, 2)
     >>> def loss_fn(model, batch):
@@ -69,8 +69,8 @@ from typing import TYPE_CHECKING, Any
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 if TYPE_CHECKING:
-    from smartsift.loader import SiftingDataLoader
-    from smartsift.reuse import ReuseSampler
+    from smartsift.modes.loader import SiftingDataLoader
+    from smartsift.modes.reuse import ReuseSampler
 
 __all__ = ["DataSchedule", "ReuseSchedule", "plain_steps", "reuse_target"]
 
