@@ -412,7 +412,7 @@ def test_loader_sifts_only_once_the_held_out_metric_stalls(
                 states.append(loader.stats.auto_state)
                 checks.append(validation.calls)
                 scorings.append(len(scored))
-    ctl = loader._selector.auto
+    ctl = loader._selector.state
     assert ctl is not None and validation.calls == ctl.judgements == ctl.held_out.checks
     # Checks 1-4 set new bests (plain); checks 5-7 do not (patience 3): sifting starts.
     first_sift = states.index("sift")
@@ -472,7 +472,7 @@ def validating_ranks(rank: int, world_size: int) -> dict[str, Any]:
         batch_size=8,
     )  # fmt: skip
     states = [loader.stats.auto_state for _ in range(2) for _ in loader]
-    ctl = loader._selector.auto
+    ctl = loader._selector.state
     assert ctl is not None
     return {"states": states, "calls": calls[0], "best": ctl.held_out.best}
 

@@ -340,8 +340,8 @@ def _take(x: Array, d: int, start: int, length: int) -> Any:
 
 def padded_layout(batch: Any, spec: Padding) -> tuple[Any, ...]:
     """Returns the batch's :func:`~smartsift.batches.structure.signature` with the sequence
-    dimension of its padded fields ignored (shown as 0): raw batches with equal layouts can be joined by
-    :func:`join_padded`.
+    dimension of its padded fields ignored (shown as 0): raw batches with equal layouts can be
+    joined by :func:`join_padded`.
 
     Raises:
         UnsupportedBatchError: if the batch holds a type that cannot be sliced.

@@ -16,13 +16,20 @@ Example:
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 
-__all__ = ["EpochCursor", "is_stateful", "loader_generators"]
+__all__ = [
+    "EpochCursor",
+    "estimate_batches",
+    "forward_epoch",
+    "is_stateful",
+    "loader_generators",
+]
 
 _FIELDS = (
     "epoch",
@@ -167,3 +174,35 @@ class EpochCursor:
             for gen, rng in zip(gens, saved, strict=True):
                 gen.set_state(rng)
             self.sampler_rng = list(saved)
+
+
+def forward_epoch(dataloader: Any, epoch: int) -> None:
+    """Calls ``set_epoch(epoch)`` of the loader, its sampler, its batch sampler's sampler or its
+    dataset: the first that has one."""
+    for target in (
+        dataloader,
+        getattr(dataloader, "sampler", None),
+        getattr(getattr(dataloader, "batch_sampler", None), "sampler", None),
+        getattr(dataloader, "dataset", None),
+    ):
+        set_epoch = getattr(target, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
+            return
+
+
+def estimate_batches(
+    raw_batches: int, delay: int, raw_size: int, batch_size: int, keep: float, drop_last: bool
+) -> int:
+    """The refined batches of an epoch of ``raw_batches`` raw batches of ``raw_size``, of which
+    ``delay`` pass through and the rest keep the fraction ``keep`` (a planning figure).
+
+    Example:
+        >>> estimate_batches(10, 2, 32, 32, 0.5, drop_last=False)
+        6
+    """
+    kept = (raw_batches - delay) * raw_size * keep
+    if raw_size > batch_size:  # delayed raw batches are cut to size and join the buffer too
+        kept, delay = kept + delay * raw_size, 0
+    refined = math.floor(kept / batch_size) if drop_last else math.ceil(kept / batch_size - 1e-9)
+    return delay + refined

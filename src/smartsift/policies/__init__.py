@@ -15,8 +15,8 @@ Example:
     0.3
 """
 
+from smartsift.policies.base import Policy, PolicyState
 from smartsift.policies.rules import (
-    Policy,
     QuantileThreshold,
     RelativeProbabilistic,
     TopK,
@@ -29,6 +29,7 @@ from smartsift.policies.rules import (
 
 __all__ = [
     "Policy",
+    "PolicyState",
     "QuantileThreshold",
     "RelativeProbabilistic",
     "TopK",

@@ -4,8 +4,9 @@ Sifting pays only where a scoring pass is cheap against a training step *and* a 
 carry most of the loss; while the model is still data-hungry every dropped sample is learning
 forgone. :class:`Auto` wraps a policy and decides, as training goes, whether to run it or to
 train plain (every sample kept and, between short probes, not even scored, so that plain costs
-nothing extra). The decision is the :class:`AutoController`'s, held by the
-:class:`~smartsift.engine.selector.Selector`; the :class:`~smartsift.SiftingDataLoader` feeds it.
+nothing extra). The decision is the :class:`AutoController`'s, the state ``Auto`` binds to a
+run: it plans each round of the :class:`~smartsift.SiftingDataLoader`, which feeds it the
+round's losses and timings through the policy protocol (:mod:`smartsift.policies.base`).
 
 The signals, all global (summed or pooled over DDP ranks, so that every rank decides alike):
 
@@ -26,7 +27,8 @@ The signals, all global (summed or pooled over DDP ranks, so that every rank dec
 The rule, judged after each probe (plain) or each cycle of ``every`` rounds (sifting); the
 first gate that fails decides plain, with its reason:
 
-1. cost: the predicted per-epoch speedup ``(1 + d) / (d + f + keep)`` must reach
+1. cost: the predicted per-epoch speedup ``(1 + d) / (d + f + keep)``
+   (:func:`smartsift.engine.costmodel.predicted_speedup`) must reach
    ``min_speedup`` (``min_speedup - 0.05`` to stay sifting);
 2. concentration: ``c`` must reach ``min_concentration`` (``- 0.05`` to stay sifting);
 3. held-out (only with ``validate=``): the validation metric must have set no new best in the
@@ -68,8 +70,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from smartsift.engine.checks import is_real
+from smartsift.engine.costmodel import MIN_SPEEDUP, predicted_speedup
 from smartsift.engine.history import LossHistory
-from smartsift.policies import Policy, RelativeProbabilistic
+from smartsift.policies.base import (
+    MEASURE,
+    SIFT,
+    SKIP,
+    Needs,
+    Policy,
+    PolicyState,
+    Proposal,
+    RoundReport,
+    RoundTimes,
+    RunContext,
+)
+from smartsift.policies.rules import RelativeProbabilistic
 from smartsift.policies.signals import EVEN_LOSSES, loss_concentration
 
 __all__ = [
@@ -87,9 +103,8 @@ __all__ = [
     "track_best",
 ]
 
-# States, and what a round does.
+# States (what a round does, SKIP, MEASURE or SIFT, is the policy protocol's).
 MEASURING, SIFTING, PLAIN_STATE = "measuring", "sift", "plain"
-SKIP, MEASURE, SIFT = "skip", "measure", "sift"
 PLAIN = PLAIN_STATE
 
 SCALARS = 6
@@ -149,7 +164,7 @@ class Auto(Policy):
     policy: Policy = field(default_factory=RelativeProbabilistic)
     every: int = 100
     probe: int = 5
-    min_speedup: float = 1.1
+    min_speedup: float = MIN_SPEEDUP
     min_concentration: float = EVEN_LOSSES
     cost_ratio: float | None = None
     validate: Callable[[], float] | None = None
@@ -157,8 +172,10 @@ class Auto(Policy):
     patience: int = 3
     min_delta: float = 0.0
 
+    outermost = True  # a class attribute, not a field: no policy may wrap Auto
+
     def __post_init__(self) -> None:
-        if not isinstance(self.policy, Policy) or isinstance(self.policy, Auto):
+        if not isinstance(self.policy, Policy) or self.policy.outermost:
             raise TypeError(
                 f"Expected `policy` to be a smartsift Policy other than Auto, but got "
                 f"{self.policy!r}."
@@ -172,15 +189,15 @@ class Auto(Policy):
                 f"Expected `every` to be an int of at least 3 * probe = {3 * p}, but got {e!r}."
             )
         s = self.min_speedup
-        if not _is_real(s) or s <= 0:
+        if not is_real(s) or s <= 0:
             raise ValueError(f"Expected `min_speedup` to be a positive float, but got {s!r}.")
         c = self.min_concentration
-        if not _is_real(c) or not 0.5 <= c <= 1:
+        if not is_real(c) or not 0.5 <= c <= 1:
             raise ValueError(
                 f"Expected `min_concentration` to be a float in [0.5, 1], but got {c!r}."
             )
         r = self.cost_ratio
-        if r is not None and (not _is_real(r) or r < 0):
+        if r is not None and (not is_real(r) or r < 0):
             raise ValueError(
                 f"Expected `cost_ratio` to be None or a non-negative float (scoring over a "
                 f"training step, per sample), but got {r!r}."
@@ -202,7 +219,7 @@ class Auto(Policy):
         if not isinstance(p, int) or isinstance(p, bool) or p < 1:
             raise ValueError(f"Expected `patience` to be a positive int, but got {p!r}.")
         m = self.min_delta
-        if not _is_real(m) or m < 0:
+        if not is_real(m) or m < 0:
             raise ValueError(f"Expected `min_delta` to be a non-negative float, but got {m!r}.")
         if v is None:
             given = [n for n in HELD_OUT_FIELDS if getattr(self, n) != _DEFAULTS[n]]
@@ -250,6 +267,10 @@ class Auto(Policy):
         """The wrapped policy's mask; whether it runs at all is the controller's decision."""
         return self.policy.keep_mask(losses, history, generator)
 
+    def bind(self) -> AutoController:
+        """The controller that plans this run's rounds (see :class:`AutoController`)."""
+        return AutoController(self)
+
 
 HELD_OUT_FIELDS = ("higher_is_better", "patience", "min_delta")
 _DEFAULTS = {n: Auto.__dataclass_fields__[n].default for n in HELD_OUT_FIELDS}
@@ -291,10 +312,6 @@ def track_best(held: HeldOut, value: float, *, higher_is_better: bool, min_delta
     if better:
         return HeldOut(held.checks + 1, value, 0, value)
     return HeldOut(held.checks + 1, held.best, held.since_best + 1, value)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def progress_rate(costs: Sequence[float], losses: Sequence[float]) -> float:
@@ -348,7 +365,7 @@ def judge(
     """
     if math.isnan(f) or math.isnan(c):
         return None
-    speedup = (1.0 + d) / (d + f + keep) if d + f + keep > 0 else math.inf
+    speedup = predicted_speedup(1.0, keep, f, d)
     need = auto.min_speedup - (SPEEDUP_HYSTERESIS if sifting else 0.0)
     if speedup < need:
         return False, (
@@ -401,13 +418,14 @@ def held_out_gate(held_out: HeldOut, auto: Auto) -> str | None:
     )
 
 
-class AutoController:
-    """The state of one :class:`Auto`: what each round does, the signals, the decision.
+class AutoController(PolicyState):
+    """The bound state of one :class:`Auto`: what each round does, the signals, the decision.
 
     Every rank holds one and feeds it the same global figures, so all decide alike. Per round:
     :meth:`kind` says what the round does (``"skip"``: pass through unscored; ``"measure"``:
-    score, keep everything; ``"sift"``: run the policy); then :meth:`observe` takes the round's
-    losses, kept counts and timings and, at a judgement, applies :func:`judge`.
+    score, keep everything; ``"sift"``: run the wrapped policy's state); then :meth:`observe`
+    takes the round's losses, kept counts and timings and, at a judgement, applies
+    :func:`judge`. A loader drives it through the policy protocol (:meth:`end_round`).
 
     Example:
         >>> import smartsift as ss
@@ -421,8 +439,20 @@ class AutoController:
         ('sift', 'sift')
     """
 
+    name = "auto"
+    key = "auto"
+
     def __init__(self, auto: Auto) -> None:
+        super().__init__(auto)
         self.auto = auto
+        self.inner = auto.policy.bind()
+        inner = self.inner.needs
+        self.needs = Needs(
+            ids=inner.ids,
+            labels=inner.labels,
+            scoring_pass=True,
+            held_out=auto.validate is not None,
+        )
         self.state = MEASURING
         self.reason = "measuring: every raw batch scored and kept, to judge whether sifting pays"
         self.position = 0  # rounds since the state began
@@ -439,6 +469,72 @@ class AutoController:
         self.pairs: deque[tuple[float, float]] = deque(maxlen=COMPARISONS)  # (plain, sifted)
         self.judgements = 0
         self.held_out = HeldOut()
+
+    # ------------------------------------------------------------------ the policy protocol
+    @property
+    def beta(self) -> float | None:
+        return self.inner.beta
+
+    def round_kind(self) -> str:
+        return self.kind()
+
+    def sample_inputs(self, batch: Any, size: int) -> np.ndarray | None:
+        return self.inner.sample_inputs(batch, size)
+
+    def round_scalars(self, times: RoundTimes) -> np.ndarray:
+        """The timings :meth:`observe` decides from (:data:`SCALARS` numbers)."""
+        return np.array(
+            [times.overhead_s, times.scored, times.step_s, times.trained, times.data_s, times.raw],
+            dtype=np.float64,
+        )
+
+    def propose(
+        self,
+        losses: Sequence[np.ndarray],
+        history: LossHistory | None,
+        generator: torch.Generator,
+        probabilities: bool = False,
+        ids: Sequence[np.ndarray] | None = None,
+        labels: Sequence[np.ndarray] | None = None,
+    ) -> list[Proposal]:
+        """Everything kept in a measuring round, else the wrapped state's masks."""
+        if self.kind() == MEASURE:
+            return [
+                (np.ones(x.size, dtype=bool), np.ones(x.size) if probabilities else None)
+                for x in losses
+            ]
+        return self.inner.propose(losses, history, generator, probabilities, ids, labels)
+
+    def feedback(self, kept: int, decided: int) -> None:
+        if self.kind() != MEASURE:
+            self.inner.feedback(kept, decided)
+
+    def end_round(self, report: RoundReport, context: RunContext) -> str | None:
+        """Observes the round (with the held-out metric when one is due); returns the new
+        reason when the state, or the kind of reason for it, changed."""
+        held_out = None
+        if self.validates_next():
+            held_out = context.held_out(self._metric, "in Auto's validate()")
+        changed = self.observe(report.losses, report.kept, report.scalars, held_out)
+        return self.reason if changed else None
+
+    def _metric(self) -> float:
+        validate = self.auto.validate
+        out: Any = validate() if validate is not None else math.nan
+        if isinstance(out, torch.Tensor) and out.numel() == 1:
+            out = out.item()
+        if not isinstance(out, (int, float)) or isinstance(out, bool):
+            raise TypeError(
+                f"Expected `validate()` of Auto to return a number (the held-out metric), "
+                f"but it returned {out!r}."
+            )
+        return float(out)
+
+    def status(self) -> tuple[str, str]:
+        return self.state, self.reason
+
+    def inner_states(self) -> tuple[PolicyState, ...]:
+        return (self.inner,)
 
     # ------------------------------------------------------------------ the round plan
     def kind(self) -> str:

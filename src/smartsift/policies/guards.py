@@ -14,7 +14,7 @@ gets most persistently wrong: a pure high-loss rule trains on label noise more a
   Samples are added back highest loss first, taking those no other guard excluded first.
 
 The guards draw no random numbers, so the policy's random stream is that of the unguarded
-policy. The :class:`~smartsift.engine.selector.Selector` holds the streaks (per sample id, saved in its
+policy. The bound state, :class:`GuardedState`, holds the streaks (per sample id, saved in its
 ``state_dict``) and, under DDP, applies the guards to every rank's samples alike: ids and labels
 travel with the losses in the round's one exchange.
 
@@ -33,7 +33,7 @@ Example:
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,13 +41,16 @@ import numpy as np
 import torch
 
 from smartsift.batches.structure import IdKey, per_sample_ints
+from smartsift.engine.checks import is_real
 from smartsift.engine.history import LossHistory, weak_percentile
-from smartsift.policies import Policy, RelativeProbabilistic, Uniform
+from smartsift.policies.base import Needs, Policy, PolicyState, Proposal
+from smartsift.policies.rules import RelativeProbabilistic, Uniform
 
 __all__ = [
     "MAX_ID",
     "NOISE_HISTORY",
     "Guarded",
+    "GuardedState",
     "StreakTable",
     "class_floor_mask",
     "noise_mask",
@@ -214,9 +217,7 @@ class Guarded(Policy):
     label_key: IdKey | None = None
 
     def __post_init__(self) -> None:
-        from smartsift.policies.auto import Auto  # a module that imports this one
-
-        if not isinstance(self.policy, Policy) or isinstance(self.policy, Auto):
+        if not isinstance(self.policy, Policy) or self.policy.outermost:
             raise TypeError(
                 "Expected `policy` to be a smartsift Policy other than Auto (guard the policy "
                 f"inside Auto: ss.Auto(ss.Guarded(...))), but got {self.policy!r}."
@@ -227,7 +228,7 @@ class Guarded(Policy):
                 "guards to one Guarded."
             )
         x = self.exclude_top
-        if not _is_real(x) or not 0 <= x < 1:
+        if not is_real(x) or not 0 <= x < 1:
             raise ValueError(f"Expected `exclude_top` to be a float in [0, 1), but got {x!r}.")
         n = self.max_streak
         if n is not None and (
@@ -237,7 +238,7 @@ class Guarded(Policy):
                 f"Expected `max_streak` to be None or an int in [1, {MAX_STREAK}], but got {n!r}."
             )
         f = self.class_floor
-        if not _is_real(f) or not 0 <= f <= 1:
+        if not is_real(f) or not 0 <= f <= 1:
             raise ValueError(f"Expected `class_floor` to be a float in [0, 1], but got {f!r}.")
         if not (x > 0 or n is not None or f > 0):
             raise ValueError(
@@ -343,11 +344,15 @@ class Guarded(Policy):
     def make_history(self) -> LossHistory | None:
         return LossHistory(self.history) if self.history > 0 else None
 
+    def bind(self) -> GuardedState:
+        """The wrapped policy's state, with the streaks (see :class:`GuardedState`)."""
+        return GuardedState(self)
+
     def keep_mask(
         self, losses: np.ndarray, history: LossHistory | None, generator: torch.Generator
     ) -> np.ndarray:
         """The wrapped policy's mask limited by ``exclude_top`` (the guards that need no ids
-        or labels); the :class:`~smartsift.engine.selector.Selector` applies all of them."""
+        or labels); the bound :class:`GuardedState` applies all of them."""
         mask = self.policy.keep_mask(losses, history, generator)
         return self.guard(mask, losses, history)[0]
 
@@ -394,5 +399,98 @@ class Guarded(Policy):
         return out, excluded
 
 
-def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+class GuardedState(PolicyState):
+    """The bound state of a :class:`Guarded` policy: the wrapped policy's state, and the streaks.
+
+    Each round, the wrapped state proposes every rank's mask; the guards limit it (streaks and
+    labels per rank, in rank order); the wrapped state's feedback (a stated keep rate) then
+    sees what the guarded round kept.
+
+    Example:
+        >>> import numpy as np, torch
+        >>> state = Guarded(Uniform(1.0), max_streak=1, id_key=0).bind()
+        >>> ids = [np.array([3, 4])]
+        >>> for _ in range(2):
+        ...     out = state.decide([np.array([0.5, 0.6])], None, torch.Generator(), ids=ids)
+        ...     print(out[0][0].tolist())
+        [True, True]
+        [False, False]
+    """
+
+    def __init__(self, policy: Guarded) -> None:
+        super().__init__(policy)
+        self.guarded = policy
+        self.inner = policy.policy.bind()
+        self.streaks = StreakTable() if policy.needs_ids else None
+        inner = self.inner.needs
+        self.needs = Needs(
+            ids=policy.needs_ids or inner.ids,
+            labels=policy.needs_labels or inner.labels,
+            scoring_pass=inner.scoring_pass,
+            held_out=inner.held_out,
+        )
+
+    @property
+    def beta(self) -> float | None:
+        return self.inner.beta
+
+    def sample_inputs(self, batch: Any, size: int) -> np.ndarray | None:
+        rows = [v for v in self.guarded.sample_inputs(batch, size) if v is not None]
+        return np.stack(rows).astype(np.float64) if rows else None
+
+    def propose(
+        self,
+        losses: Sequence[np.ndarray],
+        history: LossHistory | None,
+        generator: torch.Generator,
+        probabilities: bool = False,
+        ids: Sequence[np.ndarray] | None = None,
+        labels: Sequence[np.ndarray] | None = None,
+    ) -> list[Proposal]:
+        guard = self.guarded
+        if self.needs.ids and ids is None:
+            raise ValueError(
+                f"{guard!r} needs each sample's id; pass ids= (the SiftingDataLoader reads "
+                "them at the policy's `id_key`)."
+            )
+        if self.needs.labels and labels is None:
+            raise ValueError(
+                f"{guard!r} needs each sample's label; pass labels= (the SiftingDataLoader "
+                "reads them at the policy's `label_key`)."
+            )
+        out: list[Proposal] = []
+        proposals = self.inner.propose(losses, history, generator, probabilities, ids, labels)
+        for r, (x, (mask, probs)) in enumerate(zip(losses, proposals, strict=True)):
+            if x.size == 0:
+                out.append((mask, probs))
+                continue
+            rank_ids = None if ids is None else np.asarray(ids[r])
+            streaks = None
+            if self.streaks is not None and rank_ids is not None:
+                streaks = self.streaks.get(rank_ids)
+            rank_labels = None if labels is None else np.asarray(labels[r])
+            guarded, excluded = guard.guard(mask, x, history, streaks, rank_labels)
+            if probs is not None:
+                probs = np.where(excluded & ~guarded, 0.0, probs)
+                probs = np.where(guarded & ~mask, 1.0, probs)  # added back by the class floor
+            if self.streaks is not None and rank_ids is not None:
+                self.streaks.update(rank_ids, guarded)
+            out.append((guarded, probs))
+        return out
+
+    def feedback(self, kept: int, decided: int) -> None:
+        self.inner.feedback(kept, decided)
+
+    @property
+    def key(self) -> str | None:  # type: ignore[override]
+        return "streaks" if self.streaks is not None else None
+
+    def inner_states(self) -> tuple[PolicyState, ...]:
+        return (self.inner,)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.streaks.state_dict() if self.streaks is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.streaks is not None:
+            self.streaks.load_state_dict(state)

@@ -32,9 +32,20 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["BETA_MAX", "BETA_MIN", "KeepRate", "adapt_log_beta"]
+import numpy as np
+import torch
+
+from smartsift.engine.history import LossHistory
+from smartsift.policies.base import Policy, PolicyState, Proposal
+
+__all__ = ["BETA_MAX", "BETA_MIN", "KEEP_HORIZON", "KeepRate", "KeepRateState", "adapt_log_beta"]
+
+KEEP_HORIZON = 256
+"""How many decided samples a stated keep rate takes to correct a persistent error (at most):
+short enough to follow a loss distribution that jumps faster than a long history turns over."""
 
 BETA_MIN = 1e-3
 BETA_MAX = 1e3
@@ -58,14 +69,15 @@ def adapt_log_beta(log_beta: float, kept: int, decided: int, target: float, hori
 class KeepRate:
     """The adaptation state of a stated keep rate: the current ``beta`` and the counts so far.
 
-    Held by the :class:`~smartsift.engine.selector.Selector` (the policy stays a frozen value) and
-    saved in its ``state_dict``.
+    Held by a :class:`KeepRateState` (the policy stays a frozen value) and saved in its
+    ``state_dict``.
 
     Args:
         target: the fraction of samples to keep, in (0, 1).
         horizon: how many decided samples a persistent error takes to be corrected; the
-            selector uses ``min(history, 256)``. A round of more than ``horizon / 2`` samples
-            is corrected over twice its size instead, so that large rounds do not overshoot.
+            bound state uses ``min(history, KEEP_HORIZON)``. A round of more than
+            ``horizon / 2`` samples is corrected over twice its size instead, so that large
+            rounds do not overshoot.
     """
 
     def __init__(self, target: float, horizon: int) -> None:
@@ -108,3 +120,63 @@ class KeepRate:
         self.log_beta = float(state["log_beta"])
         self.kept = int(state["kept"])
         self.decided = int(state["decided"])
+
+
+class KeepRateState(PolicyState):
+    """The bound state of a rule with a stated keep rate (``RelativeProbabilistic(keep=...)``).
+
+    One beta decides a whole round (every rank), then one feedback step moves it by what the
+    round kept. The policy must accept ``beta=`` in ``keep_mask`` and ``keep_probabilities``.
+
+    Example:
+        >>> import numpy as np, torch
+        >>> import smartsift as ss
+        >>> state = ss.RelativeProbabilistic(keep=0.25, history=8).bind()
+        >>> round(state.beta, 6)
+        3.0
+        >>> _ = state.decide([np.arange(8.0)], None, torch.Generator().manual_seed(0))
+        >>> state.rate.decided
+        8
+    """
+
+    def __init__(self, policy: Policy) -> None:
+        super().__init__(policy)
+        self.target = float(policy.keep)  # type: ignore[attr-defined]
+        self.horizon = min(policy.history, KEEP_HORIZON)
+        self.rate = KeepRate(self.target, self.horizon)
+
+    @property
+    def beta(self) -> float:
+        return self.rate.beta
+
+    def propose(
+        self,
+        losses: Sequence[np.ndarray],
+        history: LossHistory | None,
+        generator: torch.Generator,
+        probabilities: bool = False,
+        ids: Sequence[np.ndarray] | None = None,
+        labels: Sequence[np.ndarray] | None = None,
+    ) -> list[Proposal]:
+        beta = self.rate.beta
+        policy: Any = self.policy
+        out: list[Proposal] = []
+        for x in losses:
+            if x.size == 0:
+                out.append((np.zeros(0, dtype=bool), np.zeros(0) if probabilities else None))
+                continue
+            mask = policy.keep_mask(x, history, generator, beta=beta)
+            probs = policy.keep_probabilities(x, history, beta=beta) if probabilities else None
+            out.append((mask, probs))
+        return out
+
+    def feedback(self, kept: int, decided: int) -> None:
+        self.rate.update(kept, decided)
+
+    key = "keep_rate"
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.rate.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rate.load_state_dict(state)

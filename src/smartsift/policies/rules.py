@@ -19,17 +19,17 @@ Example:
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from smartsift.engine.history import LossHistory, weak_percentile
+from smartsift.policies.base import Policy, PolicyState
+from smartsift.policies.keeprate import KeepRateState
 
 __all__ = [
-    "Policy",
     "QuantileThreshold",
     "RelativeProbabilistic",
     "TopK",
@@ -125,89 +125,6 @@ def _draws(generator: torch.Generator, n: int) -> np.ndarray:
     return torch.rand(n, generator=generator, dtype=torch.float64).numpy()
 
 
-class Policy(ABC):
-    """Decides which samples of a raw batch to keep.
-
-    Subclasses are frozen dataclasses. ``history`` is the length of the loss history the policy
-    ranks against, or 0 for policies that look at one batch only.
-    """
-
-    history: int = 0
-
-    @property
-    @abstractmethod
-    def expected_keep(self) -> float:
-        """The fraction of samples the policy keeps on stationary losses."""
-
-    @abstractmethod
-    def keep_mask(
-        self, losses: np.ndarray, history: LossHistory | None, generator: torch.Generator
-    ) -> np.ndarray:
-        """Returns a boolean keep mask for ``losses``.
-
-        ``history`` already holds ``losses``; ``generator`` is the loader's private generator.
-        """
-
-    def keep_probabilities(
-        self, losses: np.ndarray, history: LossHistory | None
-    ) -> np.ndarray | None:
-        """Each sample's probability of being kept, or None for a deterministic policy.
-
-        Used to weight kept samples by ``1 / p`` (unbiased rescaling); a deterministic policy
-        keeps a sample with probability 1 or 0, so its kept samples weigh 1.
-        """
-        return None
-
-    def make_history(self) -> LossHistory | None:
-        """Returns an empty loss history of the policy's length, or None if it needs none."""
-        return LossHistory(self.history) if self.history > 0 else None
-
-    def describe(self) -> dict[str, Any]:
-        """The policy's type and set field values, as plain values (saved in checkpoints).
-
-        Example:
-            >>> RelativeProbabilistic(beta=1).describe()
-            {'type': 'RelativeProbabilistic', 'fields': {'beta': 1, 'history': 500}}
-        """
-        values = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
-        # Fields left unset (None) are omitted, so that states saved before a field existed match.
-        return {
-            "type": type(self).__name__,
-            "fields": {k: v for k, v in values.items() if v is not None},
-        }
-
-    def matches(self, description: dict[str, Any]) -> bool:
-        """Whether :meth:`describe` of this policy equals ``description`` by value.
-
-        Example:
-            >>> RelativeProbabilistic(beta=1.0).matches(RelativeProbabilistic(beta=1).describe())
-            True
-        """
-        mine = self.describe()
-        return mine["type"] == description.get("type") and mine["fields"] == dict(
-            description.get("fields", {})
-        )
-
-    @staticmethod
-    def format_description(description: dict[str, Any]) -> str:
-        """Formats :meth:`describe`'s output like a policy's repr.
-
-        A wrapped policy's description (the field ``policy`` of a wrapper) is formatted in
-        place, first.
-
-        Example:
-            >>> Policy.format_description(TopK(keep=0.5).describe())
-            'TopK(keep=0.5)'
-        """
-        args = []
-        for k, v in dict(description.get("fields", {})).items():
-            if k == "policy" and isinstance(v, dict) and "type" in v:
-                args.append(Policy.format_description(v))
-            else:
-                args.append(f"{k}={v!r}")
-        return f"{description.get('type')}({', '.join(args)})"
-
-
 @dataclass(frozen=True, repr=False)
 class RelativeProbabilistic(Policy):
     """The reference rule: keep a sample with probability ``percentile ** beta``.
@@ -216,10 +133,10 @@ class RelativeProbabilistic(Policy):
     kept fraction is ``1 / (1 + beta)``: beta 0.5 keeps 67 %, 1 keeps 50 %, 3 keeps 25 %.
 
     Give either ``beta`` or ``keep``, not both (neither means ``beta=1``). With ``keep``, the
-    kept fraction is stated instead: the :class:`~smartsift.engine.selector.Selector` that runs the
-    policy starts from ``beta = 1 / keep - 1`` and adapts it online so that the realised kept
-    fraction tracks ``keep`` whatever the loss distribution does (see
-    :mod:`smartsift.policies.keeprate`); the policy itself holds no state.
+    kept fraction is stated instead: its bound state
+    (:class:`~smartsift.policies.keeprate.KeepRateState`) starts from ``beta = 1 / keep - 1``
+    and adapts it online so that the realised kept fraction tracks ``keep`` whatever the loss
+    distribution does (see :mod:`smartsift.policies.keeprate`); the policy holds no state.
 
     Args:
         beta: positive selectivity; larger keeps fewer, more strongly the highest losses.
@@ -264,6 +181,11 @@ class RelativeProbabilistic(Policy):
     def __repr__(self) -> str:
         return Policy.format_description(self.describe())
 
+    def bind(self) -> PolicyState:
+        """A state that adapts beta to a stated ``keep`` (:mod:`smartsift.policies.keeprate`),
+        or the plain state for a fixed beta."""
+        return KeepRateState(self) if self.keep is not None else _FixedBeta(self)
+
     @property
     def adaptive(self) -> bool:
         """Whether the kept fraction is stated (``keep``) and ``beta`` adapted online."""
@@ -301,11 +223,19 @@ class RelativeProbabilistic(Policy):
         generator: torch.Generator,
         beta: float | None = None,
     ) -> np.ndarray:
-        """The keep mask; ``beta`` (given by an adapting selector) overrides the field."""
+        """The keep mask; ``beta`` (given by an adapting state) overrides the field."""
         ranked = history.sorted() if history is not None else np.sort(losses)
         return relative_probabilistic_mask(
             losses, ranked, self._beta(beta), _draws(generator, losses.size)
         )
+
+
+class _FixedBeta(PolicyState):
+    """The state of the reference rule at a fixed beta: stateless, but it reports its beta."""
+
+    @property
+    def beta(self) -> float:
+        return float(self.policy.initial_beta)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)

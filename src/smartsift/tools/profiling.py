@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from smartsift.batches.structure import BatchTransform, batch_size_of, select, to_device
+from smartsift.batches.structure import BatchTransform, batch_size_of, to_device
 from smartsift.engine.batcher import RefinedBatcher
 from smartsift.engine.checks import (
     check_dataloader,
@@ -65,7 +65,9 @@ from smartsift.engine.checks import (
     check_policy,
     check_transform,
 )
+from smartsift.engine.costmodel import MIN_SPEEDUP, predicted_speedup
 from smartsift.engine.selector import Selector
+from smartsift.engine.step import sift_step
 from smartsift.modes.scoring import LossFn, score
 from smartsift.policies import Policy, RelativeProbabilistic
 from smartsift.policies.signals import EVEN_LOSSES, loss_concentration, relative_trend, trend_t
@@ -89,8 +91,6 @@ CANDIDATE_KEEPS: tuple[float, ...] = (0.5, 0.4, 1 / 3, 0.25)
 """The kept fractions a report may recommend, mildest first (0.25 is ``beta=3``)."""
 GOOD_SPEEDUP = 1.2
 """The mildest candidate keep predicted to be at least this much faster is recommended."""
-MIN_SPEEDUP = 1.1
-"""Below this predicted speedup at the last candidate keep, the report advises not to sift."""
 FALLING_FAST = 0.1
 """A training loss that fell by this share or more across the pilot (surely: a fitted line's
 t statistic below -2) is still falling fast: too early in training to judge."""
@@ -200,9 +200,8 @@ class ProfileReport:
         """
         if not isinstance(keep, (int, float)) or isinstance(keep, bool) or not 0 <= keep <= 1:
             raise ValueError(f"Expected `keep` to be a float in [0, 1], but got {keep!r}.")
-        plain = self.data_s + self.step_s
-        sifted = self.data_s + self.scoring_s + self.selection_s + keep * self.step_s
-        return plain / sifted if sifted > 0 else math.inf
+        overhead = self.scoring_s + self.selection_s
+        return predicted_speedup(self.step_s, keep, overhead, self.data_s)
 
     @property
     def break_even_keep(self) -> float:
@@ -581,24 +580,12 @@ def _pilot(
 def _machinery(
     losses: np.ndarray, sliceable: Any, selector: Selector, batcher: RefinedBatcher, size: int
 ) -> None:
-    """What the loader does with a scored batch, with the loader's own parts: history and
-    decision (the selector), slicing, buffering and joining into refined batches (the
-    batcher)."""
-    ids = labels = None
-    if selector.guard is not None:
-        ids, labels = selector.guard.sample_inputs(sliceable, size)
-    mask = selector.decide(
-        [losses],
-        ids=None if ids is None else [ids],
-        labels=None if labels is None else [labels],
-    ).masks[0]
-    kept = int(np.count_nonzero(mask))
-    if kept == mask.size:
-        batcher.push(sliceable, kept)
-    elif kept:
-        batcher.push(select(sliceable, torch.from_numpy(np.flatnonzero(mask))), kept)
+    """What the loader does with a scored batch, with the loader's own parts: the sift step
+    (history, decision, slicing, buffering), then joining into refined batches."""
+    inputs = selector.state.sample_inputs(sliceable, size)
+    sift_step(selector, batcher, sliceable, size, [losses], 0, None if inputs is None else [inputs])
     if batcher.batch_size is None:
-        batcher.batch_size = int(mask.size)
+        batcher.batch_size = size
     batcher.form_all()
     batcher.ready.clear()
 

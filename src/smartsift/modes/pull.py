@@ -1,0 +1,110 @@
+"""Pulling one raw batch for a round: load, move, transform, inspect, check, score.
+
+Anything that can fail on one rank only happens here, before the round's exchange, and is
+caught and annotated instead of raised, so that every rank learns of it in the exchange and
+stops together (:func:`smartsift.engine.rounds.raise_errors`).
+
+Example:
+    >>> import numpy as np, torch
+    >>> from smartsift.engine.batcher import RefinedBatcher
+    >>> from smartsift.engine.cursor import EpochCursor
+    >>> batches = iter([(torch.zeros(4, 2), torch.arange(4))])
+    >>> got = pull(batches, EpochCursor(), RefinedBatcher(4), score_fn=lambda raw, n: np.ones(n))
+    >>> got.size, got.losses.tolist(), got.error
+    (4, [1.0, 1.0, 1.0, 1.0], None)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from smartsift.batches.structure import BatchTransform, inspect_batch, to_device
+from smartsift.engine.batcher import RefinedBatcher
+from smartsift.engine.cursor import EpochCursor
+from smartsift.engine.rounds import annotate
+
+__all__ = ["Pulled", "pull"]
+
+
+def _empty() -> np.ndarray:
+    return np.empty(0, dtype=np.float64)
+
+
+@dataclass
+class Pulled:
+    """What a rank pulled for a round.
+
+    Attributes:
+        raw: the raw batch (on ``device``), or None when the loader is exhausted or failed.
+        sliceable: its sliceable form (the transform's output).
+        size: its number of samples (0 on failure).
+        losses: its scored losses (empty when unscored).
+        side: the policy's per-sample inputs (ids, labels), or None.
+        data_s: seconds spent waiting for it.
+        error: what failed on this rank, annotated; None if nothing did.
+    """
+
+    raw: Any = None
+    sliceable: Any = None
+    size: int = 0
+    losses: np.ndarray = field(default_factory=_empty)
+    side: np.ndarray | None = None
+    data_s: float = 0.0
+    error: BaseException | None = None
+
+
+def pull(
+    raw_iter: Iterator[Any] | None,
+    cursor: EpochCursor,
+    batcher: RefinedBatcher,
+    score_fn: Callable[[Any, int], np.ndarray] | None = None,
+    inputs_fn: Callable[[Any, int], np.ndarray | None] | None = None,
+    device: torch.device | None = None,
+    transform: BatchTransform | None = None,
+) -> Pulled:
+    """Pulls the round's raw batch (none once ``cursor.exhausted``) and scores it.
+
+    Args:
+        raw_iter: the wrapped loader's iterator for the epoch.
+        cursor: the epoch cursor (marked exhausted at the end; counts raw batches).
+        batcher: checks the batch's layout against the first one's.
+        score_fn: ``score_fn(raw, size) -> losses``; None passes the batch through unscored.
+        inputs_fn: ``inputs_fn(sliceable, size)``, the policy's per-sample inputs.
+        device: where the raw batch moves first.
+        transform: a :class:`~smartsift.BatchTransform` to sliceable form.
+    """
+    out = Pulled()
+    if cursor.exhausted:
+        return out
+    t0 = time.perf_counter()
+    try:
+        out.raw = next(raw_iter)  # type: ignore[arg-type]
+    except StopIteration:
+        cursor.exhausted = True
+    except Exception as err:  # reported to the other ranks before it is raised
+        out.error = annotate(err, f"while loading raw batch {cursor.raw_in_epoch} of the epoch")
+    out.data_s = time.perf_counter() - t0
+    if out.raw is None:
+        return out
+    cursor.raw_in_epoch += 1
+    try:
+        raw = out.raw if device is None else to_device(out.raw, device, non_blocking=True)
+        out.raw = raw
+        out.sliceable = transform.transform(raw) if transform is not None else raw
+        out.size, layout = inspect_batch(out.sliceable)
+        if out.size > 0:
+            batcher.check_layout(out.sliceable, layout)  # before the exchange
+            if score_fn is not None:
+                out.losses = score_fn(raw, out.size)
+                if inputs_fn is not None:
+                    out.side = inputs_fn(out.sliceable, out.size)
+    except Exception as err:
+        out.error = annotate(err, f"on raw batch {cursor.raw_in_epoch - 1} of the epoch")
+        out.size, out.losses, out.side = 0, _empty(), None
+    return out
