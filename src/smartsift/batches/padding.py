@@ -36,10 +36,10 @@ import torch
 import torch.nn.functional as F
 
 from smartsift.batches.structure import (
-    _is_namedtuple,
-    _is_sample_sequence,
-    _rebuild_mapping,
-    _rebuild_sequence,
+    is_namedtuple,
+    is_sample_sequence,
+    rebuild_mapping,
+    rebuild_sequence,
     signature,
 )
 
@@ -312,7 +312,7 @@ def _children(obj: Any) -> Iterator[tuple[Any, Any, Any]]:
     if isinstance(obj, Mapping):
         for k, v in obj.items():
             yield k, None, v
-    elif _is_namedtuple(obj):
+    elif is_namedtuple(obj):
         for i, (n, v) in enumerate(zip(obj._fields, obj, strict=True)):
             yield i, n, v
     else:
@@ -322,14 +322,14 @@ def _children(obj: Any) -> Iterator[tuple[Any, Any, Any]]:
 
 def _is_structure(obj: Any) -> bool:
     return isinstance(obj, Mapping) or (
-        isinstance(obj, (list, tuple)) and not _is_sample_sequence(obj)
+        isinstance(obj, (list, tuple)) and not is_sample_sequence(obj)
     )
 
 
 def _rebuild(tmpl: Any, children: list[Any]) -> Any:
     if isinstance(tmpl, Mapping):
-        return _rebuild_mapping(tmpl, dict(zip(tmpl.keys(), children, strict=True)))
-    return _rebuild_sequence(tmpl, children)
+        return rebuild_mapping(tmpl, dict(zip(tmpl.keys(), children, strict=True)))
+    return rebuild_sequence(tmpl, children)
 
 
 def _take(x: Array, d: int, start: int, length: int) -> Any:
@@ -386,7 +386,7 @@ def _collect(
             if isinstance(tmpl, np.ndarray):  # a piece restored from a checkpoint holds tensors
                 parts = [p.numpy(force=True) if isinstance(p, torch.Tensor) else p for p in parts]
             out.append(_Leaf(path, name, tmpl, parts))
-    elif _is_sample_sequence(tmpl):
+    elif is_sample_sequence(tmpl):
         out.append(_Leaf(path, name, tmpl, parts))
     elif _is_structure(tmpl):
         for k, n, v in _children(tmpl):
@@ -405,7 +405,7 @@ def _collect(
 def _build(tmpl: Any, joined: Iterator[Any]) -> Any:
     if isinstance(tmpl, (torch.Tensor, np.ndarray)):
         return next(joined) if tmpl.ndim > 0 else tmpl
-    if _is_sample_sequence(tmpl):
+    if is_sample_sequence(tmpl):
         return next(joined)
     if _is_structure(tmpl):
         return _rebuild(tmpl, [_build(v, joined) for _, _, v in _children(tmpl)])

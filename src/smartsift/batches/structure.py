@@ -34,8 +34,12 @@ __all__ = [
     "concat",
     "container_types",
     "inspect_batch",
+    "is_namedtuple",
+    "is_sample_sequence",
     "narrow",
     "per_sample_ints",
+    "rebuild_mapping",
+    "rebuild_sequence",
     "restore_types",
     "select",
     "signature",
@@ -88,20 +92,30 @@ class BatchTransform(Protocol):
         ...
 
 
-def _is_namedtuple(obj: Any) -> bool:
+def is_namedtuple(obj: Any) -> bool:
+    """Whether ``obj`` is a named tuple (a tuple with ``_fields``)."""
     return isinstance(obj, tuple) and hasattr(obj, "_fields")
 
 
-def _is_sample_sequence(obj: Any) -> bool:
+def is_sample_sequence(obj: Any) -> bool:
+    """Whether ``obj`` is a non-empty list or tuple of plain values, one per sample (e.g. the
+    strings of a batch of texts).
+
+    Example:
+        >>> is_sample_sequence(["a", "b"]), is_sample_sequence([[1], [2]])
+        (True, False)
+    """
     return (
         isinstance(obj, (list, tuple))
-        and not _is_namedtuple(obj)
+        and not is_namedtuple(obj)
         and len(obj) > 0
         and all(isinstance(item, _ATOMS) for item in obj)
     )
 
 
-def _rebuild_mapping(template: Mapping[Any, Any], items: dict[Any, Any]) -> Any:
+def rebuild_mapping(template: Mapping[Any, Any], items: dict[Any, Any]) -> Any:
+    """``items`` in the mapping type of ``template`` (a plain dict if that type cannot be built
+    from one)."""
     if type(template) is dict:
         return items
     try:
@@ -110,8 +124,15 @@ def _rebuild_mapping(template: Mapping[Any, Any], items: dict[Any, Any]) -> Any:
         return items
 
 
-def _rebuild_sequence(template: Sequence[Any], items: list[Any]) -> Any:
-    if _is_namedtuple(template):
+def rebuild_sequence(template: Sequence[Any], items: list[Any]) -> Any:
+    """``items`` in the sequence type of ``template`` (named tuples and tuple subclasses
+    included).
+
+    Example:
+        >>> rebuild_sequence((1, 2), [3, 4])
+        (3, 4)
+    """
+    if is_namedtuple(template):
         return type(template)(*items)
     if isinstance(template, tuple):
         return tuple(items) if type(template) is tuple else type(template)(items)
@@ -142,7 +163,7 @@ def _walk(batch: Any, path: str, out: list[tuple[str, int]], layout: list[Any]) 
     elif isinstance(batch, Mapping):
         for key, value in batch.items():
             _walk(value, f"{path}[{key!r}]", out, layout)
-    elif _is_sample_sequence(batch):
+    elif is_sample_sequence(batch):
         out.append((path, len(batch)))
     elif isinstance(batch, (list, tuple)):
         layout.append((path, len(batch)))
@@ -230,14 +251,14 @@ def select(batch: Any, index: torch.Tensor) -> Any:
                 index_np.append(index.numpy())
             return obj[index_np[0]]
         if isinstance(obj, Mapping):
-            return _rebuild_mapping(obj, {k: go(v) for k, v in obj.items()})
-        if _is_sample_sequence(obj):
+            return rebuild_mapping(obj, {k: go(v) for k, v in obj.items()})
+        if is_sample_sequence(obj):
             if not index_list:
                 index_list.append(index.tolist())
             picked = [obj[i] for i in index_list[0]]
             return tuple(picked) if isinstance(obj, tuple) else picked
         if isinstance(obj, (list, tuple)):
-            return _rebuild_sequence(obj, [go(v) for v in obj])
+            return rebuild_sequence(obj, [go(v) for v in obj])
         return obj
 
     return go(batch)
@@ -255,11 +276,11 @@ def narrow(batch: Any, start: int, length: int) -> Any:
         if kind is dict:
             return {k: go(v) for k, v in obj.items()}
         if isinstance(obj, Mapping):
-            return _rebuild_mapping(obj, {k: go(v) for k, v in obj.items()})
-        if _is_sample_sequence(obj):
+            return rebuild_mapping(obj, {k: go(v) for k, v in obj.items()})
+        if is_sample_sequence(obj):
             return obj[start : start + length]
         if isinstance(obj, (list, tuple)):
-            return _rebuild_sequence(obj, [go(v) for v in obj])
+            return rebuild_sequence(obj, [go(v) for v in obj])
         return obj
 
     return go(batch)
@@ -295,16 +316,16 @@ def concat(pieces: Sequence[Any]) -> Any:
         if isinstance(tmpl, np.ndarray):
             return tmpl if tmpl.ndim == 0 else np.concatenate(parts, axis=0)
         if isinstance(tmpl, Mapping):
-            return _rebuild_mapping(
+            return rebuild_mapping(
                 tmpl, {k: go([p[k] for p in parts], v, f"{path}[{k!r}]") for k, v in tmpl.items()}
             )
-        if _is_sample_sequence(tmpl):
+        if is_sample_sequence(tmpl):
             joined = [item for p in parts for item in p]
             return tuple(joined) if isinstance(tmpl, tuple) else joined
         if isinstance(tmpl, (list, tuple)):
             if any(len(p) != len(tmpl) for p in parts):
                 raise ValueError(f"Batches differ in structure at batch{path}.")
-            return _rebuild_sequence(
+            return rebuild_sequence(
                 tmpl, [go([p[i] for p in parts], v, f"{path}[{i}]") for i, v in enumerate(tmpl)]
             )
         return tmpl
@@ -333,9 +354,9 @@ def to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> A
         if isinstance(obj, torch.Tensor):
             return obj.to(device, non_blocking=non_blocking)
         if isinstance(obj, Mapping):
-            return _rebuild_mapping(obj, {k: go(v) for k, v in obj.items()})
-        if isinstance(obj, (list, tuple)) and not _is_sample_sequence(obj):
-            return _rebuild_sequence(obj, [go(v) for v in obj])
+            return rebuild_mapping(obj, {k: go(v) for k, v in obj.items()})
+        if isinstance(obj, (list, tuple)) and not is_sample_sequence(obj):
+            return rebuild_sequence(obj, [go(v) for v in obj])
         return obj
 
     return go(batch)
@@ -384,7 +405,7 @@ def container_types(batch: Any) -> Any:
         if isinstance(obj, Mapping):
             name = "" if type(obj) is dict else _type_name(type(obj))
             return [name, {k: go(v) for k, v in obj.items()}]
-        if isinstance(obj, (list, tuple)) and not _is_sample_sequence(obj):
+        if isinstance(obj, (list, tuple)) and not is_sample_sequence(obj):
             kind = type(obj)
             if kind in (list, tuple):
                 children = [go(v) for v in obj]
