@@ -1,102 +1,12 @@
 """SageMaker smart sifting's API on smartsift: scripts written for it run after an import change.
 
-Replace the reference's imports
-
-.. code-block:: python
-
-    from smart_sifting.dataloader.sift_dataloader import SiftingDataloader
-    from smart_sifting.loss.abstract_sift_loss_module import Loss
-    from smart_sifting.sift_config.sift_configs import (
-        RelativeProbabilisticSiftConfig, LossConfig, SiftingBaseConfig)
-    from smart_sifting.data_model.data_model_interface import SiftingBatch, SiftingBatchTransform
-    from smart_sifting.data_model.list_batch import ListBatch
-    from smart_sifting.data_model.tensor_batch import TensorBatch
-
-with ``from smartsift.compat.sagemaker import (...)`` and the script runs on smartsift.
-
-Mapping (reference → smartsift)::
-
-    SiftingDataloader                       SiftingDataLoader, held as ``.sifting_loader``
-      sift_config                             policy, sift_delay, repeat_delay_per_epoch
-      orig_dataloader                         dataloader
-      batch_transforms                        transform (an adapter)
-      model                                   model
-      loss_impl                               loss_fn (an adapter)
-      log_batch_data=True                     log_interval=1
-    RelativeProbabilisticSiftConfig         RelativeProbabilistic
-      beta_value                              beta
-      loss_history_length                     history
-      loss_based_sift_config                  (holds the LossConfig)
-    LossConfig(sift_config)                 (holds the SiftingBaseConfig)
-    SiftingBaseConfig                       arguments of SiftingDataLoader:
-      sift_delay=1000                         sift_delay (raw batches)
-      repeat_delay_per_epoch=False            repeat_delay_per_epoch
-    ThresholdSiftConfig (an extension)      QuantileThreshold
-      exclude_proportion                      exclude
-      loss_history_length                     history
-    Loss.loss(model, transformed_batch,     loss_fn(model, batch)
-              original_batch)
-    SiftingBatchTransform                   BatchTransform (transform, reverse_transform)
-    SiftingBatch, ListBatch, TensorBatch    sliceable structures: dicts of tensors, lists,
-                                            NumPy object arrays
-    SiftConfigValidationException           ValueError and TypeError
-    UnsupportedDataFormatException          UnsupportedBatchError (a TypeError)
-    LossImplementationNotProvidedException  LossFunctionError (a ValueError) and TypeError
-
-Differences in behaviour:
-
-- **Length.** ``len(loader)`` exists: an estimate of the refined batches per epoch from the
-  nominal keep fraction ``1/(1+beta_value)`` (exact while nothing is sifted). The reference has
-  none, which is why its Hugging Face Trainer hook needs ``max_steps``.
-- **Epoch end.** The kept samples left at an epoch's end are yielded as one last, smaller batch
-  and never carried into the next epoch; ``drop_last=True`` drops them (counted in
-  ``stats.samples_dropped``).
-- **Ranking.** A batch's losses are ranked against the history *including the batch itself*,
-  so sifting works from the first scored batch. Unscored delay batches do not fill the history.
-  Non-finite losses never enter it and raise a ``ValueError`` by default (``nonfinite="drop"``
-  or ``"keep"`` to go on).
-- **sift_delay** counts raw batches of ``orig_dataloader``: they pass through unscored and, when
-  no larger than the refined batch size (by default the wrapped loader's batch size), untouched,
-  so each is one of the training steps the reference counts. With a smaller ``batch_size=``
-  they are cut to it, and the delay then spans more steps.
-- **Randomness.** Each loader draws from its own ``torch.Generator``, seeded by ``seed=``, by
-  default from ``torch.initial_seed()`` (read, not consumed), so a script that calls
-  ``torch.manual_seed`` sifts the same way every run; the global random states are never
-  touched. Under DDP rank 0's seed is used on every rank.
-- **DDP.** One ``all_gather`` per raw batch shares every rank's losses: all ranks rank against
-  the same global history and yield the same number of batches; an epoch's leftover samples may
-  move between ranks so that every rank takes the same steps.
-- **The model given to Loss.loss** is the module inside a DDP or DataParallel wrapper, in eval
-  mode under ``torch.no_grad()`` (``score_in_train_mode=True`` for train mode); every module's
-  mode is restored afterwards. Batches are not moved to the model's device (as in the
-  reference, ``loss`` moves them) unless ``device=`` is given.
-- **transformed_batch** is the ``SiftingBatch`` that ``batch_transforms.transform`` returned
-  (transformed once per raw batch, the same object the loader slices); without
-  ``batch_transforms`` it is the original batch, since smartsift slices tensors, tuples, lists,
-  dicts (and named tuples, nested structures, NumPy arrays) without an intermediate form.
-- **batch_format_index** is not accepted: samples are always along dimension 0 of every tensor;
-  transpose other layouts in a ``SiftingBatchTransform``.
-- **log_batch_data=True** logs the loader's stats (samples seen, kept, sifted, keep rate, loss
-  quantiles, seconds per stage) after every raw batch through the ``smartsift`` logger at INFO
-  level. It logs no per-sample data and copies no batch to the CPU; for per-sample records pass
-  ``audit=smartsift.SiftAudit(...)``.
-- **Configurations** are validated when built and again when the loader is built (they may be
-  changed in between); a dict with the same keys is accepted wherever the reference takes a
-  config object.
-- **Extensions.** Keyword arguments of ``SiftingDataLoader`` pass through (``seed``, ``device``,
-  ``batch_size``, ``drop_last``, ``nonfinite``, ``score_in_train_mode``, ``autocast_dtype``,
-  ``audit``, ...), and the loader offers ``stats``, ``global_stats()``, ``set_epoch()``,
-  ``state_dict()`` and ``load_state_dict()``. A ``ListBatch`` whose items are not plain values
-  (tensors, nested lists) is carried in NumPy object arrays, which ``state_dict()`` cannot save
-  while such samples are buffered; ``TensorBatch`` and lists of plain values checkpoint fine.
-- **Custom SiftingBatch types** implement ``__len__``, ``to_sliceable()`` (a structure
-  smartsift slices along dimension 0) and the class method ``from_sliceable(data)``; the
-  reference's own interface for them is not public.
-- **Exceptions** subclass smartsift's, so ``except`` clauses in either style catch them; errors
-  smartsift raises while iterating (a batch it cannot slice, a loss of the wrong shape) come out
-  as the reference's classes.
-- The reference's Hugging Face hook (``enable_sifting``) and Lightning metrics callback are not
-  part of this module.
+Replace the reference's ``smart_sifting`` imports with ``from smartsift.compat.sagemaker
+import (...)``. :class:`SiftingDataloader` is a shell over :class:`smartsift.SiftingDataLoader`
+(held as ``.sifting_loader``); :class:`RelativeProbabilisticSiftConfig` maps to
+``smartsift.RelativeProbabilistic`` and :class:`ThresholdSiftConfig` to
+``smartsift.QuantileThreshold``; a :class:`Loss` and a :class:`SiftingBatchTransform` are adapted
+to smartsift's ``loss_fn`` and ``BatchTransform``. ``docs/compat.md`` has the import table, the
+whole mapping and every difference in behaviour.
 
 Example:
     >>> import torch
@@ -119,10 +29,10 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import math
 import numbers
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
@@ -130,7 +40,9 @@ import numpy as np
 import torch
 
 from smartsift.batches.structure import UnsupportedBatchError, batch_size_of
+from smartsift.engine.checks import check_int
 from smartsift.engine.stats import SiftStats
+from smartsift.integrations.adapter import check_loader_kwargs
 from smartsift.modes.loader import SiftingDataLoader
 from smartsift.modes.scoring import LossFunctionError
 from smartsift.policies import Policy, QuantileThreshold, RelativeProbabilistic
@@ -174,17 +86,31 @@ class LossImplementationNotProvidedException(LossFunctionError, TypeError):
     sample. A :class:`smartsift.LossFunctionError` (a ``ValueError``) and a ``TypeError``."""
 
 
+# The reference's names for smartsift's arguments, as error messages name them.
+_REFERENCE_NAMES = {"`dataloader`": "`orig_dataloader`"}
+
+
+@contextmanager
+def _config_errors(names: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Raises smartsift's errors for bad settings as :class:`SiftConfigValidationException`,
+    with the names in their messages replaced as ``names`` says."""
+    try:
+        yield
+    except SiftConfigValidationException:
+        raise
+    except (TypeError, ValueError) as err:
+        message = str(err)
+        for ours, theirs in (names or {}).items():
+            message = message.replace(ours, theirs)
+        raise SiftConfigValidationException(message) from err
+
+
 # --------------------------------------------------------------------------- configs
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-
-
 def _check_int(name: str, value: Any, minimum: int, meaning: str) -> None:
-    if not _is_int(value) or value < minimum:
-        kind = "a positive int" if minimum == 1 else "a non-negative int"
-        raise SiftConfigValidationException(
-            f"Expected `{name}` to be {kind} ({meaning}), but got {value!r}."
-        )
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = int(value)  # a NumPy integer is an int here, as in the reference
+    with _config_errors():
+        check_int(name, value, minimum, meaning)
 
 
 def _check_bool(name: str, value: Any) -> None:
@@ -722,59 +648,21 @@ class _LossAdapter:
 
 
 # --------------------------------------------------------------------------- the loader
-_SET_BY_COMPAT = (
-    "dataloader",
-    "model",
-    "loss_fn",
-    "policy",
-    "sift_delay",
-    "repeat_delay_per_epoch",
-    "transform",
-)
-
-
-def _passthrough_names() -> list[str]:
-    params = inspect.signature(SiftingDataLoader.__init__).parameters.values()
-    return [p.name for p in params if p.name != "self" and p.name not in _SET_BY_COMPAT]
-
-
-def _check_extra(extra: dict[str, Any]) -> None:
-    allowed = _passthrough_names()
-    set_by_config = [k for k in extra if k in _SET_BY_COMPAT]
-    if set_by_config:
-        raise SiftConfigValidationException(
-            f"Got {set_by_config} as keyword argument(s), which SiftingDataloader sets itself: "
-            "give the policy through `sift_config`, the delay through its SiftingBaseConfig, "
-            "the transform through `batch_transforms` and the loss through `loss_impl`."
-        )
-    unknown = [k for k in extra if k not in allowed]
-    if unknown:
-        raise SiftConfigValidationException(
-            f"Got unknown keyword argument(s) {unknown}. SiftingDataloader takes sift_config, "
-            "orig_dataloader, batch_transforms, model, loss_impl, log_batch_data and, passed on "
-            f"to smartsift.SiftingDataLoader, {allowed}."
-        )
-
-
-def _check_loader_args(orig_dataloader: Any, model: Any, log_batch_data: Any) -> None:
-    if not hasattr(orig_dataloader, "__iter__") or isinstance(orig_dataloader, Iterator):
-        raise SiftConfigValidationException(
-            "Expected `orig_dataloader` to be a re-iterable of batches (a torch DataLoader), but "
-            f"got {type(orig_dataloader).__name__}. Pass the DataLoader itself, not iter(loader)."
-        )
-    if not isinstance(model, torch.nn.Module):
-        raise SiftConfigValidationException(
-            f"Expected `model` to be the torch.nn.Module being trained, but got "
-            f"{type(model).__name__}. Pass model=your_model."
-        )
-    _check_bool("log_batch_data", log_batch_data)
+_SET_BY_CONFIG = {  # SiftingDataLoader's arguments this module sets, and how to give them
+    "dataloader": "pass the loader as `orig_dataloader`",
+    "loss_fn": "give the loss through `loss_impl`",
+    "policy": "give the policy through `sift_config`",
+    "sift_delay": "set it in the SiftingBaseConfig of `sift_config`",
+    "repeat_delay_per_epoch": "set it in the SiftingBaseConfig of `sift_config`",
+    "transform": "give the transform through `batch_transforms`",
+}
 
 
 class SiftingDataloader:
     """Wraps a data loader; yields refined batches of the samples worth training on.
 
     A thin shell over :class:`smartsift.SiftingDataLoader` (``.sifting_loader``) with the
-    reference's signature; see the module docstring for the mapping and the differences.
+    reference's signature; ``docs/compat.md`` has the mapping and the differences.
 
     Args:
         sift_config: a :class:`RelativeProbabilisticSiftConfig` (or a dict of its fields, or a
@@ -806,15 +694,19 @@ class SiftingDataloader:
         **smartsift_kwargs: Any,
     ) -> None:
         policy, base = _resolve_sift_config(sift_config)
-        _check_loader_args(orig_dataloader, model, log_batch_data)
+        _check_bool("log_batch_data", log_batch_data)
         _check_loss_impl(loss_impl)
         _check_transform(batch_transforms)
-        _check_extra(smartsift_kwargs)
+        with _config_errors():
+            smartsift_kwargs = check_loader_kwargs(
+                smartsift_kwargs, caller="SiftingDataloader", reserved=_SET_BY_CONFIG
+            )
         transform = _TransformAdapter(batch_transforms) if batch_transforms is not None else None
         smartsift_kwargs.setdefault("log_interval", 1 if log_batch_data else None)
         # The reference API takes no seed: a script that seeds torch gets the same sifting.
         smartsift_kwargs.setdefault("seed", torch.initial_seed() % 2**62)
-        try:
+        # The loader checks `orig_dataloader`, `model` and the keyword arguments.
+        with _config_errors(_REFERENCE_NAMES):
             self.sifting_loader = SiftingDataLoader(
                 orig_dataloader,
                 model,
@@ -825,10 +717,6 @@ class SiftingDataloader:
                 transform=transform,
                 **smartsift_kwargs,
             )
-        except (TypeError, ValueError) as err:
-            if isinstance(err, SiftConfigValidationException):
-                raise
-            raise SiftConfigValidationException(str(err)) from err
         self.sift_config = sift_config
         self.orig_dataloader = orig_dataloader
         self.batch_transforms = batch_transforms

@@ -10,6 +10,8 @@ Importing :mod:`smartsift` or this package imports no framework; import the subm
   ``lightning``).
 - :mod:`smartsift.integrations.tensorboard`: ``tensorboard_logger(writer)``, a ``log_fn`` that
   writes the loader's stats to a ``SummaryWriter`` (needs ``tensorboard``).
+- :mod:`smartsift.integrations.adapter`: what the framework integrations share (the loader
+  arguments they pass through, the lazily built loader); needs no framework.
 
 Example:
     >>> import torch

@@ -65,10 +65,12 @@ Learning-rate schedules:
     Epoch-interval schedules step once per epoch, as in plain training. Lightning steps a
     step-interval schedule once per optimizer step, and a sifted epoch takes fewer, so a
     schedule sized for plain training would stop part-way. :class:`SiftingCallback` tops it up
-    after every step to the plain steps the data trained so far is worth
-    (:func:`smartsift.modes.schedules.plain_steps`, in raw batches of the wrapped loader per
-    rank, the unit of :class:`~smartsift.DataSchedule`), so it ends where training ends. Size it as for
-    plain training: ``max_epochs * plain_steps_per_epoch(len(data), batch_size, world_size)``.
+    after every step to the plain steps the data trained so far is worth, in raw batches of the
+    wrapped loader per rank (the unit and the arithmetic of :class:`~smartsift.DataSchedule`:
+    :func:`~smartsift.modes.schedules.plain_steps`,
+    :func:`~smartsift.modes.schedules.catch_up_steps`), so it ends where training ends. Size it
+    as for plain training: ``max_epochs * plain_steps_per_epoch(len(data), batch_size,
+    world_size)``.
     ``DataSchedule`` itself is not used because Lightning takes only torch schedulers (unless
     ``lr_scheduler_step`` is overridden) and already steps them once per step: the callback adds
     the difference. This is done in epoch-based runs (``max_steps`` unset) with
@@ -124,7 +126,6 @@ Example:
 from __future__ import annotations
 
 import inspect
-import math
 import os
 from collections import deque
 from collections.abc import Iterator
@@ -151,9 +152,16 @@ except ImportError as err:  # pragma: no cover - depends on the environment
         "smartsift.integrations.lightning needs lightning: pip install 'smartsift[lightning]'."
     ) from err
 
-from smartsift.engine.stats import SiftStats
+from smartsift.integrations.adapter import LazySifter, check_loader_kwargs, check_settings
+from smartsift.integrations.tensorboard import stats_scalars
 from smartsift.modes.loader import SiftingDataLoader
-from smartsift.modes.schedules import plain_steps
+from smartsift.modes.schedules import (
+    catch_up_steps,
+    infer_samples_per_epoch,
+    plain_steps,
+    plain_steps_per_epoch,
+    steps_left,
+)
 from smartsift.modes.scoring import LossFn
 from smartsift.policies import Policy
 
@@ -170,7 +178,6 @@ __all__ = [
 LOSS_METHOD = "per_sample_loss"
 """The LightningModule method that scores a batch when no ``loss_fn`` is given."""
 
-_LOG_PREFIX = "smartsift/"
 # DataLoader settings carried over when the loader is rebuilt with a DistributedSampler.
 _DATALOADER_SETTINGS = (
     "batch_size",
@@ -239,13 +246,12 @@ def sift_dataloader(
                 "a `loss_fn(module, batch)` to be passed, but it has neither."
             )
         loss_fn = module_loss
-    kwargs = _loader_kwargs(loader_kwargs)
+    kwargs = check_loader_kwargs(loader_kwargs, caller="sift_dataloader")
     kwargs["sift_delay"] = sift_delay
     if seed is None and "PL_GLOBAL_SEED" in os.environ:
         seed = int(os.environ["PL_GLOBAL_SEED"])
     kwargs["seed"] = seed
-    # Build (and drop) a loader over nothing, so that invalid settings fail here, not in fit().
-    SiftingDataLoader([], module, loss_fn, policy, **kwargs)
+    check_settings(module, loss_fn, policy, kwargs)  # here, not in fit()
     return SiftedTrainLoader(module, dataloader, policy, loss_fn, kwargs, distributed_sampler)
 
 
@@ -270,34 +276,7 @@ def module_loss(module: torch.nn.Module, batch: Any) -> torch.Tensor:
     return losses
 
 
-def plain_steps_per_epoch(
-    num_samples: int, batch_size: int, world_size: int = 1, drop_last: bool = False
-) -> int:
-    """Optimizer steps one epoch of plain (unsifted) training takes on each rank.
-
-    The unit in which to size a step-interval schedule for a sifted run: a rank's
-    ``DistributedSampler`` gives it ``ceil(num_samples / world_size)`` samples, which its
-    ``DataLoader`` batches (dropping an incomplete last batch with ``drop_last``).
-
-    Example:
-        >>> plain_steps_per_epoch(1000, 32), plain_steps_per_epoch(1000, 32, world_size=2)
-        (32, 16)
-        >>> plain_steps_per_epoch(1000, 32, world_size=2, drop_last=True)
-        15
-    """
-    for name, value, minimum in (
-        ("num_samples", num_samples, 0),
-        ("batch_size", batch_size, 1),
-        ("world_size", world_size, 1),
-    ):
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            kind = "a non-negative int" if minimum == 0 else "a positive int"
-            raise ValueError(f"Expected `{name}` to be {kind}, but got {value!r}.")
-    per_rank = math.ceil(num_samples / world_size)
-    return per_rank // batch_size if drop_last else math.ceil(per_rank / batch_size)
-
-
-class SiftedTrainLoader:
+class SiftedTrainLoader(LazySifter):
     """The sifted training loader Lightning iterates; built by :func:`sift_dataloader`.
 
     It has no ``len()``: Lightning then ends each epoch when the sifted data ends. The
@@ -321,14 +300,10 @@ class SiftedTrainLoader:
         loader_kwargs: dict[str, Any],
         distributed_sampler: bool,
     ) -> None:
+        super().__init__(loss_fn, policy, loader_kwargs)
         self.module = module
         self.dataloader = dataloader
-        self.policy = policy
-        self.loss_fn = loss_fn
-        self.loader_kwargs = loader_kwargs
         self.distributed_sampler = bool(distributed_sampler)
-        self.raw: Any = None
-        self.loader: SiftingDataLoader | None = None
         # Data consumed up to each refined batch handed out and not yet trained on (read by
         # SiftingCallback after each step, oldest first).
         self._consumed: deque[int] = deque()
@@ -336,28 +311,17 @@ class SiftedTrainLoader:
         self._run: _EpochRun | None = None
 
     @property
-    def stats(self) -> SiftStats:
-        """This process's stats (empty before the first epoch)."""
-        return self.loader.stats if self.loader is not None else SiftStats()
-
-    @property
     def samples_per_epoch(self) -> int | None:
         """Samples one epoch of ``raw`` holds on this rank (None if unknown or not built)."""
-        dl = self.raw
-        bs = getattr(dl, "batch_size", None)
-        try:
-            n = len(dl.sampler)
-        except (AttributeError, TypeError):
-            return None
-        if not isinstance(bs, int) or bs < 1:
-            return None
-        return (n // bs) * bs if getattr(dl, "drop_last", False) else n
+        if isinstance(getattr(self.raw, "dataset", None), IterableDataset):
+            return None  # sharded by the user, if at all: its length need not be this rank's
+        return infer_samples_per_epoch(self.raw)
 
     @property
     def steps_per_epoch(self) -> int | None:
         """Plain-training steps (raw batches) one epoch is worth on this rank, or None."""
         n, bs = self.samples_per_epoch, getattr(self.raw, "batch_size", None)
-        return math.ceil(n / bs) if n and isinstance(bs, int) else None
+        return plain_steps_per_epoch(n, bs) if n and isinstance(bs, int) else None
 
     def plain_steps(self, samples: int) -> int:
         """The plain-training steps ``samples`` samples (since this loader's start) are worth."""
@@ -417,10 +381,7 @@ class SiftedTrainLoader:
         raw = self.dataloader
         if self.distributed_sampler and trainer.world_size > 1:
             raw = with_distributed_sampler(raw, **(trainer.distributed_sampler_kwargs or {}))
-        self.raw = raw
-        self.loader = SiftingDataLoader(
-            raw, self.module, self.loss_fn, self.policy, **self.loader_kwargs
-        )
+        loader = self.build(raw, self.module)
         callbacks = getattr(trainer, "callbacks", [])  # set on the instance by Lightning
         self._record = any(isinstance(c, SiftingCallback) for c in callbacks)
         if not self._record:
@@ -429,7 +390,7 @@ class SiftedTrainLoader:
                 "smartsift's stats are not logged and step-interval schedules follow the "
                 "(fewer) sifted steps. Add Trainer(callbacks=[SiftingCallback()])."
             )
-        return self.loader
+        return loader
 
     def _pop_consumed(self) -> int | None:
         return self._consumed.popleft() if self._consumed else None
@@ -507,7 +468,6 @@ class _Aligned:
 
     scheduler: LRScheduler
     base: int  # its position when the current sifted loader started
-    end: int | None  # the position it must never pass (OneCycleLR's total_steps)
 
 
 class SiftingCallback(Callback):
@@ -540,12 +500,7 @@ class SiftingCallback(Callback):
         if sifted is None or sifted.loader is None:
             return {}
         loader = sifted.loader
-        stats = loader.global_stats() if trainer.world_size > 1 else loader.stats
-        return {
-            _LOG_PREFIX + key: float(value)
-            for key, value in stats.as_dict().items()
-            if isinstance(value, (int, float)) and math.isfinite(value)
-        }
+        return stats_scalars(loader.global_stats() if trainer.world_size > 1 else loader.stats)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.global_step > 0:
@@ -587,10 +542,9 @@ class SiftingCallback(Callback):
             target = sifted.plain_steps(consumed)
             for entry in self._aligned:
                 scheduler = entry.scheduler
-                n = target - (scheduler.last_epoch - entry.base)
-                if entry.end is not None:
-                    n = min(n, entry.end - scheduler.last_epoch)
-                for _ in range(n):  # Lightning stepped it once already for this step
+                # Lightning stepped it once already for this step: top it up to the data.
+                position = scheduler.last_epoch - entry.base
+                for _ in range(catch_up_steps(target, position, steps_left(scheduler))):
                     pl_module.lr_scheduler_step(scheduler, None)
         every = getattr(trainer, "log_every_n_steps", 0)  # set on the instance by Lightning
         if self.log_stats and every and trainer.global_step % every == 0:
@@ -636,19 +590,17 @@ class SiftingCallback(Callback):
         for config in configs:
             scheduler = config.scheduler
             name = type(scheduler).__name__
-            end = getattr(scheduler, "total_steps", None)
+            remaining = steps_left(scheduler)
             if not isinstance(scheduler, LRScheduler) or config.frequency != 1:
                 rank_zero_warn(f"{name} follows the sifted optimizer steps (not aligned).")
-            elif isinstance(end, int) and end - scheduler.last_epoch < left:
+            elif remaining is not None and remaining < left:
                 rank_zero_warn(
-                    f"{name} has {end - scheduler.last_epoch} steps left but the rest of the "
-                    f"run is worth {left} plain steps, so it follows the sifted optimizer steps "
-                    "instead. Size it with max_epochs * plain_steps_per_epoch(...)."
+                    f"{name} has {remaining} steps left but the rest of the run is worth {left} "
+                    "plain steps, so it follows the sifted optimizer steps instead. Size it with "
+                    "max_epochs * plain_steps_per_epoch(...)."
                 )
             else:
-                aligned.append(
-                    _Aligned(scheduler, scheduler.last_epoch, end if isinstance(end, int) else None)
-                )
+                aligned.append(_Aligned(scheduler, scheduler.last_epoch))
         return aligned
 
 
@@ -694,16 +646,3 @@ def _trainer_of(module: pl.LightningModule) -> pl.Trainer:
             f"{type(module).__name__} is not attached to a Trainer: iterate the sifted loader "
             "inside trainer.fit (return it from train_dataloader(), or pass it to fit)."
         ) from None
-
-
-def _loader_kwargs(loader_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Checks the extra :class:`~smartsift.SiftingDataLoader` arguments."""
-    params = inspect.signature(SiftingDataLoader).parameters
-    own = ("dataloader", "model", "loss_fn", "policy")  # sift_dataloader's own arguments
-    unknown = sorted(k for k in loader_kwargs if k not in params or k in own)
-    if unknown:
-        raise TypeError(
-            f"Expected keyword arguments of SiftingDataLoader, but got {unknown}; "
-            f"sift_dataloader takes {sorted(k for k in params if k not in own)}."
-        )
-    return dict(loader_kwargs)

@@ -78,7 +78,6 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -95,9 +94,11 @@ except ImportError as err:  # pragma: no cover - depends on the environment
     ) from err
 
 from smartsift.batches.padding import Padding
-from smartsift.engine.stats import SiftStats
+from smartsift.integrations.adapter import LazySifter, check_loader_kwargs, check_settings
 from smartsift.integrations.hf_losses import loss_for_model
+from smartsift.integrations.tensorboard import stats_scalars
 from smartsift.modes.loader import SiftingDataLoader
+from smartsift.modes.schedules import catch_up_steps, schedule_position
 from smartsift.modes.scoring import LossFn
 from smartsift.policies import Policy
 
@@ -108,9 +109,6 @@ __all__ = [
     "enable_sifting",
     "schedule_position",
 ]
-
-_LOG_PREFIX = "smartsift/"
-_SET_BY_US = ("dataloader", "model", "loss_fn")  # passed to the loader by enable_sifting
 
 
 def enable_sifting(
@@ -182,18 +180,19 @@ def enable_sifting(
         loss_fn = loss_for_model(model)
     if isinstance(padding, str) and padding == "auto":
         padding = _auto_padding(trainer)
-    kwargs = _loader_kwargs(loader_kwargs, padding)
+    kwargs = check_loader_kwargs(loader_kwargs, caller="enable_sifting")
+    if padding is not None:
+        kwargs["padding"] = padding
     kwargs.setdefault("drop_last", bool(trainer.args.dataloader_drop_last))
     kwargs["sift_delay"] = sift_delay
     kwargs["seed"] = trainer.args.seed if seed is None else seed
-    # Build (and drop) a loader over nothing, so that invalid settings fail here, not in train().
-    SiftingDataLoader([], model, loss_fn, policy, **kwargs)
+    check_settings(model, loss_fn, policy, kwargs)  # here, not in train()
     sifting = TrainerSifting(trainer, loss_fn, policy, kwargs, log_stats, align_schedule)
     sifting._attach()
     return sifting
 
 
-class TrainerSifting:
+class TrainerSifting(LazySifter):
     """What :func:`enable_sifting` attached to one Trainer; built by it, not by users.
 
     Attributes:
@@ -212,29 +211,17 @@ class TrainerSifting:
         log_stats: bool,
         align_schedule: bool,
     ) -> None:
+        super().__init__(loss_fn, policy, loader_kwargs)
         self.trainer = trainer
-        self.loss_fn = loss_fn
-        self.policy = policy
-        self.loader_kwargs = loader_kwargs
         self.log_stats = log_stats
         self.align_schedule = align_schedule
-        self.loader: SiftingDataLoader | None = None
         self.raw_batches_per_epoch: int | None = None  # len() of the Trainer's own loader
         self.callback = SiftingCallback(self)
         self._saved: dict[str, Any] = {}
 
-    @property
-    def stats(self) -> SiftStats:
-        """This process's stats of the latest training run (empty before the first)."""
-        return self.loader.stats if self.loader is not None else SiftStats()
-
     def log_values(self) -> dict[str, float]:
         """The stats as the Trainer's logs hold them: ``smartsift/<name>``, NaN left out."""
-        return {
-            _LOG_PREFIX + key: value
-            for key, value in self.stats.as_dict().items()
-            if isinstance(value, (int, float)) and math.isfinite(value)
-        }
+        return stats_scalars(self.stats)
 
     def data_epochs(self) -> float | None:
         """Epochs of raw data consumed so far in the latest run (None if unknown)."""
@@ -260,9 +247,7 @@ class TrainerSifting:
         trainer = self.trainer
         raw = self._original("get_train_dataloader")()
         # The unwrapped model (accelerate wraps it in DDP later, sharing its parameters).
-        self.loader = SiftingDataLoader(
-            raw, _model_of(trainer), self.loss_fn, self.policy, **self.loader_kwargs
-        )
+        loader = self.build(raw, _model_of(trainer))
         try:
             n_raw: int | None = len(raw)
         except TypeError:
@@ -277,7 +262,7 @@ class TrainerSifting:
                 self.loader_kwargs.get("batch_size") or raw_bs,
                 trainer.args.world_size,
             )
-        return _SiftedTrainLoader(self.loader, raw, trainer, length)
+        return _SiftedTrainLoader(loader, raw, trainer, length)
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         """Adds the stats to a training log, then logs it the trainer's own way."""
@@ -334,7 +319,7 @@ class SiftingCallback(TrainerCallback):
             return
         target = schedule_position(epochs / args.num_train_epochs, state.max_steps)
         # The Trainer steps the scheduler once right after this event; catch up to the data.
-        for _ in range(target - (lr_scheduler.last_epoch + 1)):
+        for _ in range(catch_up_steps(target, lr_scheduler.last_epoch + 1)):
             lr_scheduler.step()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -345,16 +330,6 @@ class SiftingCallback(TrainerCallback):
         fractional = args.num_train_epochs % 1 != 0
         if args.max_steps <= 0 and fractional and epochs >= args.num_train_epochs:
             control.should_training_stop = True
-
-
-def schedule_position(progress: float, max_steps: int) -> int:
-    """The scheduler step matching ``progress`` (the fraction of the run's data consumed).
-
-    Example:
-        >>> schedule_position(0.5, 100), schedule_position(1.2, 100)
-        (50, 100)
-    """
-    return max(0, min(max_steps, math.floor(progress * max_steps + 1e-9)))
 
 
 def batches_bound(raw_batches: int, raw_batch_size: int, batch_size: int, world_size: int) -> int:
@@ -450,27 +425,6 @@ def _auto_padding(trainer: Trainer) -> Padding | None:
     if getattr(tokenizer, "pad_token_id", None) is None:
         return None
     return Padding.huggingface(tokenizer, trim=True)
-
-
-def _loader_kwargs(loader_kwargs: dict[str, Any], padding: Any) -> dict[str, Any]:
-    """Checks the extra loader arguments, and adds ``padding``."""
-    params = inspect.signature(SiftingDataLoader).parameters
-    taken = [k for k in loader_kwargs if k in _SET_BY_US]
-    if taken:
-        raise TypeError(
-            f"Expected no {taken} among the loader arguments: enable_sifting passes the "
-            "Trainer's loader and model, and `loss_fn` is its own argument."
-        )
-    unknown = sorted(k for k in loader_kwargs if k not in params)
-    if unknown:
-        raise TypeError(
-            f"Expected keyword arguments of SiftingDataLoader, but got {unknown}; it takes "
-            f"{sorted(k for k in params if k not in _SET_BY_US)}."
-        )
-    kwargs = dict(loader_kwargs)
-    if padding is not None:
-        kwargs["padding"] = padding
-    return kwargs
 
 
 def _model_of(trainer: Trainer) -> torch.nn.Module:

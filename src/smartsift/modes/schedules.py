@@ -29,6 +29,12 @@ The counts, and what each one is:
   and the same whatever is sifted. Size the scheduler with ``epochs * steps_per_epoch``.
 - :attr:`DataSchedule.steps`: the scheduler steps this adapter has taken so far.
 
+The arithmetic under both adapters is a few pure functions, which the Lightning and Hugging Face
+integrations call too: :func:`plain_steps` (the plain steps some data is worth),
+:func:`plain_steps_per_epoch`, :func:`infer_samples_per_epoch` (of a ``DataLoader``),
+:func:`schedule_position` (for a schedule sized in other steps), and :func:`catch_up_steps`
+with :func:`steps_left` (how far to step a scheduler, never past its end).
+
 Under DDP each rank's adapter reads its own loader's ``stats.samples_seen`` (no collective).
 The ranks pull one raw batch each per round and yield the same number of refined batches, so
 when every rank's raw batches have the same sizes (a ``DistributedSampler`` gives every rank
@@ -68,11 +74,23 @@ from typing import TYPE_CHECKING, Any
 
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
+from smartsift.engine.checks import check_int
+
 if TYPE_CHECKING:
     from smartsift.modes.loader import SiftingDataLoader
     from smartsift.modes.reuse import ReuseSampler
 
-__all__ = ["DataSchedule", "ReuseSchedule", "plain_steps", "reuse_target"]
+__all__ = [
+    "DataSchedule",
+    "ReuseSchedule",
+    "catch_up_steps",
+    "infer_samples_per_epoch",
+    "plain_steps",
+    "plain_steps_per_epoch",
+    "reuse_target",
+    "schedule_position",
+    "steps_left",
+]
 
 
 def plain_steps(samples: int, batch_size: int, samples_per_epoch: int | None = None) -> int:
@@ -96,13 +114,83 @@ def plain_steps(samples: int, batch_size: int, samples_per_epoch: int | None = N
         >>> plain_steps(250, batch_size=32)
         7
     """
-    _check_int("samples", samples, minimum=0)
-    _check_int("batch_size", batch_size, minimum=1)
+    check_int("samples", samples, minimum=0)
+    check_int("batch_size", batch_size, minimum=1)
     if samples_per_epoch is None:
         return samples // batch_size
-    _check_int("samples_per_epoch", samples_per_epoch, minimum=1)
+    check_int("samples_per_epoch", samples_per_epoch, minimum=1)
     epochs, rest = divmod(samples, samples_per_epoch)
     return epochs * -(-samples_per_epoch // batch_size) + rest // batch_size
+
+
+def plain_steps_per_epoch(
+    num_samples: int, batch_size: int, world_size: int = 1, drop_last: bool = False
+) -> int:
+    """Optimizer steps one epoch of plain (unsifted) training takes on each rank.
+
+    The unit in which to size a schedule for a sifted run: a rank's ``DistributedSampler``
+    gives it ``ceil(num_samples / world_size)`` samples, which its ``DataLoader`` batches
+    (dropping an incomplete last batch with ``drop_last``).
+
+    Example:
+        >>> plain_steps_per_epoch(1000, 32), plain_steps_per_epoch(1000, 32, world_size=2)
+        (32, 16)
+        >>> plain_steps_per_epoch(1000, 32, world_size=2, drop_last=True)
+        15
+    """
+    check_int("num_samples", num_samples, minimum=0)
+    check_int("batch_size", batch_size, minimum=1)
+    check_int("world_size", world_size, minimum=1)
+    per_rank = math.ceil(num_samples / world_size)
+    return per_rank // batch_size if drop_last else math.ceil(per_rank / batch_size)
+
+
+def catch_up_steps(target: int, position: int, remaining: int | None = None) -> int:
+    """Scheduler steps that move a schedule at plain step ``position`` up to ``target``.
+
+    Zero when the schedule is ahead of the data (it waits for it), and never more than
+    ``remaining``, the steps left before the scheduler's end (see :func:`steps_left`).
+
+    Example:
+        >>> catch_up_steps(10, 7), catch_up_steps(10, 7, remaining=2), catch_up_steps(5, 7)
+        (3, 2, 0)
+    """
+    todo = target - position
+    return max(0, todo if remaining is None else min(todo, remaining))
+
+
+def schedule_position(progress: float, max_steps: int) -> int:
+    """The step of a ``max_steps``-step schedule matching ``progress``, the fraction of the
+    run's data consumed (for a schedule sized in steps that are not plain steps).
+
+    Example:
+        >>> schedule_position(0.5, 100), schedule_position(1.2, 100)
+        (50, 100)
+    """
+    return max(0, min(max_steps, math.floor(progress * max_steps + 1e-9)))
+
+
+def steps_left(scheduler: Any, total_steps: int | None = None, taken: int = 0) -> int | None:
+    """Steps left before the scheduler's end: its own ``total_steps`` or the given one.
+
+    None when neither is known. The scheduler's position is its ``last_epoch``, or ``taken``
+    for one that keeps no count of its own (``ChainedScheduler``).
+
+    Example:
+        >>> import torch
+        >>> opt = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0)
+        >>> one_cycle = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=10)
+        >>> steps_left(one_cycle), steps_left(one_cycle, total_steps=4)
+        (10, 4)
+    """
+    own_end = getattr(scheduler, "total_steps", None)
+    ends = [e for e in (own_end, total_steps) if isinstance(e, int)]
+    if not ends:
+        return None
+    position = getattr(scheduler, "last_epoch", None)
+    if not isinstance(position, int):
+        position = taken
+    return max(0, min(ends) - position)
 
 
 class _Adapter:
@@ -124,9 +212,8 @@ class _Adapter:
 
     def _advance_to(self, target: int) -> int:
         """Steps the scheduler up to plain step ``target`` (not past its end); returns how many."""
-        todo = target - self._done
-        remaining = _remaining(self.scheduler, self.total_steps, self._steps)
-        todo = max(0, todo if remaining is None else min(todo, remaining))
+        remaining = steps_left(self.scheduler, self.total_steps, self._steps)
+        todo = catch_up_steps(target, self._done, remaining)
         for _ in range(todo):
             self.scheduler.step()
         self._steps += todo
@@ -200,15 +287,15 @@ class DataSchedule(_Adapter):
             )
         for name, value in (("batch_size", batch_size), ("samples_per_epoch", samples_per_epoch)):
             if value is not None:
-                _check_int(name, value, minimum=1)
+                check_int(name, value, minimum=1)
         if total_steps is not None:
-            _check_int("total_steps", total_steps, minimum=0)
+            check_int("total_steps", total_steps, minimum=0)
         self.scheduler = scheduler
         self.loader = loader
         self.total_steps = total_steps
         self._batch_size = batch_size
         if samples_per_epoch is None:
-            samples_per_epoch = _infer_samples_per_epoch(getattr(loader, "dataloader", None))
+            samples_per_epoch = infer_samples_per_epoch(getattr(loader, "dataloader", None))
             if samples_per_epoch is None:
                 warnings.warn(
                     "Could not tell how many samples one epoch of the wrapped loader holds, so "
@@ -231,7 +318,7 @@ class DataSchedule(_Adapter):
     def steps_per_epoch(self) -> int | None:
         """Scheduler steps one epoch of data is worth (None if either count is unknown)."""
         bs, n = self.batch_size, self.samples_per_epoch
-        return math.ceil(n / bs) if bs and n else None
+        return plain_steps_per_epoch(n, bs) if bs and n else None
 
     def step(self) -> int:
         """Steps the scheduler up to the data consumed so far; returns how many steps it took."""
@@ -286,18 +373,6 @@ class DataSchedule(_Adapter):
             "epoch.",
             stacklevel=3,
         )
-
-
-def _remaining(scheduler: Any, total_steps: int | None, taken: int) -> int | None:
-    """Steps left before the scheduler's end (its own ``total_steps`` or the given one)."""
-    own_end = getattr(scheduler, "total_steps", None)
-    ends = [e for e in (own_end, total_steps) if isinstance(e, int)]
-    if not ends:
-        return None
-    position = getattr(scheduler, "last_epoch", None)
-    if not isinstance(position, int):
-        position = taken  # e.g. ChainedScheduler keeps no step count of its own
-    return max(0, min(ends) - position)
 
 
 def reuse_target(epoch: int, step: int, batches: int, steps_per_epoch: int) -> int:
@@ -371,13 +446,17 @@ class ReuseSchedule(_Adapter):
             raise TypeError(
                 f"Expected `sampler` to be a ReuseSampler, but got {type(sampler).__name__}."
             )
-        _check_int("batch_size", batch_size, minimum=1)
+        check_int("batch_size", batch_size, minimum=1)
         if steps_per_epoch is None:
-            per_rank = math.ceil(len(sampler.sampler) / _replicas(sampler))  # type: ignore[arg-type]
-            steps_per_epoch = per_rank // batch_size if drop_last else -(-per_rank // batch_size)
-        _check_int("steps_per_epoch", steps_per_epoch, minimum=1)
+            steps_per_epoch = plain_steps_per_epoch(
+                len(sampler.sampler),  # type: ignore[arg-type]
+                batch_size,
+                _replicas(sampler),
+                drop_last,
+            )
+        check_int("steps_per_epoch", steps_per_epoch, minimum=1)
         if total_steps is not None:
-            _check_int("total_steps", total_steps, minimum=0)
+            check_int("total_steps", total_steps, minimum=0)
         self.scheduler = scheduler
         self.sampler = sampler
         self.batch_size = batch_size
@@ -397,8 +476,7 @@ class ReuseSchedule(_Adapter):
         if epoch != self._epoch:
             self._epoch, self._in_epoch = epoch, 0
         self._in_epoch += 1
-        n = len(self.sampler)
-        batches = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        batches = plain_steps_per_epoch(len(self.sampler), self.batch_size, 1, self.drop_last)
         return self._advance_to(reuse_target(epoch, self._in_epoch, batches, self.steps_per_epoch))
 
     def state_dict(self) -> dict[str, Any]:
@@ -440,8 +518,17 @@ def _replicas(sampler: Any) -> int:
     return int(getattr(sampler, "num_replicas", 1))
 
 
-def _infer_samples_per_epoch(dataloader: Any) -> int | None:
-    """Samples one epoch of a ``DataLoader``-like loader yields, or None if it cannot tell."""
+def infer_samples_per_epoch(dataloader: Any) -> int | None:
+    """Samples one epoch of a ``DataLoader``-like loader yields, or None if it cannot tell.
+
+    Read from its sampler's length (per rank under a ``DistributedSampler``), else its
+    dataset's, less what ``drop_last`` drops; None without automatic batching.
+
+    Example:
+        >>> from torch.utils.data import DataLoader
+        >>> infer_samples_per_epoch(DataLoader(range(10), batch_size=4, drop_last=True))
+        8
+    """
     bs = getattr(dataloader, "batch_size", None)
     if not isinstance(bs, int) or isinstance(bs, bool) or bs < 1:
         return None  # no automatic batching (a custom batch_sampler): batch sizes unknown
@@ -460,9 +547,3 @@ def _infer_samples_per_epoch(dataloader: Any) -> int | None:
         return None
     n = (n // bs) * bs if getattr(dataloader, "drop_last", False) else n
     return n or None
-
-
-def _check_int(name: str, value: Any, *, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        kind = "a non-negative int" if minimum == 0 else "a positive int"
-        raise ValueError(f"Expected `{name}` to be {kind}, but got {value!r}.")
