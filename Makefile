@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: install
-	$(VENV)/bin/smartsift demo
+	$(PY) -m benchmarks.demo
 
 lint: install
 	$(VENV)/bin/ruff check .

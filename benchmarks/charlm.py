@@ -3,7 +3,7 @@
 The corpus is real text found on every machine: the ``.py`` files at the top of the standard
 library directory, in name order, read as bytes. A sample is a window of ``context + 1`` bytes;
 its loss is the mean next-byte cross-entropy over the window; :func:`lm_task` makes it a task of
-:mod:`smartsift.harness`. Used by the time-to-accuracy, efficiency and GPU benchmarks (this
+:mod:`benchmarks.harness`. Used by the time-to-accuracy, efficiency and GPU benchmarks (this
 module is a helper, not a benchmark).
 
 Example:
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from smartsift.harness import Task
+from benchmarks.harness import Task
 
 __all__ = [
     "CharTransformer",
@@ -133,7 +133,7 @@ def lm_task(
     model_kwargs: dict[str, Any] | None = None,
     held_out: torch.Tensor | None = None,
 ) -> Task:
-    """The language model as a :class:`~smartsift.harness.Task`; lower validation loss is better.
+    """The language model as a :class:`~benchmarks.harness.Task`; lower validation loss is better.
 
     ``train`` and ``val`` are windows from :func:`make_windows`; ``model_kwargs`` go to
     :class:`CharTransformer` (its context is the windows' length minus one). ``held_out``

@@ -3,7 +3,7 @@ and running seeds in worker processes.
 
 Every benchmark module exposes ``run(smoke: bool) -> Section``: a title, a markdown body and
 the targets it checks; ``python -m benchmarks.run`` renders them into ``docs/benchmarks.md``.
-The training runs they compare come from :mod:`smartsift.harness`.
+The training runs they compare come from :mod:`benchmarks.harness`.
 
 Example:
     >>> print(markdown_table(["a", "b"], [[1, "x"]]))

@@ -67,8 +67,8 @@ def _worker(rank: int, port: int, cfg: Config, out: Path) -> None:
     from torch.utils.data import DataLoader, DistributedSampler
 
     import smartsift as ss
-    from smartsift.demo import ConvNet, cross_entropy_per_sample, evaluate, make_mnist1d
-    from smartsift.harness import seeded
+    from benchmarks.demo import ConvNet, cross_entropy_per_sample, evaluate, make_mnist1d
+    from benchmarks.harness import seeded
 
     torch.set_num_threads(1)
     dist.init_process_group(

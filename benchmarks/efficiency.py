@@ -45,8 +45,8 @@ from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 import smartsift as ss
 from benchmarks import charlm
 from benchmarks.common import Section, Target, fmt_spread, markdown_table
-from smartsift.demo import ConvNet, cross_entropy_per_sample, make_mnist1d
-from smartsift.harness import seeded
+from benchmarks.demo import ConvNet, cross_entropy_per_sample, make_mnist1d
+from benchmarks.harness import seeded
 from smartsift.tools.profiling import CANDIDATE_KEEPS, MIN_SPEEDUP
 
 __all__ = ["Case", "ReuseCase", "measure_case", "measure_reuse", "reuse_report", "run"]

@@ -22,7 +22,7 @@ A task may run a subset of these arms (the char-LM's long regime does, to fit th
 Every run takes optimizer steps of one size (the sifted runs' refined batches are the plain
 runs' batches) and follows a cosine learning-rate schedule sized as for plain training; the
 sifted runs step it through :class:`smartsift.DataSchedule`, so every schedule ends where its
-run's training ends. The runs are :mod:`smartsift.harness` runs.
+run's training ends. The runs are :mod:`benchmarks.harness` runs.
 
 Compute is counted two ways: CPU seconds of the process on one thread (evaluation excluded),
 and work units, ``(samples scored * F/T + samples trained) / samples per plain epoch``, with
@@ -68,13 +68,14 @@ from torch.utils.data import ConcatDataset, DataLoader, TensorDataset
 import smartsift as ss
 from benchmarks import charlm
 from benchmarks.common import IMG_DIR, Section, Target, fmt_spread, markdown_table, run_jobs
-from smartsift.demo import DemoConfig, MnistData, make_mnist1d, mnist1d_task
-from smartsift.harness import (
+from benchmarks.demo import DemoConfig, MnistData, make_mnist1d, mnist1d_task
+from benchmarks.harness import (
     PolicyFactory,
     Reuse,
     RunResult,
     Task,
     TrainingRun,
+    run_at_step_size,
     runs_figure,
     seeded,
     time_to_target,
@@ -181,7 +182,7 @@ class Setting:
 
     @classmethod
     def from_demo(cls, config: DemoConfig) -> Setting:
-        """The demo's setting (``smartsift demo``)."""
+        """The demo's setting (``python -m benchmarks.demo``)."""
         return cls(
             epochs=config.epochs,
             batch_size=config.plain_batch_size,
@@ -211,19 +212,18 @@ class Setting:
     ) -> TrainingRun:
         """A plain run (of ``epochs``, default the full budget), a sifted or a loss-reuse one.
 
-        A loss-reuse run reads batches of the step size: it skips samples before loading.
+        A loss-reuse run reads batches of the step size: it skips samples before loading (see
+        :func:`~benchmarks.harness.run_at_step_size`).
         """
-        raw = self.raw_batch_size if policy is not None and reuse is None else self.batch_size
-        n_raw = math.ceil(len(task.train_set) / raw)  # type: ignore[arg-type]
-        return TrainingRun(
+        return run_at_step_size(
             name,
             task,
             epochs=epochs or self.epochs,
-            batch_size=raw,
+            step_batch_size=self.batch_size,
+            raw_batch_size=self.raw_batch_size,
+            sift_delay_epochs=self.delay_epochs,
             lr=self.lr,
             policy=policy,
-            sift_delay=self.delay_epochs * n_raw,
-            refined_batch_size=self.batch_size,
             seed=seed,
             data_seed=data_seed,
             evals_per_epoch=self.evals_per_epoch,

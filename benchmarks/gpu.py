@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import smartsift as ss
 from benchmarks import charlm
 from benchmarks.common import Section, machine, markdown_table
-from smartsift.harness import seeded
+from benchmarks.harness import seeded
 from smartsift.modes.scoring import score
 
 __all__ = ["Setting", "measure", "run"]

@@ -8,7 +8,7 @@ sifted out as likely noise) at 0.1 and at the noise rate, 0.2; ``max_streak=1`` 
 twice in a row); ``class_floor=0.25`` (every class keeps a quarter of its samples per raw
 batch). Every run takes optimizer steps of one size (the sifted runs refine raw batches of
 twice that), follows a cosine schedule through the data, and the sifted runs start after one
-plain epoch. Runs of :mod:`smartsift.harness`; CPU seconds of one thread, evaluation excluded.
+plain epoch. Runs of :mod:`benchmarks.harness`; CPU seconds of one thread, evaluation excluded.
 
 Reported: clean test accuracy (final and best), the CPU time to the plain run's final accuracy
 less half a point and its ratio to plain's, the kept fraction, and the share of mislabeled
@@ -40,8 +40,8 @@ from torch.utils.data import TensorDataset
 
 import smartsift as ss
 from benchmarks.common import IMG_DIR, Section, Target, fmt_spread, markdown_table, run_jobs
-from smartsift.demo import ConvNet, evaluate, make_mnist1d
-from smartsift.harness import RunResult, Task, TrainingRun, runs_figure, train_side_by_side
+from benchmarks.demo import ConvNet, evaluate, make_mnist1d
+from benchmarks.harness import RunResult, Task, TrainingRun, runs_figure, train_side_by_side
 
 __all__ = ["NOISE", "SEEDS", "flip_labels", "noisy_task", "run", "seed_runs"]
 

@@ -57,10 +57,10 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 
 import smartsift as ss
 from benchmarks.common import IMG_DIR, Section, Target, fmt_spread, markdown_table, run_jobs
+from benchmarks.demo import ConvNet
 from benchmarks.frontier import BENCHES, PLAIN, Setting, control_name, frontier_at, work_curve
+from benchmarks.harness import Reuse, RunResult, Task, TrainingRun, runs_figure, train_side_by_side
 from benchmarks.noise import NOISE, flip_labels
-from smartsift.demo import ConvNet
-from smartsift.harness import Reuse, RunResult, Task, TrainingRun, runs_figure, train_side_by_side
 
 __all__ = [
     "ARMS",

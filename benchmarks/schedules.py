@@ -6,7 +6,7 @@ sifted runs of the reference rule: one steps it directly, as a schedule written 
 training would, the other through :class:`smartsift.DataSchedule`. A sifted epoch takes fewer
 optimizer steps, so the first never finishes its schedule; the second ends where its training
 ends, as the plain run does. Constant-rate runs, plain and sifted, show what the schedule
-itself is worth. One seed, MNIST-1D, runs of :mod:`smartsift.harness`; the figure plots the
+itself is worth. One seed, MNIST-1D, runs of :mod:`benchmarks.harness`; the figure plots the
 learning rate against the progress through the data and against training time.
 
 Run it from the repository root (``python -m benchmarks.schedules [--smoke]``) or call
@@ -24,8 +24,8 @@ import torch
 
 import smartsift as ss
 from benchmarks.common import IMG_DIR, Section, Target, markdown_table
-from smartsift.demo import make_mnist1d, mnist1d_task
-from smartsift.harness import RunResult, TrainingRun, train_side_by_side
+from benchmarks.demo import make_mnist1d, mnist1d_task
+from benchmarks.harness import RunResult, TrainingRun, train_side_by_side
 
 __all__ = ["lr_figure", "run"]
 

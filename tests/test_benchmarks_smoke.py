@@ -113,7 +113,7 @@ def test_frontier_smoke(tmp_path: Path) -> None:
 
 def test_frontier_helpers() -> None:
     from benchmarks import frontier
-    from smartsift.harness import RunResult
+    from benchmarks.harness import RunResult
 
     points = [(1.0, 0.5), (2.0, 0.7), (4.0, 0.8)]
     assert frontier.frontier_at(points, 3.0) == pytest.approx(0.75)

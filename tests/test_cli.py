@@ -1,7 +1,9 @@
-"""Tests of the ``smartsift`` command line: ``profile`` on a tiny target and a smoke ``demo``."""
+"""Tests of the command lines: ``smartsift profile`` on a tiny target, and a smoke run of the
+demo's (``python -m benchmarks.demo``, which ``make demo`` runs; not part of the package)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import subprocess
@@ -11,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import demo
 from smartsift.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TARGET = textwrap.dedent(
     """
@@ -126,16 +131,36 @@ def test_profile_help_shows_num_classes(capsys: pytest.CaptureFixture[str]) -> N
     assert "--num-classes N" in capsys.readouterr().out
 
 
-def test_profile_of_the_demo_model(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["profile", "--smoke", "--steps", "2", "--warmup", "1"]) == 0
-    assert "the demo model" in capsys.readouterr().out
+def test_profile_requires_a_target(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["profile", "--steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "smartsift profile: error: --target MODULE:FUNCTION is required" in err
+    assert "(model, dataloader, loss_fn, optimizer)" in err
+    assert "--target benchmarks.demo:profile_target" in err  # where the demo model went
+
+
+def test_profile_of_the_demo_model(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The demo's full setting generates 20 000 samples; its smoke setting is enough here.
+    monkeypatch.setattr(demo, "profile_target", functools.partial(demo.profile_target, True))
+    argv = ["profile", "--target", "benchmarks.demo:profile_target", "--steps", "2"]
+    assert main([*argv, "--warmup", "1"]) == 0
+    assert "profiling benchmarks.demo:profile_target" in capsys.readouterr().out
+
+
+def test_the_demo_left_the_library_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "not part of the smartsift package" in err
+    assert "make demo" in err and "python -m benchmarks.demo" in err
 
 
 def test_demo_smoke_writes_plot_and_table(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "plots" / "demo.png"
-    assert main(["demo", "--smoke", "--out", str(out)]) == 0
+    assert demo.main(["--smoke", "--out", str(out)]) == 0
     captured = capsys.readouterr()
     text = captured.out
     # Output that is not a terminal (here, captured) gets no progress bar to flood it.
@@ -168,20 +193,21 @@ def test_demo_smoke_writes_plot_and_table(
 
 def test_demo_with_a_constant_rate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo.png"
-    assert main(["demo", "--smoke", "--schedule", "none", "--out", str(out)]) == 0
+    assert demo.main(["--smoke", "--schedule", "none", "--out", str(out)]) == 0
     assert "constant rate" in capsys.readouterr().out
 
 
 def test_demo_rejects_bad_settings(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--smoke", "--epochs", "0"]) == 2
+    assert demo.main(["--smoke", "--epochs", "0"]) == 2
     assert "--epochs" in capsys.readouterr().err
-    assert main(["demo", "--smoke", "--reuse-keep", "1.5"]) == 2
+    assert demo.main(["--smoke", "--reuse-keep", "1.5"]) == 2
     assert "--reuse-keep must be in (0, 1), but got 1.5" in capsys.readouterr().err
 
 
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
-    assert "demo" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "profile" in out and "demo" not in out
 
 
 def test_python_dash_m_entry_point() -> None:
@@ -193,3 +219,17 @@ def test_python_dash_m_entry_point() -> None:
         check=False,
     )
     assert done.returncode == 0 and done.stdout.startswith("smartsift ")
+
+
+def test_the_demo_runs_from_the_repository_root_as_make_demo_does() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.demo", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: python -m benchmarks.demo")
+    assert "--reuse-keep" in done.stdout and "--schedule" in done.stdout

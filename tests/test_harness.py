@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -12,12 +15,13 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 import smartsift as ss
-from smartsift.harness import (
+from benchmarks.harness import (
     Reuse,
     RunResult,
     Task,
     TrainingRun,
     plot_runs,
+    run_at_step_size,
     runs_figure,
     seeded,
     speedup_to_target,
@@ -309,6 +313,52 @@ def test_a_policy_function_reads_the_run_s_own_model() -> None:
         _run("bad", task, policy=lambda model: "TopK")
     with pytest.raises(TypeError, match="a function of the model returning one"):
         _run("bad", task, policy=0.5)
+
+
+def test_the_default_optimizer_is_adamw_with_the_task_s_weight_decay() -> None:
+    task = dataclasses.replace(_task(), weight_decay=0.05)
+    run = _run("plain", task, lr=0.02)
+    assert type(run.optimizer) is torch.optim.AdamW
+    assert run.optimizer.param_groups[0]["lr"] == 0.02
+    assert run.optimizer.param_groups[0]["weight_decay"] == 0.05
+
+
+def test_a_run_trains_with_the_optimizer_its_factory_builds() -> None:
+    task, built = _task(), []
+
+    def sgd(params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        optimizer = torch.optim.SGD(params, lr, momentum=0.9)
+        built.append(optimizer)
+        return optimizer
+
+    run = _run("sgd", task, optimizer=sgd, lr=0.05)
+    assert run.optimizer is built[0] and run.optimizer.param_groups[0]["lr"] == 0.05
+    assert [p for g in run.optimizer.param_groups for p in g["params"]] == list(
+        run.model.parameters()
+    )
+    (result,) = train_side_by_side([run])
+    assert len(built) == 2  # the run's own, and the untimed warm-up's on a copy of the model
+    assert result.steps == 2 * N // 32 and result.final > 0.5
+    # A torch optimizer class is a factory as it is.
+    assert type(_run("plain", task, optimizer=torch.optim.SGD).optimizer) is torch.optim.SGD
+
+
+def test_runs_at_one_step_size_read_raw_batches_only_when_they_sift() -> None:
+    at_step = functools.partial(
+        run_at_step_size, task=_task(), epochs=2, step_batch_size=16, raw_batch_size=32,
+        sift_delay_epochs=1, lr=0.1,
+    )  # fmt: skip
+    plain = at_step("plain")
+    sifted = at_step("sifted", policy=ss.TopK(0.5))
+    reuse = at_step("reuse", policy=ss.TopK(0.5), reuse=Reuse())
+    assert [r.raw.batch_size for r in (plain, sifted, reuse)] == [16, 32, 16]
+    assert [r.step_batch_size for r in (plain, sifted, reuse)] == [16, 16, 16]
+    assert isinstance(sifted.loader, ss.SiftingDataLoader)
+    assert sifted.loader.sift_delay == N // 32  # one epoch of raw batches
+    assert reuse.sampler is not None and plain.loader is plain.raw
+    # The same weights and, for the plain and loss-reuse runs, the same first-epoch order.
+    assert torch.equal(plain.model.weight, sifted.model.weight)
+    assert [b[1].tolist() for b in plain.raw] == [b[2].tolist() for b in reuse.raw]
 
 
 # ----------------------------------------------------------------------------- plots

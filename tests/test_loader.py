@@ -344,7 +344,7 @@ def test_stats_dict_quantiles_and_logging(caplog: pytest.LogCaptureFixture) -> N
 
 
 def test_sifted_training_learns_a_real_task_with_fewer_backward_passes() -> None:
-    from smartsift.demo import ConvNet, evaluate, make_mnist1d
+    from benchmarks.demo import ConvNet, evaluate, make_mnist1d
 
     train, (x_test, y_test) = make_mnist1d(num_samples=4000, seed=1)
     torch.manual_seed(0)

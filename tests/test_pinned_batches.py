@@ -17,7 +17,7 @@ import smartsift as ss
 
 mnist1d = pytest.importorskip("mnist1d")
 
-from smartsift.demo import ConvNet, make_mnist1d  # noqa: E402
+from benchmarks.demo import ConvNet, make_mnist1d  # noqa: E402
 
 # sha256 over every yielded batch's sample ids, epoch by epoch; and the batch count.
 PINNED_DIGEST = "874e40f5ca4fef57272f21bf94d54fd4fde96b8666e17f73781e485383ab54b7"

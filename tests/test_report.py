@@ -251,7 +251,7 @@ def test_the_demo_writes_the_sifted_runs_report(tmp_path: Path) -> None:
     pytest.importorskip("mnist1d")
     import dataclasses
 
-    from smartsift.demo import DemoConfig, make_mnist1d, run_demo
+    from benchmarks.demo import DemoConfig, make_mnist1d, run_demo
 
     config = dataclasses.replace(DemoConfig.smoke(), num_samples=300, evals_per_epoch=1)
     path = tmp_path / "demo-report.png"

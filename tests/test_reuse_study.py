@@ -17,9 +17,9 @@ import torch
 pytest.importorskip("mnist1d")
 
 from benchmarks import reuse_study as rs
+from benchmarks.demo import ConvNet
 from benchmarks.frontier import BENCHES, PLAIN
-from smartsift.demo import ConvNet
-from smartsift.harness import RunResult
+from benchmarks.harness import RunResult
 
 
 def test_smoke_run_reports_every_arm_of_both_tasks(tmp_path: Path) -> None:

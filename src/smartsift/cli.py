@@ -1,26 +1,33 @@
-"""The ``smartsift`` command: ``smartsift demo`` and ``smartsift profile``.
+"""The ``smartsift`` command: ``smartsift profile``.
 
-``smartsift demo`` trains a 1-D CNN on MNIST-1D twice, plain and sifted, side by side, prints a
-comparison table, saves a plot of test accuracy against training time and, beside it, the
-sifted run's report (:mod:`smartsift.tools.report`).
+``smartsift profile --target module:function`` runs :func:`smartsift.profile` on your model:
+the function takes no arguments and returns ``(model, dataloader, loss_fn, optimizer)``.
+``module`` may be a dotted name (importable from the working directory, as with ``python -m``)
+or a path to a ``.py`` file. ``--num-classes N`` tells it a classifier's number of classes, so
+that the report can tell an untrained network (loss near ``log N``) from one that has learnt.
 
-``smartsift profile`` runs :func:`smartsift.profile` on the demo model, or, with
-``--target module:function``, on your own: the function takes no arguments and returns
-``(model, dataloader, loss_fn, optimizer)``. ``module`` may also be a path to a ``.py`` file.
-``--num-classes N`` tells it a classifier's number of classes, so that the report can tell an
-untrained network (loss near ``log N``) from one that has learnt.
+The MNIST-1D demo is not part of the package: from a checkout of the repository, ``make demo``
+or ``python -m benchmarks.demo`` runs it, and
+``smartsift profile --target benchmarks.demo:profile_target`` profiles its model.
+``smartsift demo`` only says so.
 
 Example:
     >>> main(["profile", "--help"])  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     SystemExit: 0
+    >>> import contextlib, io
+    >>> err = io.StringIO()
+    >>> with contextlib.redirect_stderr(err):
+    ...     main(["profile"])
+    2
+    >>> print(err.getvalue())  # doctest: +ELLIPSIS
+    smartsift profile: error: --target MODULE:FUNCTION is required: ...
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import importlib.util
 import json
@@ -43,7 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         SystemExit: 0
     """
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command != "demo":  # `smartsift demo ...` only says where it went
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
         parser.print_help()
         return 2
@@ -66,68 +75,21 @@ def _parser() -> argparse.ArgumentParser:
         description="Sift PyTorch training data online: train only on samples worth learning.",
     )
     parser.add_argument("--version", action="version", version=f"smartsift {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{demo,profile}")
-
-    from smartsift.demo import DemoConfig
-    from smartsift.harness import SCHEDULES
-
-    d = DemoConfig()
-    demo = sub.add_parser(
-        "demo",
-        help="train a CNN on MNIST-1D plain, sifted and by loss reuse, side by side",
-        description="Trains a 1-D CNN on MNIST-1D four times, interleaved: plain; sifted with "
-        "the reference rule; by loss reuse at a stated keep; and plain for half the epochs "
-        "(the train-less control). Then prints a table and saves a plot of test accuracy "
-        "against training time.",
-    )
-    demo.add_argument(
-        "--out",
-        default="smartsift-demo.png",
-        help="PNG path of the accuracy plot (%(default)s); the sifting report goes beside it, "
-        "named NAME-report.png",
-    )
-    for flag, kind, text in (
-        ("--num-samples", int, "MNIST-1D samples, 80%% for training"),
-        ("--width", int, "CNN channels"),
-        ("--batch-size", int, "sifted run's raw batch size"),
-        ("--refined-batch-size", int, "batch size both runs train on"),
-        ("--epochs", int, "epochs of each run"),
-        ("--lr", float, "AdamW learning rate"),
-        ("--beta", float, "RelativeProbabilistic beta: keeps about 1/(1+beta)"),
-        ("--reuse-keep", float, "loss reuse's stated keep"),
-        ("--history", int, "losses each one is ranked against"),
-        ("--sift-delay-epochs", int, "epochs trained unsifted first"),
-        ("--seed", int, "initialisation and data order"),
-    ):
-        default = getattr(d, flag[2:].replace("-", "_"))
-        demo.add_argument(flag, type=kind, default=None, help=f"{text} (default {default})")
-    demo.add_argument(
-        "--schedule",
-        choices=[*SCHEDULES, "none"],
-        default=None,
-        help=f"learning-rate schedule of every run, following the data (default {d.schedule})",
-    )
-    demo.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="CPU threads for PyTorch (%(default)s: steadier timings on a shared machine)",
-    )
-    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
-    demo.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
-    demo.set_defaults(func=_demo)
+    sub = parser.add_subparsers(dest="command", metavar="{profile}")
+    # `smartsift demo` left the package: a hidden command that says where it went.
+    sub.add_parser("demo", add_help=False).set_defaults(func=_demo_moved)
 
     prof = sub.add_parser(
         "profile",
-        help="predict whether sifting pays on a model (default: the demo model)",
+        help="predict whether sifting pays on a model",
         description="Runs a short pilot of training steps and scoring passes, prints the cost "
         "of each stage per sample, the predicted speedup and a recommendation.",
     )
     prof.add_argument(
         "--target",
         metavar="MODULE:FUNCTION",
-        help="a function returning (model, dataloader, loss_fn, optimizer); MODULE may be a "
-        "dotted name or a path to a .py file",
+        help="required: a function returning (model, dataloader, loss_fn, optimizer); MODULE "
+        "may be a dotted name or a path to a .py file",
     )
     prof.add_argument("--steps", type=int, default=20, help="measured batches (%(default)s)")
     prof.add_argument("--warmup", type=int, default=3, help="unmeasured batches (%(default)s)")
@@ -141,75 +103,28 @@ def _parser() -> argparse.ArgumentParser:
         "the report then tells an untrained network (loss near log N) from one that has learnt",
     )
     prof.add_argument("--json", action="store_true", help="print the figures as JSON")
-    prof.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
     prof.set_defaults(func=_profile)
     return parser
 
 
-def _demo(args: argparse.Namespace) -> int:
-    import torch
-
-    from smartsift.demo import DemoConfig, make_mnist1d, plot_demo, run_demo, summary_table
-    from smartsift.harness import TrainingRun
-
-    base = DemoConfig.smoke() if args.smoke else DemoConfig()
-    names = [f.name for f in dataclasses.fields(DemoConfig)]
-    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    if given.get("schedule") == "none":
-        given["schedule"] = None
-    config = dataclasses.replace(base, **given)
-    for name in ("num_samples", "width", "batch_size", "refined_batch_size", "epochs", "history"):
-        if getattr(config, name) is not None and getattr(config, name) < 1:
-            raise _UsageError(f"--{name.replace('_', '-')} must be positive.")
-    if config.sift_delay_epochs < 0 or not config.beta > 0 or not config.lr > 0:
-        raise _UsageError("--sift-delay-epochs must be >= 0, --beta and --lr positive.")
-    if not 0 < config.reuse_keep < 1:
-        raise _UsageError(f"--reuse-keep must be in (0, 1), but got {config.reuse_keep}.")
-    if args.threads < 1:
-        raise _UsageError("--threads must be at least 1.")
-    torch.set_num_threads(args.threads)
-    print(f"smartsift demo: {config.describe()}", flush=True)
-    print(
-        "training plain, sifted, loss reuse and the train-less control side by side on "
-        f"{args.threads} CPU thread(s); times are wall-clock seconds of training, evaluation "
-        "excluded",
-        flush=True,
+def _demo_moved(args: argparse.Namespace) -> int:
+    raise _UsageError(
+        "the MNIST-1D demo is not part of the smartsift package; from a checkout of the "
+        "repository, run `make demo` or `python -m benchmarks.demo` (`--help` lists its "
+        "settings)."
     )
-    data = make_mnist1d(config.num_samples)
-    bar = _progress_bar(3 * config.epochs + config.control_epochs, disabled=args.no_progress)
-    latest: dict[str, float] = {}
-    epochs: dict[str, int] = {}
-
-    def on_segment(run: TrainingRun) -> None:
-        result = run.result
-        latest[result.name] = result.final
-        epochs[result.name] = result.samples_seen // run.n_train
-        bar.update(sum(epochs.values()) - bar.n)
-        bar.set_postfix_str(" | ".join(f"{k} {v:.1%}" for k, v in latest.items()))
-
-    out_path = Path(args.out)
-    report = out_path.with_name(f"{out_path.stem}-report.png")
-    try:
-        results = run_demo(config, data, on_segment, report_path=report)
-    finally:
-        bar.close()
-    print(summary_table(results, config.tolerance))
-    out = plot_demo(results, config, args.out)
-    print(f"plot: {out}")
-    print(f"sifting report (losses kept and sifted, keep rate over training): {report}")
-    return 0
-
-
-def _progress_bar(total: int, disabled: bool) -> Any:
-    from tqdm import tqdm
-
-    # disable=None: no bar where stderr is not a terminal (a log file, CI), which a bar floods.
-    return tqdm(total=total, unit="epoch", desc="4 runs", disable=True if disabled else None)
 
 
 def _profile(args: argparse.Namespace) -> int:
     from smartsift.tools.profiling import profile
 
+    if not args.target:
+        raise _UsageError(
+            "--target MODULE:FUNCTION is required: a function of no arguments returning "
+            "(model, dataloader, loss_fn, optimizer), e.g. `smartsift profile --target "
+            "mypkg.train:build` or `--target train.py:build`. (The demo model: "
+            "`--target benchmarks.demo:profile_target` from a checkout of the repository.)"
+        )
     if args.steps < 1 or args.warmup < 0:
         raise _UsageError("--steps must be at least 1 and --warmup at least 0.")
     if args.num_classes is not None and args.num_classes < 2:
@@ -217,13 +132,7 @@ def _profile(args: argparse.Namespace) -> int:
             "--num-classes must be an int of at least 2 (the classes a classifier chooses "
             f"among), but got {args.num_classes}; leave it out for other models."
         )
-    if args.target:
-        built = _call_target(args.target)
-        title = args.target
-    else:
-        built = _demo_target(smoke=args.smoke)
-        title = "the demo model (MNIST-1D ConvNet)"
-    model, dataloader, loss_fn, optimizer = built
+    model, dataloader, loss_fn, optimizer = _call_target(args.target)
     report = profile(
         model,
         dataloader,
@@ -241,25 +150,9 @@ def _profile(args: argparse.Namespace) -> int:
         }
         print(json.dumps({**figures, "recommendation": report.recommendation}, indent=2))
     else:
-        print(f"profiling {title}")
+        print(f"profiling {args.target}")
         print(report)
     return 0
-
-
-def _demo_target(smoke: bool) -> tuple[Any, Any, Any, Any]:
-    import torch
-    from torch.utils.data import DataLoader
-
-    from smartsift.demo import ConvNet, DemoConfig, cross_entropy_per_sample, make_mnist1d
-    from smartsift.harness import seeded
-
-    config = DemoConfig.smoke() if smoke else DemoConfig()
-    train_set, _ = make_mnist1d(config.num_samples)
-    model = seeded(lambda: ConvNet(width=config.width), config.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-2)
-    order = torch.Generator().manual_seed(config.seed)
-    loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=order)
-    return model, loader, cross_entropy_per_sample, optimizer
 
 
 def _call_target(spec: str) -> tuple[Any, Any, Any, Any]:

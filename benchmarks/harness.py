@@ -8,7 +8,9 @@ advances the runs in turn, one evaluation interval each, so that a busy machine 
 alike; every run keeps its own training clock, which excludes evaluation. Each run's
 :class:`RunResult` holds its metric curve against training time, from which
 :func:`time_to_target` and :func:`speedup_to_target` read the comparison, and
-:func:`plot_runs` draws it. ``smartsift demo`` and the benchmarks use this one harness.
+:func:`plot_runs` draws it. The demo (:mod:`benchmarks.demo`) and the benchmarks use this one
+harness; it is not part of the ``smartsift`` package. :func:`run_at_step_size` builds the runs
+of a comparison whose every optimizer step is of one size, plain, sifted or by loss reuse.
 
 Learning-rate schedules (``schedule="cosine"`` or ``"warmup_cosine"``, see
 :data:`SCHEDULES`) are real per-step torch schedulers, sized as for plain training at the
@@ -45,9 +47,10 @@ Example:
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -70,6 +73,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SCHEDULES",
+    "OptimizerFactory",
     "PolicyFactory",
     "Reuse",
     "RunResult",
@@ -78,6 +82,7 @@ __all__ = [
     "TrainingRun",
     "cosine_schedule",
     "plot_runs",
+    "run_at_step_size",
     "runs_figure",
     "seeded",
     "speedup_to_target",
@@ -93,6 +98,10 @@ ScheduleFactory = Callable[[torch.optim.Optimizer, int], LRScheduler]
 
 PolicyFactory = Callable[[torch.nn.Module], Policy]
 """A function of a run's model returning its policy (see :class:`TrainingRun`)."""
+
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter], float], torch.optim.Optimizer]
+"""``factory(parameters, lr) -> optimizer``: a torch optimizer class, or a
+``functools.partial`` of one (``partial(torch.optim.SGD, momentum=0.9)``), will do."""
 
 
 WARMUP_FRACTION = 0.05
@@ -320,7 +329,8 @@ class Task:
             (a loss).
         train_loss: ``train_loss(model, batch) -> Tensor ()``: the loss each training step
             minimises; default: the mean of ``loss_fn``.
-        weight_decay: AdamW's weight decay.
+        weight_decay: the weight decay of the default optimizer (AdamW; a run given its own
+            ``optimizer`` factory ignores it).
         validate: ``validate(model) -> float``: the metric on held-out data other than
             ``evaluate``'s, for a policy that reads one (``Auto(validate=...)``, built by a
             policy function of the run's model); same direction as ``evaluate``.
@@ -368,7 +378,8 @@ def _evaluate(task: Task, model: torch.nn.Module) -> float:
 class TrainingRun:
     """One run of a :class:`Task`, plain (``policy=None``) or sifted, trained in segments.
 
-    The model is built from ``seed`` and trained with AdamW; the raw batches of
+    The model is built from ``seed`` and trained with AdamW (with the task's weight decay),
+    or with the optimizer ``optimizer(model.parameters(), lr)`` builds; the raw batches of
     ``batch_size`` come in an order drawn from ``seed`` too (or from ``data_seed`` if given),
     so runs with the same seed start from the same weights and read the same data order; a run
     with another ``data_seed`` shows how much the order alone moves a result. With a
@@ -415,6 +426,7 @@ class TrainingRun:
         follow_data: bool = True,
         reuse: Reuse | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        optimizer: OptimizerFactory | None = None,
     ) -> None:
         for arg, value in (("epochs", epochs), ("batch_size", batch_size)):
             if value < 1:
@@ -429,9 +441,10 @@ class TrainingRun:
         self.model = seeded(task.build_model, seed)
         if policy is not None and not isinstance(policy, Policy):
             policy = _built_policy(policy, self.model)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=lr, weight_decay=task.weight_decay
+        self._optimizer_factory = optimizer or functools.partial(
+            torch.optim.AdamW, weight_decay=task.weight_decay
         )
+        self.optimizer = self._optimizer_factory(self.model.parameters(), lr)
         order = torch.Generator().manual_seed(seed if data_seed is None else data_seed)
         self.raw: DataLoader[Any] = DataLoader(
             task.train_set, batch_size=batch_size, shuffle=True, generator=order
@@ -519,7 +532,7 @@ class TrainingRun:
         would otherwise be charged to whichever run goes first. The data order is untouched.
         """
         model = copy.deepcopy(self.model)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=self.base_lr)
+        optimizer = self._optimizer_factory(model.parameters(), self.base_lr)
         dataset = self.task.train_set
         n = min(self.raw.batch_size or 1, self.n_train)
         batch = self.raw.collate_fn([dataset[i] for i in range(n)])
@@ -613,6 +626,72 @@ class TrainingRun:
             result.epoch_ends.append(elapsed)
             result.train_seconds = elapsed
             yield True
+
+
+def run_at_step_size(
+    name: str,
+    task: Task,
+    *,
+    epochs: int,
+    step_batch_size: int,
+    raw_batch_size: int,
+    sift_delay_epochs: int,
+    lr: float,
+    policy: Policy | PolicyFactory | None = None,
+    reuse: Reuse | None = None,
+    seed: int = 0,
+    data_seed: int | None = None,
+    evals_per_epoch: int = 2,
+    schedule: str | ScheduleFactory | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+    optimizer: OptimizerFactory | None = None,
+) -> TrainingRun:
+    """A :class:`TrainingRun` whose every optimizer step is of ``step_batch_size`` samples.
+
+    A plain run (``policy=None``) reads batches of ``step_batch_size``, and so does a loss-reuse
+    run (``policy`` and ``reuse``: it skips samples before loading). A sifted run (``policy``
+    alone) reads raw batches of ``raw_batch_size``, trains the first ``sift_delay_epochs``
+    epochs of them unsifted, then refines each to ``step_batch_size`` kept samples. The other
+    arguments are :class:`TrainingRun`'s.
+
+    Example:
+        >>> import torch.nn.functional as F
+        >>> from torch.utils.data import TensorDataset
+        >>> from smartsift.policies import TopK
+        >>> x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+        >>> def loss_fn(model, batch):
+        ...     return F.cross_entropy(model(batch[0]), batch[1], reduction="none")
+        >>> task = Task(lambda: torch.nn.Linear(4, 2), TensorDataset(x, (x[:, 0] > 0).long()),
+        ...             loss_fn, lambda model: 0.0)
+        >>> args = dict(epochs=1, step_batch_size=8, raw_batch_size=16, sift_delay_epochs=1,
+        ...             lr=0.1)
+        >>> plain = run_at_step_size("plain", task, **args)
+        >>> sifted = run_at_step_size("sifted", task, policy=TopK(0.5), **args)
+        >>> plain.raw.batch_size, sifted.raw.batch_size, sifted.step_batch_size
+        (8, 16, 8)
+        >>> sifted.loader.sift_delay    # one epoch of raw batches
+        4
+    """
+    sifts = policy is not None and reuse is None
+    raw = raw_batch_size if sifts else step_batch_size
+    n_raw = math.ceil(len(task.train_set) / raw)  # type: ignore[arg-type]
+    return TrainingRun(
+        name,
+        task,
+        epochs=epochs,
+        batch_size=raw,
+        lr=lr,
+        policy=policy,
+        sift_delay=sift_delay_epochs * n_raw,
+        refined_batch_size=step_batch_size,
+        seed=seed,
+        data_seed=data_seed,
+        evals_per_epoch=evals_per_epoch,
+        schedule=schedule,
+        reuse=reuse,
+        clock=clock,
+        optimizer=optimizer,
+    )
 
 
 def _split_ids(batch: Any, tuple_samples: bool) -> tuple[torch.Tensor, Any]:

@@ -6,9 +6,14 @@ skipped before loading); and the train-less control, plain for half the epochs w
 complete schedule, which any sifting must beat to be worth its trouble.
 
 MNIST-1D (Greydanus, 2020) is generated procedurally by the ``mnist1d`` package, so nothing is
-downloaded. The helpers here are shared by ``smartsift demo``, ``smartsift profile`` and the
-benchmarks; the runs are trained by the harness of :mod:`smartsift.harness` (same initial
-weights, same data order, interleaved, evaluation excluded from the training clock).
+downloaded. The helpers here are shared by the demo, the benchmarks, the tests and
+:func:`profile_target` (``smartsift profile --target benchmarks.demo:profile_target``); the runs
+are trained by the harness of :mod:`benchmarks.harness` (same initial weights, same data order,
+interleaved, evaluation excluded from the training clock).
+
+The demo is not part of the ``smartsift`` package: run it from the repository root, with
+``make demo`` or ``python -m benchmarks.demo`` (``--help`` lists its settings, see
+:func:`main`).
 
 Example:
     >>> model = ConvNet(width=8)
@@ -18,11 +23,14 @@ Example:
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import functools
 import math
 import random
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,14 +38,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
-from smartsift.harness import (
+from benchmarks.harness import (
+    SCHEDULES,
     Reuse,
     RunResult,
     Task,
     TrainingRun,
     plot_runs,
+    run_at_step_size,
+    seeded,
     speedup_to_target,
     train_side_by_side,
 )
@@ -49,9 +60,11 @@ __all__ = [
     "DemoResults",
     "cross_entropy_per_sample",
     "evaluate",
+    "main",
     "make_mnist1d",
     "mnist1d_task",
     "plot_demo",
+    "profile_target",
     "run_demo",
     "summary_table",
 ]
@@ -136,7 +149,7 @@ def _mean_cross_entropy(model: torch.nn.Module, batch: Any) -> torch.Tensor:
 def mnist1d_task(
     data: MnistData, width: int = 100, validation: tuple[torch.Tensor, torch.Tensor] | None = None
 ) -> Task:
-    """The demo's :class:`~smartsift.harness.Task`: a :class:`ConvNet` of ``width`` on ``data``.
+    """The demo's :class:`~benchmarks.harness.Task`: a :class:`ConvNet` of ``width`` on ``data``.
 
     Its metric is the test accuracy (higher is better); ``validation`` ``(x, y)``, held-out
     samples other than the test set, gives it a ``validate`` accuracy for ``Auto``.
@@ -174,7 +187,7 @@ class DemoConfig:
     decides on (``RelativeProbabilistic(keep=reuse_keep)``), in batches of
     :attr:`plain_batch_size`; its first epoch, with nothing scored yet, trains everything. The
     train-less control trains plain for :attr:`control_epochs`. ``schedule`` is the
-    learning-rate schedule (a name of :data:`smartsift.harness.SCHEDULES`, or None for a
+    learning-rate schedule (a name of :data:`benchmarks.harness.SCHEDULES`, or None for a
     constant rate): every run's schedule is sized as for plain training, and the sifted and
     loss-reuse runs' follow the data they consume (:class:`~smartsift.DataSchedule`,
     :class:`~smartsift.ReuseSchedule`), so every schedule ends where its training ends.
@@ -248,7 +261,6 @@ class DemoConfig:
         task: Task,
         *,
         policy: Policy | None = None,
-        batch_size: int | None = None,
         seed: int | None = None,
         epochs: int | None = None,
         reuse: Reuse | None = None,
@@ -259,21 +271,19 @@ class DemoConfig:
 
         All take optimizer steps of :attr:`plain_batch_size`. A plain or loss-reuse run reads
         batches of that size and a sifted one raw batches of :attr:`batch_size`, refined to it,
-        after ``sift_delay_epochs`` unsifted epochs; ``batch_size`` overrides the raw batch
-        size, ``seed`` the config's seed, ``epochs`` the budget.
+        after ``sift_delay_epochs`` unsifted epochs (see
+        :func:`~benchmarks.harness.run_at_step_size`); ``seed`` overrides the config's seed,
+        ``epochs`` the budget.
         """
-        sifts = policy is not None and reuse is None
-        raw = batch_size or (self.batch_size if sifts else self.plain_batch_size)
-        n_raw = math.ceil(len(task.train_set) / raw)  # type: ignore[arg-type]
-        return TrainingRun(
+        return run_at_step_size(
             name,
             task,
             epochs=epochs or self.epochs,
-            batch_size=raw,
+            step_batch_size=self.plain_batch_size,
+            raw_batch_size=self.batch_size,
+            sift_delay_epochs=self.sift_delay_epochs,
             lr=self.lr,
             policy=policy,
-            sift_delay=self.sift_delay_epochs * n_raw,
-            refined_batch_size=self.plain_batch_size,
             seed=self.seed if seed is None else seed,
             evals_per_epoch=self.evals_per_epoch,
             schedule=self.schedule,
@@ -429,3 +439,159 @@ def plot_demo(results: DemoResults, config: DemoConfig, path: str | Path) -> Pat
         title="MNIST-1D: test accuracy against training time",
         reference=plain.name,
     )
+
+
+def profile_target(smoke: bool = False) -> tuple[Any, Any, Any, Any]:
+    """The demo model, ready for :func:`smartsift.profile`: ``(model, loader, loss_fn, optimizer)``.
+
+    The target of ``smartsift profile --target benchmarks.demo:profile_target`` (from the
+    repository root): the demo's :class:`ConvNet` from its seed, AdamW, and a loader of the
+    sifted run's raw batches. ``smoke``: the tiny setting of :meth:`DemoConfig.smoke`.
+
+    Example:
+        >>> model, loader, loss_fn, optimizer = profile_target(smoke=True)
+        >>> loader.batch_size, loss_fn(model, next(iter(loader))).shape
+        (64, torch.Size([64]))
+    """
+    config = DemoConfig.smoke() if smoke else DemoConfig()
+    train_set, _ = make_mnist1d(config.num_samples)
+    model = seeded(lambda: ConvNet(width=config.width), config.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-2)
+    order = torch.Generator().manual_seed(config.seed)
+    loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=order)
+    return model, loader, cross_entropy_per_sample, optimizer
+
+
+class _UsageError(Exception):
+    """A problem with the command line that deserves a message, not a traceback."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = DemoConfig()
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.demo",
+        description="Trains a 1-D CNN on MNIST-1D four times, interleaved: plain; sifted with "
+        "the reference rule; by loss reuse at a stated keep; and plain for half the epochs "
+        "(the train-less control). Then prints a table and saves a plot of test accuracy "
+        "against training time. Run it from the repository root (or with `make demo`).",
+    )
+    parser.add_argument(
+        "--out",
+        default="smartsift-demo.png",
+        help="PNG path of the accuracy plot (%(default)s); the sifting report goes beside it, "
+        "named NAME-report.png",
+    )
+    for flag, kind, text in (
+        ("--num-samples", int, "MNIST-1D samples, 80%% for training"),
+        ("--width", int, "CNN channels"),
+        ("--batch-size", int, "sifted run's raw batch size"),
+        ("--refined-batch-size", int, "batch size both runs train on"),
+        ("--epochs", int, "epochs of each run"),
+        ("--lr", float, "AdamW learning rate"),
+        ("--beta", float, "RelativeProbabilistic beta: keeps about 1/(1+beta)"),
+        ("--reuse-keep", float, "loss reuse's stated keep"),
+        ("--history", int, "losses each one is ranked against"),
+        ("--sift-delay-epochs", int, "epochs trained unsifted first"),
+        ("--seed", int, "initialisation and data order"),
+    ):
+        default = getattr(d, flag[2:].replace("-", "_"))
+        parser.add_argument(flag, type=kind, default=None, help=f"{text} (default {default})")
+    parser.add_argument(
+        "--schedule",
+        choices=[*SCHEDULES, "none"],
+        default=None,
+        help=f"learning-rate schedule of every run, following the data (default {d.schedule})",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads for PyTorch (%(default)s: steadier timings on a shared machine)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def _config(args: argparse.Namespace) -> DemoConfig:
+    """The demo's setting from the command line: the defaults with the flags given."""
+    base = DemoConfig.smoke() if args.smoke else DemoConfig()
+    names = [f.name for f in dataclasses.fields(DemoConfig)]
+    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if given.get("schedule") == "none":
+        given["schedule"] = None
+    config = dataclasses.replace(base, **given)
+    for name in ("num_samples", "width", "batch_size", "refined_batch_size", "epochs", "history"):
+        if getattr(config, name) is not None and getattr(config, name) < 1:
+            raise _UsageError(f"--{name.replace('_', '-')} must be positive.")
+    if config.sift_delay_epochs < 0 or not config.beta > 0 or not config.lr > 0:
+        raise _UsageError("--sift-delay-epochs must be >= 0, --beta and --lr positive.")
+    if not 0 < config.reuse_keep < 1:
+        raise _UsageError(f"--reuse-keep must be in (0, 1), but got {config.reuse_keep}.")
+    if args.threads < 1:
+        raise _UsageError("--threads must be at least 1.")
+    return config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the demo with the command line ``argv`` (default ``sys.argv[1:]``); returns the exit
+    status (2 for bad settings).
+
+    It prints the setting and a comparison table, saves a plot of test accuracy against
+    training time at ``--out`` and, beside it, the sifted run's report
+    (:mod:`smartsift.tools.report`).
+
+    Example:
+        >>> main(["--help"])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        SystemExit: 0
+    """
+    args = _parser().parse_args(argv)
+    try:
+        config = _config(args)
+    except _UsageError as err:
+        print(f"smartsift demo: error: {err}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    print(f"smartsift demo: {config.describe()}", flush=True)
+    print(
+        "training plain, sifted, loss reuse and the train-less control side by side on "
+        f"{args.threads} CPU thread(s); times are wall-clock seconds of training, evaluation "
+        "excluded",
+        flush=True,
+    )
+    data = make_mnist1d(config.num_samples)
+    bar = _progress_bar(3 * config.epochs + config.control_epochs, disabled=args.no_progress)
+    latest: dict[str, float] = {}
+    epochs: dict[str, int] = {}
+
+    def on_segment(run: TrainingRun) -> None:
+        result = run.result
+        latest[result.name] = result.final
+        epochs[result.name] = result.samples_seen // run.n_train
+        bar.update(sum(epochs.values()) - bar.n)
+        bar.set_postfix_str(" | ".join(f"{k} {v:.1%}" for k, v in latest.items()))
+
+    out_path = Path(args.out)
+    report = out_path.with_name(f"{out_path.stem}-report.png")
+    try:
+        results = run_demo(config, data, on_segment, report_path=report)
+    finally:
+        bar.close()
+    print(summary_table(results, config.tolerance))
+    out = plot_demo(results, config, args.out)
+    print(f"plot: {out}")
+    print(f"sifting report (losses kept and sifted, keep rate over training): {report}")
+    return 0
+
+
+def _progress_bar(total: int, disabled: bool) -> Any:
+    from tqdm import tqdm
+
+    # disable=None: no bar where stderr is not a terminal (a log file, CI), which a bar floods.
+    return tqdm(total=total, unit="epoch", desc="4 runs", disable=True if disabled else None)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
