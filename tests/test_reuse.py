@@ -1,4 +1,5 @@
-"""Loss reuse: the score table and the sampler, against torch's own loaders, DDP and resume."""
+"""Loss reuse: the sampler, against torch's own loaders, DDP and resume (the score table
+alone: tests/test_table.py)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from torch.utils.data import (
 )
 
 import smartsift as ss
+from smartsift.engine import checkpoint as ckpt
 from smartsift.modes.reuse import ReuseSampler, annealing, fresh_scores, shard_evenly
 from smartsift.modes.table import ScoreTable
 
@@ -114,52 +116,6 @@ def test_shards_are_equal_and_cover_the_list_once_up_to_padding(n: int, drop_las
     assert sum(joined.values()) == n + padded - dropped
     assert set(joined) <= set(range(n)) and (drop_last or set(joined) == set(range(n)))
     assert (padded == 0) if drop_last else (dropped == 0 and padded < w)
-
-
-# ---------------------------------------------------------------- the table
-
-
-def test_the_table_records_loss_epoch_and_update_of_each_index() -> None:
-    table = ScoreTable(6)
-    table.epoch = 2
-    table.update(torch.tensor([4, 1]), torch.tensor([0.5, 1.5], dtype=torch.bfloat16))
-    table.epoch = 3
-    table.update([1], torch.tensor([0.25], requires_grad=True))
-    assert table.losses[[1, 4]].tolist() == [0.25, 0.5]
-    assert table.scored_epoch.tolist() == [-1, 3, -1, -1, 2, -1]
-    assert table.scored_update.tolist() == [-1, 1, -1, -1, 0, -1]
-    assert table.scored().tolist() == [False, True, False, False, True, False]
-    table.update([0], [float("nan")])
-    assert not table.scored()[0] and table.updates == 3 and table.collectives == 0
-
-
-@pytest.mark.parametrize(
-    ("ids", "losses", "message"),
-    [
-        ([0, 1], [0.1], r"same length.*\(2,\) and \(1,\)"),
-        ([0, 9], [0.1, 0.2], r"`ids` in \[0, 6\).*got 9.*ScoreTable\(len\(dataset\)\)"),
-        ([0.0, 1.0], [0.1, 0.2], r"integer dataset indices.*float64"),
-        ([[0, 1]], [[0.1, 0.2]], "1-D"),
-    ],
-)
-def test_the_table_refuses_bad_updates(ids: Any, losses: Any, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        ScoreTable(6).update(ids, losses)
-
-
-def test_the_table_saves_and_refuses_another_size() -> None:
-    table = ScoreTable(5)
-    table.epoch = 1
-    table.update([2, 3], [1.0, 2.0])
-    copy = ScoreTable(5)
-    copy.load_state_dict(_roundtrip(table.state_dict()))
-    np.testing.assert_array_equal(copy.losses, table.losses)
-    assert (copy.epoch, copy.updates) == (1, 1)
-    assert copy.scored_update.tolist() == table.scored_update.tolist()
-    with pytest.raises(ValueError, match="holds 5 indices but this table holds 4"):
-        ScoreTable(4).load_state_dict(table.state_dict())
-    with pytest.raises(ValueError, match="`size` to be a positive int"):
-        ScoreTable(0)
 
 
 # ---------------------------------------------------------------- against torch's loaders
@@ -661,6 +617,28 @@ def test_indices_outside_the_table_and_foreign_states_are_refused() -> None:
         ranks[1].load_state_dict(ranks[0].state_dict())
     with pytest.raises(ValueError, match="match the DistributedSampler's"):
         ReuseSampler(DistributedSampler(data, num_replicas=2, rank=0), ScoreTable(N), rank=1)
+
+
+def test_a_version_1_state_with_skipped_stats_loads_and_unknown_versions_are_refused() -> None:
+    table, sampler = _make()
+    for epoch in range(2):
+        _steps(table, sampler, epoch, iter(sampler))
+    state = sampler.state_dict()
+    assert state["version"] == ckpt.VERSION and "sifted" in state["stats"][0]
+    stats = sampler.stats
+    assert stats is not None and stats.skipped == stats.sifted > 0
+    assert stats.as_dict()["sifted"] == stats.sifted and "skipped" not in stats.as_dict()
+    # as saved before the rename: version 1, the field named "skipped"
+    renamed = [{"skipped" if k == "sifted" else k: v for k, v in s.items()} for s in state["stats"]]
+    _, old = _make()
+    old.load_state_dict(_roundtrip({**state, "version": 1, "stats": renamed}))
+    assert old.epoch_stats == sampler.epoch_stats
+    for version in (0, 3, None, "2"):
+        with pytest.raises(
+            ValueError,
+            match=rf"not a ReuseSampler state.*got version {version!r}.*versions 1 and 2",
+        ):
+            old.load_state_dict({**state, "version": version})
 
 
 def test_a_streak_guard_works_in_reuse_mode_with_dataset_indices_as_ids() -> None:

@@ -1,4 +1,4 @@
-"""Loss reuse's scores: the table's previous and reference losses, and the sampler's `score`."""
+"""Loss reuse's scores: the sampler's `score` (the table's own records: tests/test_table.py)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from _ddp import run_ranks
 from torch.utils.data import SequentialSampler
 
 import smartsift as ss
 from smartsift.modes.reuse import ReuseSampler
-from smartsift.modes.table import SCORES, ScoreTable, loss_change, reducible_loss
+from smartsift.modes.table import ScoreTable
 
 
 def _roundtrip(state: dict[str, Any]) -> dict[str, Any]:
@@ -26,59 +25,6 @@ def _roundtrip(state: dict[str, Any]) -> dict[str, Any]:
 def _sampler(table: ScoreTable, policy: ss.Policy, **kwargs: Any) -> ReuseSampler:
     kwargs.setdefault("max_age", None)
     return ReuseSampler(SequentialSampler(range(table.size)), table, policy, **kwargs)
-
-
-# ---------------------------------------------------------------- the table
-
-
-def test_previous_is_the_last_finite_loss_before_the_latest_record() -> None:
-    table = ScoreTable(4)
-    table.update([0, 1], [1.0, 5.0])
-    assert np.isnan(table.previous).all()  # one record each: no previous yet
-    table.update([0, 1], [float("nan"), 4.0])
-    table.update([0], [2.0])
-    # index 0: 1.0, NaN, 2.0 -> the NaN is skipped; index 1: 5.0, 4.0
-    assert table.previous[:2].tolist() == [1.0, 5.0]
-    assert table.losses[:2].tolist() == [2.0, 4.0]
-    assert np.isnan(table.previous[2:]).all()
-
-
-def test_set_reference_sets_only_the_given_indices_and_is_checked() -> None:
-    table = ScoreTable(5)
-    table.set_reference(torch.tensor([4, 1]), torch.tensor([0.5, 1.5], dtype=torch.bfloat16))
-    table.set_reference([1], [2.0])  # replaced
-    assert table.reference[[1, 4]].tolist() == [2.0, 0.5]
-    assert np.isnan(table.reference[[0, 2, 3]]).all()
-    assert table.updates == 0 and (table.scored_epoch == -1).all()  # not a training record
-    with pytest.raises(ValueError, match=r"`ids` in \[0, 5\).*got 7"):
-        table.set_reference([7], [1.0])
-    with pytest.raises(ValueError, match="same length"):
-        table.set_reference([0, 1], [1.0])
-
-
-def test_previous_and_reference_are_saved_and_old_states_load_with_nan() -> None:
-    table = ScoreTable(4)
-    table.update([0, 1], [1.0, 2.0])
-    table.update([0], [0.5])
-    table.set_reference([1, 3], [0.25, 0.75])
-    copy = ScoreTable(4)
-    copy.load_state_dict(_roundtrip(table.state_dict()))
-    np.testing.assert_array_equal(copy.previous, table.previous)
-    np.testing.assert_array_equal(copy.reference, table.reference)
-    old = {k: v for k, v in table.state_dict().items() if k not in ("previous", "reference")}
-    older = ScoreTable(4)
-    older.load_state_dict(old)
-    np.testing.assert_array_equal(older.losses, table.losses)
-    assert np.isnan(older.previous).all() and np.isnan(older.reference).all()
-
-
-def test_the_pure_scores() -> None:
-    assert loss_change(np.array([1.0, 0.5]), np.array([0.25, 0.5])).tolist() == [0.75, 0.0]
-    assert reducible_loss(np.array([1.0, 0.5]), np.array([0.25, 0.75])).tolist() == [0.75, -0.25]
-    table = ScoreTable(2)
-    with pytest.raises(ValueError, match=r"one score per index, shape \(2,\).*\(1,\)"):
-        table.scores(lambda t, i: np.zeros(1), np.arange(2))
-    assert sorted(SCORES) == ["change", "loss", "reducible"]
 
 
 # ---------------------------------------------------------------- selection by score
@@ -224,33 +170,3 @@ def test_an_unknown_score_is_refused() -> None:
         _sampler(ScoreTable(4), ss.TopK(0.5), score="rho")
     with pytest.raises(ValueError, match="or a callable"):
         _sampler(ScoreTable(4), ss.TopK(0.5), score=3)  # type: ignore[arg-type]
-
-
-# ---------------------------------------------------------------- DDP
-
-
-def _reference_job(rank: int, world: int) -> dict[str, Any]:
-    n = 10
-    table = ScoreTable(n)
-    mine = np.arange(rank, n, world)[: 3 + rank]  # shares of different lengths
-    table.set_reference(mine, mine * 0.5)
-    table.update([rank], [1.0])  # update's own agreed length is a batch's, not the reference's
-    table.update([rank + 2], [2.0])
-    return {
-        "reference": table.reference.tolist(),
-        "losses": table.losses.tolist(),
-        "collectives": table.collectives,
-    }
-
-
-def test_real_ddp_ranks_share_the_reference() -> None:
-    r0, r1 = run_ranks(_reference_job, 2, timeout=60)
-    np.testing.assert_array_equal(r0["reference"], r1["reference"])
-    shares = [np.arange(r, 10, 2)[: 3 + r] for r in range(2)]
-    expected = np.full(10, np.nan)
-    for share in shares:
-        expected[share] = share * 0.5
-    np.testing.assert_array_equal(r0["reference"], expected)
-    np.testing.assert_array_equal(r0["losses"], r1["losses"])
-    # two for the reference; then update's first call agrees on its length and sends: 2 + 1
-    assert r0["collectives"] == 2 + 3

@@ -161,8 +161,8 @@ class SiftAudit:
     ) -> None:
         """Records decided samples by id, with their losses and keep mask.
 
-        For callers that know the ids without a batch, such as
-        :class:`~smartsift.modes.reuse.ReuseSampler`, which decides from reused losses.
+        For callers that know the ids without a batch: loss reuse, through
+        :meth:`~smartsift.engine.ledger.Ledger.scored_ids`.
         """
         log = self._log(epoch)
         log.ids.append(np.asarray(ids, dtype=np.int64).copy())

@@ -1,12 +1,15 @@
-"""The loader's checkpoint format: a nested, versioned dict of tensors and plain values.
+"""The checkpoint format of both modes: versioned dicts of tensors and plain values.
 
-Version 2 nests each part's own state under a named key::
+Both modes' states carry one format version, :data:`VERSION`, under :data:`VERSION_KEY`, and
+load with ``torch.load(..., weights_only=True)``; this release reads :data:`READABLE_VERSIONS`
+and refuses others with :func:`check_version`. The loader's version 2 nests each part's own
+state under a named key::
 
     {"version": 2, "config": {...}, "selector": {...}, "batcher": {...}, "cursor": {...},
      "raw_loader": ..., "stats": {...}, "comm": {...}, "audit": ...}
 
-It loads with ``torch.load(..., weights_only=True)``. A version-1 state (a flat dict) is
-converted by :func:`upgrade`.
+A loader's version-1 state (a flat dict) is converted by :func:`upgrade`. A
+:class:`~smartsift.modes.reuse.ReuseSampler` state of version 1 has version 2's layout.
 
 Example:
     >>> upgrade({"version": VERSION, CONFIG: {}})[VERSION_KEY]
@@ -18,6 +21,8 @@ from __future__ import annotations
 import ast
 from typing import Any
 
+from smartsift.engine.checks import is_int
+
 __all__ = [
     "AUDIT",
     "BATCHER",
@@ -25,15 +30,20 @@ __all__ = [
     "CONFIG",
     "CURSOR",
     "RAW_LOADER",
+    "READABLE_VERSIONS",
     "SELECTOR",
     "STATS",
     "VERSION",
     "VERSION_KEY",
+    "check_version",
     "describe_repr",
     "upgrade",
 ]
 
 VERSION = 2
+"""The state format version that both modes save."""
+READABLE_VERSIONS = (1, VERSION)
+"""The versions this release loads."""
 VERSION_KEY = "version"
 CONFIG = "config"
 SELECTOR = "selector"
@@ -75,22 +85,50 @@ def describe_repr(text: str) -> dict[str, Any]:
         return {"type": text, "fields": {}}
 
 
+def check_version(state: Any, what: str, fix: str) -> int:
+    """The format version of ``state``, if it is one of :data:`READABLE_VERSIONS`.
+
+    Args:
+        state: a saved state (a dict with :data:`VERSION_KEY`).
+        what: what the state should be, for the message ("smartsift loader").
+        fix: what to pass instead, for the message.
+
+    Raises:
+        ValueError: naming the version found and the versions this release reads.
+
+    Example:
+        >>> check_version({"version": 1}, "ReuseSampler", "")
+        1
+        >>> check_version({"version": 3}, "ReuseSampler", "")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: This is not a ReuseSampler state ... (got version 3; ... versions 1 and 2).
+    """
+    version = state.get(VERSION_KEY) if isinstance(state, dict) else None
+    if not is_int(version) or version not in READABLE_VERSIONS:
+        *older, newest = READABLE_VERSIONS
+        readable = f"{', '.join(map(str, older))} and {newest}" if older else str(newest)
+        raise ValueError(
+            f"This is not a {what} state of a known version (got version {version!r}; this "
+            f"release reads versions {readable}). {fix}".rstrip()
+        )
+    return int(version)
+
+
 def upgrade(state: dict[str, Any]) -> dict[str, Any]:
     """Returns ``state`` in the current format, converting a version-1 state.
 
     Raises:
         ValueError: for a state that is no smartsift loader state, or of a newer version.
     """
-    version = state.get(VERSION_KEY) if isinstance(state, dict) else None
+    version = check_version(
+        state,
+        "smartsift loader",
+        "Pass the dict that SiftingDataLoader.state_dict() returned; a state saved by a newer "
+        "smartsift needs that release to load.",
+    )
     if version == VERSION:
         return state
-    if version != 1:
-        raise ValueError(
-            f"This is not a smartsift loader state of a known version (got version "
-            f"{version!r}; this release reads versions 1 and {VERSION}). Pass the dict that "
-            "SiftingDataLoader.state_dict() returned; a state saved by a newer smartsift needs "
-            "that release to load."
-        )
     try:
         return _from_v1(state)
     except KeyError as err:

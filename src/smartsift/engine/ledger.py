@@ -4,7 +4,8 @@ Each outcome of a sample — pulled, passed through the sift delay, kept or sift
 (non-finite losses counted too), trained, dropped at an epoch end — goes through one method that
 updates the counters and, when an audit is attached, the audit together, so that the
 conservation laws (:func:`smartsift.engine.stats.conservation_errors`) follow from this
-module alone.
+module alone. Both modes write their audit here: the scoring-pass loader by raw batch
+(:meth:`Ledger.scored`, ...), loss reuse by sample id (:meth:`Ledger.scored_ids`, ...).
 :meth:`Ledger.snapshot` is a pure read.
 
 Example:
@@ -55,7 +56,7 @@ class SiftTrace:
 
 
 class Ledger:
-    """Counters, timers and the optional audit of one loader.
+    """Counters, timers and the optional audit of one loader (or one reuse sampler).
 
     Args:
         audit: a :class:`~smartsift.SiftAudit` to record sample ids in, or None.
@@ -79,10 +80,19 @@ class Ledger:
     def passed(self, epoch: int, batch: Any, size: int) -> None:
         """``size`` samples of ``batch`` passed through unscored (the sift delay)."""
         if size > 0:
-            self.counts["samples_passed"] += size
-            self.counts["samples_kept"] += size
+            self._passed(size)
             if self.audit is not None:
                 self.audit.record_passed(epoch, batch, size)
+
+    def passed_ids(self, epoch: int, ids: np.ndarray) -> None:
+        """As :meth:`passed`, by sample id: the samples ``ids`` were trained undecided."""
+        self._passed(int(np.size(ids)))
+        if self.audit is not None:
+            self.audit.record_passed_ids(epoch, ids)
+
+    def _passed(self, size: int) -> None:
+        self.counts["samples_passed"] += size
+        self.counts["samples_kept"] += size
 
     def scored(
         self, epoch: int, batch: Any, losses: np.ndarray, mask: np.ndarray, nonfinite: int
@@ -91,16 +101,39 @@ class Ledger:
         size = int(mask.size)
         if size == 0:
             return
-        kept = int(np.count_nonzero(mask))
-        counts = self.counts
-        counts["samples_kept"] += kept
-        counts["samples_sifted"] += size - kept
-        counts["samples_nonfinite"] += nonfinite
+        kept = self._decided(mask, nonfinite)
         self.recent.append((size, kept))
-        self._trace.append((counts["steps"], size, kept))
+        self._trace.append((self.counts["steps"], size, kept))
         self._losses.append((losses, mask))
         if self.audit is not None:
             self.audit.record_scored(epoch, batch, losses, mask)
+
+    def scored_ids(
+        self, epoch: int, ids: np.ndarray, losses: np.ndarray, mask: np.ndarray, nonfinite: int = 0
+    ) -> None:
+        """As :meth:`scored`, for a caller that knows the sample ids without a batch (loss
+        reuse decides on indices before loading); not in :meth:`trace`, which follows raw
+        batches. The audit records the call even when it holds no sample.
+
+        Example:
+            >>> from smartsift.engine.audit import SiftAudit
+            >>> ledger = Ledger(SiftAudit(id_key=0))
+            >>> mask = np.array([False, True])
+            >>> ledger.scored_ids(0, np.array([3, 5]), np.array([0.2, 0.9]), mask)
+            >>> ledger.counts["samples_sifted"], ledger.audit.epoch(0).kept.tolist()
+            (1, [5])
+        """
+        self._decided(mask, nonfinite)
+        if self.audit is not None:
+            self.audit.record_scored_ids(epoch, ids, losses, mask)
+
+    def _decided(self, mask: np.ndarray, nonfinite: int) -> int:
+        """Counts a decision's kept, sifted and non-finite samples; returns the kept count."""
+        kept = int(np.count_nonzero(mask))
+        self.counts["samples_kept"] += kept
+        self.counts["samples_sifted"] += int(mask.size) - kept
+        self.counts["samples_nonfinite"] += nonfinite
+        return kept
 
     def dropped(self, epoch: int, pieces: Sequence[tuple[Any, int]]) -> None:
         """Kept samples were dropped at an epoch end, as ``(batch, size)`` pairs."""
@@ -109,6 +142,12 @@ class Ledger:
             self.counts["samples_dropped"] += n
             if self.audit is not None:
                 self.audit.record_dropped(epoch, pieces)
+
+    def dropped_ids(self, epoch: int, ids: np.ndarray) -> None:
+        """As :meth:`dropped`, by sample id: the kept or passed samples ``ids`` were cut."""
+        self.counts["samples_dropped"] += int(np.size(ids))
+        if self.audit is not None:
+            self.audit.record_dropped_ids(epoch, ids)
 
     def trained(self, size: int) -> None:
         """A batch of ``size`` samples was handed to the training step."""

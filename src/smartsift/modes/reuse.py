@@ -62,7 +62,7 @@ Example:
     >>> table.update(torch.tensor(first), torch.arange(8.0))   # the training step's losses
     >>> list(sampler)                               # epoch 1: the four lowest losses skipped
     [4, 5, 6, 7]
-    >>> sampler.stats.skipped, sampler.stats.keep_rate
+    >>> sampler.stats.sifted, sampler.stats.keep_rate
     (4, 0.5)
 """
 
@@ -79,12 +79,19 @@ import numpy as np
 import torch
 from torch.utils.data import DistributedSampler, Sampler
 
+from smartsift.engine import checkpoint as ckpt
 from smartsift.engine.audit import SiftAudit
+from smartsift.engine.checks import (
+    check_fraction,
+    check_instance,
+    check_int,
+    check_optional_int,
+    check_real,
+)
+from smartsift.engine.ledger import Ledger
 from smartsift.engine.selector import Selector
 from smartsift.modes.table import SCORES, ScoreFn, ScoreTable
 from smartsift.policies import Policy, RelativeProbabilistic
-from smartsift.policies.auto import Auto
-from smartsift.policies.guards import Guarded
 
 __all__ = [
     "ReuseEpochStats",
@@ -94,8 +101,6 @@ __all__ = [
     "fresh_scores",
     "shard_evenly",
 ]
-
-_STATE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -107,7 +112,7 @@ class ReuseEpochStats:
         candidates: indices the base sampler gave (the whole permutation under DDP).
         decided: candidates with a fresh loss and a finite score, handed to the selector.
         kept: decided candidates the selector kept.
-        skipped: decided candidates skipped (not loaded this epoch).
+        sifted: decided candidates skipped (not loaded this epoch); ``skipped`` is its old name.
         passed: candidates trained undecided: never scored, non-finite loss or score, stale, or
             annealing.
         stale: of ``passed``, those whose loss was older than ``max_age`` epochs.
@@ -124,13 +129,18 @@ class ReuseEpochStats:
     candidates: int
     decided: int
     kept: int
-    skipped: int
+    sifted: int
     passed: int
     stale: int
     annealing: bool
     padded: int = 0
     dropped: int = 0
     unscorable: int = 0
+
+    @property
+    def skipped(self) -> int:
+        """The old name of :attr:`sifted` (read-only)."""
+        return self.sifted
 
     @property
     def trained(self) -> int:
@@ -318,40 +328,35 @@ class ReuseSampler(Sampler[int]):
                 "Expected `policy` to be a smartsift Policy (e.g. "
                 f"ss.RelativeProbabilistic(keep=0.3)), but got {policy!r}."
             )
-        if not isinstance(table, ScoreTable):
-            raise ValueError(f"Expected `table` to be a ScoreTable, but got {table!r}.")
-        if isinstance(policy, Auto):
+        check_instance("table", table, ScoreTable, "a ScoreTable")
+        needs = policy.bind().needs
+        if needs.scoring_pass or needs.held_out:
             raise ValueError(
-                f"Expected a policy that decides from losses alone, but got {policy!r}: Auto "
-                "needs the timings of a SiftingDataLoader's scoring pass, which loss reuse does "
-                "not run. Pass the policy Auto wraps."
+                f"Expected a policy that decides from losses alone, but got {policy!r}: "
+                f"{type(policy).__name__} needs the timings of a SiftingDataLoader's scoring "
+                "pass, which loss reuse does not run. Pass the policy it wraps."
             )
-        if isinstance(policy, Guarded) and policy.class_floor > 0:
+        if needs.labels:
             raise ValueError(
-                f"Expected a policy without `class_floor`, but got {policy!r}: the sampler "
-                "decides before loading, so it sees no labels. Use exclude_top or max_streak."
+                f"Expected a policy that needs no labels, but got {policy!r}: the sampler "
+                "decides before loading, so it sees no labels (a Guarded policy: use "
+                "exclude_top or max_streak, not class_floor)."
             )
         if not (callable(score) or (isinstance(score, str) and score in SCORES)):
             raise ValueError(
                 f"Expected `score` to be one of {sorted(SCORES)} or a callable "
                 f"score(table, indices) -> np.ndarray, but got {score!r}."
             )
-        _check_int("max_age", max_age, low=0, optional=True)
-        _check_int("epochs", epochs, low=1, optional=True)
-        _check_int("chunk_size", chunk_size, low=1)
-        if not isinstance(anneal, (int, float)) or not 0.0 <= anneal < 1.0:
-            raise ValueError(f"Expected `anneal` to be a float in [0, 1), but got {anneal!r}.")
+        check_optional_int("max_age", max_age, 0, words=False)
+        check_optional_int("epochs", epochs, 1, words=False)
+        check_int("chunk_size", chunk_size, 1, words=False)
+        check_fraction("anneal", anneal, high_open=True)
         if anneal > 0 and epochs is None:
             raise ValueError(
                 f"anneal={anneal} needs `epochs` (the run's number of epochs) to know which "
                 "epochs are the last ones; pass epochs=..."
             )
-        if max_weight is not None and not (
-            isinstance(max_weight, (int, float)) and max_weight >= 1
-        ):
-            raise ValueError(
-                f"Expected `max_weight` to be a float >= 1 or None, but got {max_weight!r}."
-            )
+        check_real("max_weight", max_weight, 1, optional=True)
         self.sampler = sampler
         self.table = table
         self.policy = policy
@@ -362,7 +367,7 @@ class ReuseSampler(Sampler[int]):
         self.epochs = epochs
         self.anneal = float(anneal)
         self.chunk_size = chunk_size
-        self.audit = audit
+        self._ledger = Ledger(audit)
         self.num_replicas, self.rank, self.drop_last = _sharding(
             sampler, num_replicas, rank, drop_last
         )
@@ -382,7 +387,7 @@ class ReuseSampler(Sampler[int]):
 
         A pending resume (after :meth:`load_state_dict`) is kept only for the same epoch.
         """
-        _check_int("epoch", epoch, low=0)
+        check_int("epoch", epoch, 0, words=False)
         self._explicit = epoch
         if self._resume and (self._current is None or self._current.epoch != epoch):
             self._resume = False
@@ -473,7 +478,7 @@ class ReuseSampler(Sampler[int]):
             candidates=int(order.size),
             decided=int(decided.size),
             kept=n_kept,
-            skipped=int(decided.size) - n_kept,
+            sifted=int(decided.size) - n_kept,
             passed=int(order.size - decided.size),
             stale=0 if anneals else int(np.count_nonzero(stale)),
             annealing=anneals,
@@ -481,8 +486,7 @@ class ReuseSampler(Sampler[int]):
             dropped=dropped,
             unscorable=int(np.count_nonzero(unscorable)),
         )
-        if self.audit is not None:
-            self._record(self.audit, epoch, order, scores, fresh, keep, trained_pos)
+        self._record(epoch, order, scores, fresh, keep, trained_pos)
         self._saved = None
         return _Epoch(epoch, share, weights)
 
@@ -522,7 +526,6 @@ class ReuseSampler(Sampler[int]):
 
     def _record(
         self,
-        audit: SiftAudit,
         epoch: int,
         order: np.ndarray,
         scores: np.ndarray,
@@ -530,25 +533,31 @@ class ReuseSampler(Sampler[int]):
         keep: np.ndarray,
         trained_pos: np.ndarray,
     ) -> None:
-        """Audits this rank's share: trained items by position in the pruned list, skipped ones
-        by position in the candidates, so that the ranks' audits merge into the whole epoch. The
-        losses recorded are the scores the decision used (the reused losses under "loss")."""
-        w, r = self.num_replicas, self.rank
+        """Records this rank's share in the ledger (and so in the audit): trained items by
+        position in the pruned list, skipped ones by position in the candidates, so that the
+        ranks' audits merge into the whole epoch. The losses recorded are the scores the
+        decision used (the reused losses under "loss")."""
+        ledger, w, r = self._ledger, self.num_replicas, self.rank
         mine = trained_pos[r::w]
         decided = fresh[mine]
-        audit.record_scored_ids(
-            epoch, order[mine[decided]], scores[mine[decided]], keep[mine[decided]]
-        )
-        audit.record_passed_ids(epoch, order[mine[~decided]])
-        skipped = np.flatnonzero(fresh & ~keep)
-        skipped = skipped[skipped % w == r]
-        audit.record_scored_ids(
-            epoch, order[skipped], scores[skipped], np.zeros(skipped.size, dtype=bool)
-        )
+        ledger.scored_ids(epoch, order[mine[decided]], scores[mine[decided]], keep[mine[decided]])
+        ledger.passed_ids(epoch, order[mine[~decided]])
+        sifted = np.flatnonzero(fresh & ~keep)
+        sifted = sifted[sifted % w == r]
+        ledger.scored_ids(epoch, order[sifted], scores[sifted], np.zeros(sifted.size, dtype=bool))
         if self.drop_last and w > 1:
             total = trained_pos.size // w * w
             cut = np.arange(total, trained_pos.size)
-            audit.record_dropped_ids(epoch, order[trained_pos[cut[cut % w == r]]])
+            ledger.dropped_ids(epoch, order[trained_pos[cut[cut % w == r]]])
+
+    @property
+    def audit(self) -> SiftAudit | None:
+        """The audit that each decision is recorded in (through the sampler's ledger), or None."""
+        return self._ledger.audit
+
+    @audit.setter
+    def audit(self, audit: SiftAudit | None) -> None:
+        self._ledger.audit = audit
 
     # ------------------------------------------------------------ weights and stats
     def weights(self, ids: Any) -> torch.Tensor:
@@ -600,7 +609,7 @@ class ReuseSampler(Sampler[int]):
         current = self._current
         base_gen = getattr(self.sampler, "generator", None)
         return {
-            "version": _STATE_VERSION,
+            ckpt.VERSION_KEY: ckpt.VERSION,
             "num_replicas": self.num_replicas,
             "rank": self.rank,
             "epoch": None if current is None else current.epoch,
@@ -622,14 +631,16 @@ class ReuseSampler(Sampler[int]):
         """Restores :meth:`state_dict`'s output; the next iteration continues the saved epoch
         from the saved position (yielding nothing if it was complete).
 
+        A state saved before ``ReuseEpochStats.skipped`` was renamed ``sifted`` (format
+        version 1) loads too.
+
         Raises:
-            ValueError: if the state was saved with another rank layout or another policy.
+            ValueError: if the state is of an unknown version, or was saved with another rank
+                layout or another policy.
         """
-        if int(state.get("version", 0)) != _STATE_VERSION:
-            raise ValueError(
-                f"This is not a ReuseSampler state of a known version (got "
-                f"{state.get('version')!r}, expected {_STATE_VERSION})."
-            )
+        ckpt.check_version(
+            state, "ReuseSampler", "Pass the dict that ReuseSampler.state_dict() returned."
+        )
         saved = (int(state["num_replicas"]), int(state["rank"]))
         if saved != (self.num_replicas, self.rank):
             raise ValueError(
@@ -640,11 +651,7 @@ class ReuseSampler(Sampler[int]):
         base_gen = getattr(self.sampler, "generator", None)
         if isinstance(base_gen, torch.Generator) and state["base_generator"] is not None:
             base_gen.set_state(state["base_generator"])
-        names = {f.name for f in fields(ReuseEpochStats)}
-        self._stats = {
-            int(s["epoch"]): ReuseEpochStats(**{k: v for k, v in s.items() if k in names})
-            for s in state["stats"]
-        }
+        self._stats = {int(s["epoch"]): _stats_from(s) for s in state["stats"]}
         self._explicit = None if state["explicit_epoch"] is None else int(state["explicit_epoch"])
         self._position = int(state["position"])
         self._current = None
@@ -661,12 +668,14 @@ class ReuseSampler(Sampler[int]):
             self._resume = self._current.started
 
 
-def _check_int(name: str, value: Any, low: int, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        extra = " or None" if optional else ""
-        raise ValueError(f"Expected `{name}` to be an int >= {low}{extra}, but got {value!r}.")
+def _stats_from(saved: dict[str, Any]) -> ReuseEpochStats:
+    """An epoch's :class:`ReuseEpochStats` from its saved dict: fields saved before they existed
+    take their defaults, and an old ``skipped`` is read as ``sifted``."""
+    names = {f.name for f in fields(ReuseEpochStats)}
+    values = {k: v for k, v in saved.items() if k in names}
+    if "skipped" in saved:
+        values.setdefault("sifted", saved["skipped"])
+    return ReuseEpochStats(**values)
 
 
 def _sharding(
@@ -684,8 +693,8 @@ def _sharding(
         return own[0], own[1], sampler.drop_last if drop_last is None else bool(drop_last)
     w = 1 if num_replicas is None else num_replicas
     r = 0 if rank is None else rank
-    _check_int("num_replicas", w, low=1)
-    _check_int("rank", r, low=0)
+    check_int("num_replicas", w, 1, words=False)
+    check_int("rank", r, 0, words=False)
     if r >= w:
         raise ValueError(f"Expected `rank` in [0, {w}) (num_replicas={w}), but got {r}.")
     return w, r, bool(drop_last)

@@ -1,9 +1,9 @@
 """The score table: each dataset index's last training loss, fed by the training step itself.
 
 Loss reuse (:mod:`smartsift.modes.reuse`) sifts without a scoring pass: the per-sample losses
-that the training step computes anyway are written into a :class:`ScoreTable`, keyed by dataset index,
-and the next epoch's :class:`~smartsift.modes.reuse.ReuseSampler` decides from them which indices to
-skip before they are loaded. Feeding it is one line after the forward pass::
+that the training step computes anyway are written into a :class:`ScoreTable`, keyed by dataset
+index, and the next epoch's :class:`~smartsift.modes.reuse.ReuseSampler` decides from them which
+indices to skip before they are loaded. Feeding it is one line after the forward pass::
 
     per_sample = loss_fn(model(x), y)            # reduction="none", shape (B,)
     table.update(ids, per_sample)                # ids: the batch's dataset indices
@@ -36,7 +36,6 @@ Example:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -44,7 +43,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from smartsift.engine.checks import check_int
+from smartsift.engine.distributed import PaddedGather
+
 __all__ = ["SCORES", "ScoreFn", "ScoreTable", "loss_change", "reducible_loss"]
+
+_NO_HEADER = np.zeros(0, dtype=np.float64)
 
 
 def _to_numpy(value: Any, float64: bool) -> np.ndarray:
@@ -103,15 +107,13 @@ class ScoreTable:
         epoch: the epoch that new losses are stamped with; the :class:`~smartsift.modes.reuse.
             ReuseSampler` sets it when it decides an epoch (-1 before).
         updates: how many :meth:`update` calls have been made (every rank counts alike).
-        sync_seconds: seconds spent in the all-gather, summed.
-        collectives: how many collectives :meth:`update` and :meth:`set_reference` have run.
+        sync_seconds: seconds spent in the all-gathers, summed (read-only).
+        collectives: how many collectives :meth:`update` and :meth:`set_reference` have run
+            (read-only).
     """
 
     def __init__(self, size: int, distributed: bool | None = None, group: Any = None) -> None:
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise ValueError(
-                f"Expected `size` to be a positive int (the dataset's length), but got {size!r}."
-            )
+        check_int("size", size, 1, "the dataset's length")
         self.size = size
         self.distributed = distributed
         self.group = group
@@ -122,9 +124,9 @@ class ScoreTable:
         self.reference = np.full(size, np.nan, dtype=np.float64)
         self.scored_epoch = np.full(size, -1, dtype=np.int64)
         self.scored_update = np.full(size, -1, dtype=np.int64)
-        self.sync_seconds = 0.0
-        self.collectives = 0
-        self._capacity = 0  # the per-rank message length every rank agreed on
+        # One message per call: no header, the ids and the losses as two rows; the first call
+        # agrees on the row length (capacity 0 until then).
+        self._messages = PaddedGather(group)
 
     # ------------------------------------------------------------ feeding
     def update(self, ids: Any, losses: Any) -> None:
@@ -142,7 +144,8 @@ class ScoreTable:
         """
         ids_np, loss_np = self._check(ids, losses)
         if self._syncs():
-            ids_np, loss_np = self._gather(ids_np, loss_np)
+            _, rows = self._messages.gather(_NO_HEADER, np.stack([ids_np, loss_np]))
+            ids_np, loss_np = _joined(rows)
         before = self.losses[ids_np]
         self.previous[ids_np] = np.where(np.isfinite(before), before, self.previous[ids_np])
         self.losses[ids_np] = loss_np
@@ -178,7 +181,8 @@ class ScoreTable:
         """
         ids_np, loss_np = self._check(ids, losses)
         if self._syncs():
-            ids_np, loss_np = self._gather_once(ids_np, loss_np)
+            _, rows = self._messages.gather_once(_NO_HEADER, np.stack([ids_np, loss_np]))
+            ids_np, loss_np = _joined(rows)
         self.reference[ids_np] = loss_np
 
     def _check(self, ids: Any, values: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -208,60 +212,15 @@ class ScoreTable:
             return False
         return dist.get_world_size(self.group) > 1
 
-    def _gather(self, ids: np.ndarray, losses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        start = time.perf_counter()
-        try:
-            n = ids.size
-            if self._capacity == 0:
-                self._capacity = max(1, int(self._all_gather(np.array([n], np.float64)).max()))
-            cap = self._capacity
-            msg = np.zeros(2 + 2 * cap, dtype=np.float64)
-            msg[:2] = (n, n > cap)
-            msg[2 : 2 + min(n, cap)] = ids[:cap]
-            msg[2 + cap : 2 + cap + min(n, cap)] = losses[:cap]
-            rows = self._all_gather(msg)
-            sizes = rows[:, 0].astype(np.int64)
-            if rows[:, 1].any():
-                # Some rank's batch outgrew the agreed length: agree on a new one and resend.
-                self._capacity = cap = int(sizes.max())
-                body = np.zeros(2 * cap, dtype=np.float64)
-                body[:n], body[cap : cap + n] = ids, losses
-                rows = np.concatenate([rows[:, :2], self._all_gather(body)], axis=1)
-            all_ids = np.concatenate([r[2 : 2 + k] for r, k in zip(rows, sizes, strict=True)])
-            all_losses = np.concatenate(
-                [r[2 + cap : 2 + cap + k] for r, k in zip(rows, sizes, strict=True)]
-            )
-            return all_ids.astype(np.int64), all_losses
-        finally:
-            self.sync_seconds += time.perf_counter() - start
+    @property
+    def sync_seconds(self) -> float:
+        """Seconds spent in the all-gathers of :meth:`update` and :meth:`set_reference`."""
+        return self._messages.seconds
 
-    def _gather_once(self, ids: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Every rank's ``(ids, values)`` of a one-off call, at a length agreed for it alone
-        (so that :meth:`update`'s agreed length stays a batch's)."""
-        start = time.perf_counter()
-        try:
-            sizes = self._all_gather(np.array([ids.size], np.float64))[:, 0].astype(np.int64)
-            cap = max(1, int(sizes.max()))
-            msg = np.zeros(2 * cap, dtype=np.float64)
-            msg[: ids.size], msg[cap : cap + ids.size] = ids, values
-            rows = self._all_gather(msg)
-            all_ids = np.concatenate([r[:k] for r, k in zip(rows, sizes, strict=True)])
-            all_values = np.concatenate(
-                [r[cap : cap + k] for r, k in zip(rows, sizes, strict=True)]
-            )
-            return all_ids.astype(np.int64), all_values
-        finally:
-            self.sync_seconds += time.perf_counter() - start
-
-    def _all_gather(self, msg: np.ndarray) -> np.ndarray:
-        device = torch.device("cpu")
-        if dist.get_backend(self.group) == "nccl":
-            device = torch.device("cuda", torch.cuda.current_device())
-        tensor = torch.from_numpy(msg).to(device)
-        out = [torch.empty_like(tensor) for _ in range(dist.get_world_size(self.group))]
-        dist.all_gather(out, tensor, group=self.group)
-        self.collectives += 1
-        return torch.stack(out).cpu().numpy()
+    @property
+    def collectives(self) -> int:
+        """How many collectives :meth:`update` and :meth:`set_reference` have run."""
+        return self._messages.collectives
 
     # ------------------------------------------------------------ reading
     def scored(self) -> np.ndarray:
@@ -335,6 +294,12 @@ class ScoreTable:
                 else saved.numpy().astype(np.float64, copy=True)
             )
             setattr(self, name, values)
+
+
+def _joined(rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Every rank's gathered ``(ids, values)`` rows, joined in rank order."""
+    ids = np.concatenate([r[0] for r in rows]).astype(np.int64)
+    return ids, np.concatenate([r[1] for r in rows])
 
 
 def _last_loss(table: ScoreTable, indices: np.ndarray) -> np.ndarray:
