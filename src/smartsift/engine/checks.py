@@ -19,7 +19,6 @@ from typing import Any
 import torch
 
 from smartsift.batches.structure import BatchTransform
-from smartsift.policies.base import Policy
 
 __all__ = [
     "check_dataloader",
@@ -200,6 +199,8 @@ def check_loss_fn(loss_fn: Any) -> None:
 
 def check_policy(policy: Any) -> None:
     """Raises TypeError unless ``policy`` is a smartsift :class:`~smartsift.Policy`."""
+    from smartsift.policies.base import Policy  # the policies import these checks
+
     if not isinstance(policy, Policy):
         raise TypeError(
             "Expected `policy` to be a smartsift Policy (e.g. ss.RelativeProbabilistic(beta=1.0)), "

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from smartsift.engine.checks import check_fraction
 from smartsift.engine.history import LossHistory, weak_percentile
 from smartsift.policies.base import Policy, PolicyState
 from smartsift.policies.keeprate import KeepRateState
@@ -104,15 +105,6 @@ def uniform_mask(draws: np.ndarray, keep: float) -> np.ndarray:
     return draws < keep
 
 
-def _check_fraction(name: str, value: Any, low_open: bool, high_open: bool) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > 0 if low_open else value >= 0) and (value < 1 if high_open else value <= 1)
-    if not ok:
-        interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
-        raise ValueError(f"Expected `{name}` to be a float in {interval}, but got {value!r}.")
-
-
 def _check_history(value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(
@@ -165,7 +157,7 @@ class RelativeProbabilistic(Policy):
                     f"keep={self.keep!r}; pass keep= to state the kept fraction, or beta= for "
                     "the reference rule."
                 )
-            _check_fraction("keep", self.keep, low_open=True, high_open=True)
+            check_fraction("keep", self.keep, low_open=True, high_open=True)
         else:
             if b is None:
                 object.__setattr__(self, "beta", 1.0)
@@ -256,7 +248,7 @@ class QuantileThreshold(Policy):
     history: int = 500
 
     def __post_init__(self) -> None:
-        _check_fraction("exclude", self.exclude, low_open=False, high_open=True)
+        check_fraction("exclude", self.exclude, high_open=True)
         _check_history(self.history)
 
     @property
@@ -285,7 +277,7 @@ class TopK(Policy):
     keep: float = 0.5
 
     def __post_init__(self) -> None:
-        _check_fraction("keep", self.keep, low_open=True, high_open=False)
+        check_fraction("keep", self.keep, low_open=True)
 
     @property
     def expected_keep(self) -> float:
@@ -312,7 +304,7 @@ class Uniform(Policy):
     keep: float = 0.5
 
     def __post_init__(self) -> None:
-        _check_fraction("keep", self.keep, low_open=True, high_open=False)
+        check_fraction("keep", self.keep, low_open=True)
 
     @property
     def expected_keep(self) -> float:
