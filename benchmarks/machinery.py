@@ -2,9 +2,10 @@
 
 Two measurements, on one CPU thread, for loss histories of 500, 10 000 and 100 000 losses:
 
-- *internals*: the engine's parts that the loader runs for a sifted raw batch, called directly
-  (the selector's history update and decision, slicing the kept samples, the refined batcher
-  joining them into batches), so the figure is of the code the loader really runs;
+- *internals*: the sift step the loader runs for a sifted raw batch, called directly
+  (:func:`smartsift.engine.step.sift_step`: the selector's history update and decision, slicing
+  the kept samples; then the refined batcher joining them into batches), so the figure is of
+  the code the loader really runs;
 - *loader*: a ``SiftingDataLoader`` driven end to end over pre-built raw batches, with an
   identity-cost model: the loss function returns a loss column the batch already carries,
   so the figure is everything the loader does per raw batch but the model.
@@ -20,14 +21,13 @@ import statistics
 import time
 from typing import Any
 
-import numpy as np
 import torch
 
 import smartsift as ss
 from benchmarks.common import Section, Target, fmt_spread, markdown_table
-from smartsift.batches.structure import select
 from smartsift.engine.batcher import RefinedBatcher
 from smartsift.engine.selector import Selector
+from smartsift.engine.step import sift_step
 
 __all__ = ["run"]
 
@@ -75,10 +75,7 @@ def internals_rate(history: int, n_batches: int) -> float:
         selector.decide([loss.numpy()])
     start = time.process_time()
     for x, y, loss in batches:
-        decision = selector.decide([loss.numpy()])
-        mask, kept = decision.masks[0], decision.kept[0]
-        if kept:
-            batcher.push(select((x, y), torch.from_numpy(np.flatnonzero(mask))), kept)
+        sift_step(selector, batcher, (x, y), BATCH, [loss.numpy()])
         batcher.form_all()
         batcher.ready.clear()
     return n_batches * BATCH / (time.process_time() - start)

@@ -41,7 +41,8 @@ class Pulled:
     """What a rank pulled for a round.
 
     Attributes:
-        raw: the raw batch (on ``device``), or None when the loader is exhausted or failed.
+        raw: the raw batch (on ``device``), or None when the loader is exhausted or failed
+            to load it (a batch that failed later is kept, and never used: the round raises).
         sliceable: its sliceable form (the transform's output).
         size: its number of samples (0 on failure).
         losses: its scored losses (empty when unscored).

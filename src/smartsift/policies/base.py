@@ -159,7 +159,11 @@ class PolicyState:
 
     # ------------------------------------------------------------------ the round hooks
     def round_kind(self) -> str:
-        """What the next round does: one of :data:`ROUND_KINDS`."""
+        """What the next round does: one of :data:`ROUND_KINDS`.
+
+        A pure read: the driver may ask more than once per round (and asks in the round that
+        finds the data exhausted too). Move the plan forward in :meth:`end_round`.
+        """
         return SIFT
 
     def sample_inputs(self, batch: Any, size: int) -> np.ndarray | None:

@@ -1,4 +1,4 @@
-"""The policies' math, on their pure functions and through their classes."""
+"""Tests of ``smartsift.policies.rules``: the rules' math, as pure functions and as classes."""
 
 from __future__ import annotations
 

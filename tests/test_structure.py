@@ -1,4 +1,4 @@
-"""Slicing and joining every supported batch structure."""
+"""Tests of ``smartsift.batches.structure``: slicing and joining every supported batch structure."""
 
 from __future__ import annotations
 

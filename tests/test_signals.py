@@ -1,4 +1,4 @@
-"""Tests of the loss statistics the profiler and ``Auto`` read."""
+"""Tests of ``smartsift.policies.signals``: the loss statistics the profiler and ``Auto`` read."""
 
 from __future__ import annotations
 
