@@ -1,16 +1,21 @@
-"""Fine-tune a tiny BERT classifier with the Hugging Face Trainer on sifted batches.
+"""Fine-tune a tiny BERT classifier with the Hugging Face Trainer on sifted data.
 
-One line turns sifting on: ``enable_sifting(trainer, policy)``. Runs on the CPU in seconds, in one
-process or under torchrun (every rank takes the same number of steps)::
+One line turns sifting on: ``enable_sifting(trainer, policy, mode=...)``. Runs on the CPU in
+seconds, in one process or under torchrun (every rank takes the same number of steps)::
 
-    python examples/hf_trainer.py
+    python examples/hf_trainer.py                     # loss reuse (the default here)
+    python examples/hf_trainer.py --mode scoring      # an extra scoring pass per batch
     torchrun --nproc_per_node=2 examples/hf_trainer.py
+
+``--mode reuse`` records the per-sample losses of the training step itself and skips, each
+epoch, the samples they say are learnt: no extra forward pass. ``--mode scoring`` scores every
+raw batch with a no-grad forward pass and trains the kept samples in refined batches.
 
 Nothing is downloaded: the tokenizer (a word-level vocabulary) and the model are built from code,
 and the task is synthetic (is the first token in the upper half of the vocabulary?). The
-collator pads each batch to its own longest sentence; smartsift re-pads kept samples of
-different lengths with the tokenizer's pad id (``Padding.huggingface``, built from the Trainer's
-``processing_class``) and trims every refined batch to its longest sentence.
+collator pads each batch to its own longest sentence; in the scoring mode smartsift re-pads kept
+samples of different lengths with the tokenizer's pad id (``Padding.huggingface``, built from
+the collator's tokenizer) and trims every refined batch to its longest sentence.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import argparse
 import gc
 import os
 import tempfile
+import zlib
 
 import torch
 import torch.distributed as dist
@@ -46,7 +52,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=16, help="per process")
     parser.add_argument("--beta", type=float, default=1.0, help="selectivity (keeps 1/(1+beta))")
-    parser.add_argument("--sift-delay", type=int, default=4, help="raw batches before sifting")
+    parser.add_argument("--sift-delay", type=int, default=4, help="scoring: raw batches first")
+    parser.add_argument("--mode", choices=["reuse", "scoring"], default="reuse")
+    parser.add_argument("--keep", type=float, default=0.5, help="reuse: the kept share")
     return parser.parse_args()
 
 
@@ -103,27 +111,45 @@ def main() -> None:
         model=model,
         args=training_args,
         train_dataset=make_data(args.samples),
-        processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),  # pads each batch to its longest
     )
-    sifting = enable_sifting(  # the one line: loss chosen from the model's head
-        trainer, ss.RelativeProbabilistic(beta=args.beta, history=200), sift_delay=args.sift_delay
-    )
-    trainer.train()
-
-    stats, state = sifting.stats, trainer.state
     rank = int(os.environ.get("RANK", "0"))
-    print(
-        f"[rank {rank}] global_step={state.global_step} epoch={state.epoch:.2f} "
-        f"steps={stats.steps} seen={stats.samples_seen} kept={stats.samples_kept} "
-        f"trained={stats.samples_trained} epochs={stats.epochs} "
-        f"lr={trainer.lr_scheduler.get_last_lr()[0]:.2e} keep_rate={stats.keep_rate:.3f}",
-        flush=True,
-    )
+    state = trainer.state
+    if args.mode == "reuse":
+        reuse = enable_sifting(  # the one line: losses recorded from the training step itself
+            trainer, ss.RelativeProbabilistic(keep=args.keep), mode="reuse"
+        )
+        trainer.train()
+        epochs = reuse.sampler.epoch_stats
+        reuse.table.sync()  # under DDP: the last epoch's losses, exchanged before reading them
+        digest = zlib.crc32(reuse.table.losses.tobytes())  # the same table on every rank
+        print(
+            f"[rank {rank}] global_step={trainer.state.global_step} "
+            f"epoch={trainer.state.epoch:.2f} epochs={len(epochs)} "
+            f"trained={sum(e.trained for e in epochs.values())} "
+            f"candidates={sum(e.candidates for e in epochs.values())} "
+            f"lr={trainer.lr_scheduler.get_last_lr()[0]:.2e} table={digest}",
+            flush=True,
+        )
+    else:
+        sifting = enable_sifting(  # the one line: loss chosen from the model's head
+            trainer,
+            ss.RelativeProbabilistic(beta=args.beta, history=200),
+            sift_delay=args.sift_delay,
+        )
+        trainer.train()
+        stats, state = sifting.stats, trainer.state
+        print(
+            f"[rank {rank}] global_step={state.global_step} epoch={state.epoch:.2f} "
+            f"steps={stats.steps} seen={stats.samples_seen} kept={stats.samples_kept} "
+            f"trained={stats.samples_trained} epochs={stats.epochs} "
+            f"lr={trainer.lr_scheduler.get_last_lr()[0]:.2e} keep_rate={stats.keep_rate:.3f}",
+            flush=True,
+        )
     if dist.is_initialized():
         # Free DDP (its reducer holds the process group) first: gloo threads that outlive the
         # interpreter can abort the process at exit.
-        del trainer, sifting
+        del trainer
         gc.collect()
         dist.destroy_process_group()
 

@@ -1,12 +1,16 @@
 """Tests of ``ss.Auto``: the decision rule on synthetic signals, the controller's round plan, and
 Auto through a real ``SiftingDataLoader`` (plain where scoring is too dear or losses are even,
-sifting where it pays, the reason in ``stats`` and the log, exact resume, DDP agreement)."""
+sifting where it pays, the reason in ``stats`` and the log, exact resume, DDP agreement,
+identical decisions whatever the clock says); and the epoch-level judgement loss reuse asks
+for (``judge_epoch``), with a fake held-out context."""
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -18,18 +22,23 @@ from _resume import assert_resume_matches
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import smartsift as ss
-from smartsift.engine.stats import conservation_errors
+from smartsift.engine.selector import Selector
+from smartsift.engine.stats import conservation_errors, counter_fields
 from smartsift.policies.auto import (
+    ASSUMED_COST_RATIO,
     MEASURE,
     SCALARS,
     SIFT,
     SKIP,
     AutoController,
     HeldOut,
+    held_out_gate,
     judge,
+    judge_reuse,
     progress_rate,
     track_best,
 )
+from smartsift.policies.base import RoundTimes
 
 MODEL = torch.nn.Linear(2, 2)
 CHEAP = ss.Auto(ss.TopK(0.5), cost_ratio=0.1)
@@ -130,8 +139,11 @@ def test_auto_validates_and_describes_itself() -> None:
         ss.Auto(every=5, probe=2)
     with pytest.raises(ValueError, match="min_concentration"):
         ss.Auto(min_concentration=0.3)
-    with pytest.raises(ValueError, match="cost_ratio"):
-        ss.Auto(cost_ratio=-1.0)
+    for bad in (-1.0, None, "measured", math.inf):
+        with pytest.raises(
+            ValueError, match=r"`cost_ratio` to be a non-negative float .*'measure'"
+        ):
+            ss.Auto(cost_ratio=bad)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="other than Auto"):
         ss.Auto(ss.Auto())
     auto = ss.Auto(ss.Guarded(ss.TopK(0.5), exclude_top=0.1), probe=3, every=30)
@@ -158,7 +170,7 @@ def test_controller_measures_then_sifts_with_plain_windows_every_cycle() -> None
 
 
 def test_controller_trains_plain_unscored_and_probes_every_cycle() -> None:
-    auto = ss.Auto(ss.TopK(0.5), probe=2, every=6)
+    auto = ss.Auto(ss.TopK(0.5), probe=2, every=6, cost_ratio="measure")  # reads the timings
     ctl = AutoController(auto)
     dear = np.array([4.0, 4.0, 4.0, 4.0, 0.0, 4.0])  # scoring 1 s/sample, step 1 s/sample
     even = np.array([1.0, 1.0, 1.0, 1.2])
@@ -195,7 +207,7 @@ def test_controller_falls_back_on_progress_and_backs_off() -> None:
 
 
 def test_controller_state_round_trips() -> None:
-    ctl = AutoController(ss.Auto(ss.TopK(0.5), probe=2, every=6))
+    ctl = AutoController(ss.Auto(ss.TopK(0.5), probe=2, every=6, cost_ratio="measure"))
     scalars = np.array([0.1, 4.0, 4.0, 4.0, 0.0, 4.0])
     for i in range(9):
         _round(ctl, np.array([0.0, 0.1, 0.0, 3.0 + i]), scalars)
@@ -260,8 +272,8 @@ def test_loader_trains_plain_where_losses_are_even() -> None:
 
 
 def test_loader_measures_the_step_between_batches() -> None:
-    """No cost_ratio: a loop that does nothing with its batches makes scoring the dear part."""
-    loader = _loader(ss.Auto(ss.TopK(0.5), probe=2, every=10), _data())
+    """Measured costs: a loop that does nothing with its batches makes scoring the dear part."""
+    loader = _loader(ss.Auto(ss.TopK(0.5), probe=2, every=10, cost_ratio="measure"), _data())
     for _ in loader:
         pass
     assert loader.stats.auto_state == "plain"
@@ -293,7 +305,7 @@ def auto_ranks(rank: int, world_size: int) -> dict[str, Any]:
     """Auto with measured timings; rank 1's steps are slower, so local timings differ."""
     data = _data(384)
     sampler = DistributedSampler(data, world_size, rank, shuffle=True, seed=0)
-    policy = ss.Auto(ss.TopK(0.5), probe=2, every=6)
+    policy = ss.Auto(ss.TopK(0.5), probe=2, every=6, cost_ratio="measure")
     loader = ss.SiftingDataLoader(
         DataLoader(data, batch_size=16, sampler=sampler), MODEL, _fixed_loss, policy, seed=0,
         batch_size=8,
@@ -508,3 +520,195 @@ def test_ranks_act_on_the_mean_held_out_metric_and_stop_together_on_failure() ->
     first, second = run_ranks(failing_validation_ranks, 2, timeout=120)
     assert second == "RuntimeError: rank 1 lost its validation set"
     assert first.startswith("RemoteRankError: smartsift: Auto's validate() failed on 1 rank(s)")
+
+
+# ----------------------------------------------------------------------------- no clock by default
+def test_the_default_cost_is_a_stated_assumption_and_reads_no_clock() -> None:
+    auto = ss.Auto(ss.TopK(0.5))
+    assert auto.cost_ratio == ASSUMED_COST_RATIO == pytest.approx(1 / 3)
+    assert not auto.measures_costs and repr(auto) == "Auto(TopK(keep=0.5))"
+    ctl = auto.bind()
+    times = RoundTimes(overhead_s=9.0, scored=4, step_s=0.001, trained=4, data_s=5.0, raw=4)
+    assert ctl.round_scalars(times) is None  # no timing is even exchanged
+    # Timings that do arrive (a rank measuring) move nothing.
+    ctl.observe([np.array([1.0, 2.0])], None, [np.array([9.0, 4, 0.001, 4, 5.0, 4])])
+    assert (ctl.f_over_t, ctl.d_over_t) == (pytest.approx(1 / 3), 0.0)
+    measuring = ss.Auto(ss.TopK(0.5), cost_ratio="measure")
+    assert measuring.measures_costs and repr(measuring).endswith("cost_ratio='measure')")
+    assert measuring.bind().round_scalars(times) is not None
+    assert not auto.matches(measuring.describe()) and not measuring.matches(auto.describe())
+
+
+def test_checkpoints_saved_before_the_default_assumption_still_load() -> None:
+    """A state saved when the default read the clock: its description names no cost_ratio,
+    and its controller has no loss-reuse entries."""
+    saved = Selector(ss.Auto(ss.TopK(0.5), probe=2, every=6)).state_dict()
+    for key in ("per_epoch", "judged_epoch"):
+        del saved["auto"][key]
+    saved["policy"] = {"type": "Auto", "fields": {"policy": ss.TopK(0.5).describe(),
+                                                   "every": 6, "probe": 2}}  # fmt: skip
+    buffer = io.BytesIO()
+    torch.save(saved, buffer)
+    buffer.seek(0)
+    fresh = Selector(ss.Auto(ss.TopK(0.5), probe=2, every=6))
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    ctl = fresh.state
+    assert isinstance(ctl, AutoController)
+    assert (ctl.per_epoch, ctl.judged_epoch, ctl.state) == (False, -1, "measuring")
+
+
+def _learning_run(pause_s: float) -> list[Any]:
+    """A linear classifier learning a separable task from scratch through Auto's defaults;
+    every yielded batch's ids and the stats that are not timings."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 8, generator=g)
+    y = (x @ torch.randn(8, 3, generator=g)).argmax(1)
+    model = torch.nn.Linear(8, 3)
+    with torch.no_grad():
+        model.weight.copy_(0.01 * torch.randn(3, 8, generator=g))
+        model.bias.zero_()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+
+    def loss_fn(m: torch.nn.Module, batch: Any) -> torch.Tensor:
+        _, xb, yb = batch
+        return torch.nn.functional.cross_entropy(m(xb), yb, reduction="none")
+
+    raw = DataLoader(
+        ss.IndexedDataset(TensorDataset(x, y)), batch_size=8, shuffle=True,
+        generator=torch.Generator().manual_seed(1),
+    )  # fmt: skip
+    loader = ss.SiftingDataLoader(raw, model, loss_fn, ss.Auto(), seed=0, batch_size=8)
+    record = []
+    for _ in range(5):
+        for batch in loader:
+            optimizer.zero_grad()
+            loss_fn(model, batch).mean().backward()
+            optimizer.step()
+            if pause_s:
+                time.sleep(pause_s)  # a slower step: with measured costs, sifting would pay more
+            s = loader.stats
+            counts = [getattr(s, k) for k in counter_fields()]
+            record.append((batch[0].tolist(), counts, s.loss_quantiles, s.auto_state,
+                           s.auto_reason))  # fmt: skip
+    return record
+
+
+def test_identically_seeded_runs_decide_alike_whatever_the_step_takes() -> None:
+    fast, slow = _learning_run(0.0), _learning_run(0.002)
+    assert fast == slow
+    states = {r[3] for r in fast}
+    assert states >= {"plain", "sift"}, states  # the run met both verdicts
+    assert fast[-1][1][counter_fields().index("samples_sifted")] > 0
+
+
+# ----------------------------------------------------------------------------- loss reuse
+CONCENTRATED = np.array([0.0, 0.0, 0.01, 0.02, 0.0, 0.01, 3.0, 5.0])
+EVEN = np.array([1.0, 1.1, 0.9, 1.05, 1.0, 0.95, 1.1, 1.0])
+
+
+class _FakeContext:
+    """A driver's held-out context: calls ``fn`` as one rank would and records the calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def held_out(self, fn: Callable[[], Any], what: str) -> float:
+        self.calls.append(what)
+        with torch.no_grad():
+            return float(fn())
+
+
+def _scripted(values: list[float]) -> Callable[[], float]:
+    it = iter(values)
+    return lambda: next(it)
+
+
+def test_reuse_rule_is_the_scoring_rule_without_the_scoring_pass() -> None:
+    auto = ss.Auto(ss.TopK(0.5))
+    sift = judge_reuse(sifting=False, keep=0.5, c=0.95, auto=auto)
+    assert sift == (True, "sift: predicted 2.00x faster per epoch at keep 0.50; the higher-loss "
+                          "half of the samples carries 95% of the loss")  # fmt: skip
+    # No cost gate: a keep the scoring pass could never pay for still sifts.
+    assert judge_reuse(sifting=False, keep=0.95, c=0.95, auto=auto)[0]  # type: ignore[index]
+    even = judge_reuse(sifting=False, keep=0.5, c=0.6, auto=auto)
+    assert even == judge(**_signals(c=0.6, auto=auto))
+    assert judge_reuse(sifting=True, keep=0.5, c=0.68, auto=auto)[0]  # type: ignore[index]
+    assert judge_reuse(sifting=False, keep=0.5, c=math.nan, auto=auto) is None
+    held = ss.Auto(ss.TopK(0.5), validate=lambda: 0.0)
+    improving = HeldOut(checks=2, best=0.5, since_best=0, last=0.5)
+    assert judge_reuse(sifting=True, keep=0.5, c=0.95, auto=held, held_out=improving) == (
+        False, held_out_gate(improving, held)
+    )  # fmt: skip
+
+
+def test_judge_epoch_trains_plain_while_the_metric_improves_then_sifts() -> None:
+    values = [1.0, 0.5, 0.4, 0.45, 0.45, 0.45, 0.3, 0.35]
+    auto = ss.Auto(ss.TopK(0.5), validate=_scripted(values), patience=3)
+    ctl, context = auto.bind(), _FakeContext()
+    assert ctl.needs.held_out and not ctl.needs.scoring_pass
+    verdicts = [ctl.judge_epoch(e, CONCENTRATED, context) for e in range(len(values) + 1)]
+    # Epoch 0 trains everything unchecked; one check per later epoch.
+    assert verdicts[0] == (False, "measuring: every candidate trained in the first epoch, to "
+                                  "judge whether sifting pays")  # fmt: skip
+    assert context.calls == ["in Auto's validate()"] * len(values)
+    # Checks 1-3 set new bests, 4-6 do not (patience 3): epoch 6 sifts; check 7 is a new best
+    # again: plain, and it stays plain while the best is younger than 3 checks.
+    assert [s for s, _ in verdicts] == [False] * 6 + [True, False, False]
+    assert all(r.startswith("plain (held-out improving)") for _, r in verdicts[1:6])
+    assert verdicts[1][1] == held_out_gate(HeldOut(1, 1.0, 0, 1.0), auto)
+    assert verdicts[6][1].startswith("sift: predicted 2.00x faster per epoch at keep 0.50")
+    assert ctl.status() == ("plain", verdicts[-1][1]) and ctl.held_out.checks == len(values)
+
+
+def test_judge_epoch_trains_plain_on_even_losses_and_checks_once_per_epoch() -> None:
+    ctl = ss.Auto(ss.TopK(0.5)).bind()
+    ctl.judge_epoch(0, np.zeros(0), None)
+    sift, reason = ctl.judge_epoch(1, EVEN, None)
+    assert not sift
+    assert reason.startswith(
+        "plain (even losses): the higher-loss half of the samples carries 52% of the loss "
+        "(needs 70%)"
+    )
+    assert ctl.judge_epoch(2, CONCENTRATED, None)[0]
+    # Losses that cannot tell (fewer than two): the previous verdict stands.
+    assert ctl.judge_epoch(3, np.array([2.0]), None) == (True, ctl.reason)
+    # Asked again for the epoch it judged last: the same answer, no second check.
+    grads: list[bool] = []
+
+    def val_loss() -> float:
+        grads.append(torch.is_grad_enabled())
+        return 0.0
+
+    held = ss.Auto(validate=val_loss).bind()
+    first = held.judge_epoch(1, CONCENTRATED, None)
+    assert held.judge_epoch(1, EVEN, None) == first and grads == [False]  # under no_grad
+
+
+def test_judge_epoch_hands_sifted_epochs_to_the_wrapped_policy() -> None:
+    selector = Selector(ss.Auto(ss.TopK(0.25)))
+    ctl = selector.state
+    assert isinstance(ctl, AutoController) and ctl.judge_epoch(1, CONCENTRATED, None)[0]
+    masks = selector.decide([CONCENTRATED]).masks
+    assert masks[0].tolist() == [False] * 6 + [True, True]  # TopK's, not Auto's "keep all"
+    assert ctl.keep == 0.25  # what the sifted epochs kept
+
+
+def test_judge_epoch_state_round_trips() -> None:
+    values = [1.0, 0.9, 0.9, 0.9, 0.9, 0.8, 0.8, 0.8, 0.8, 0.8]
+    auto = ss.Auto(ss.TopK(0.5), validate=_scripted(values), patience=2)
+    ctl, context = auto.bind(), _FakeContext()
+    for epoch in range(4):
+        ctl.judge_epoch(epoch, CONCENTRATED if epoch % 2 else EVEN, context)
+    buffer = io.BytesIO()
+    torch.save(ctl.state_dict(), buffer)
+    buffer.seek(0)
+    # The copy reads the same metric from where the original stopped.
+    copy = ss.Auto(ss.TopK(0.5), validate=_scripted(values[3:]), patience=2).bind()
+    copy.load_state_dict(torch.load(buffer, weights_only=True))
+    assert (copy.held_out, copy.judged_epoch, copy.per_epoch) == (ctl.held_out, 3, True)
+    # Asked for the epoch it judged last, the copy answers as the original without a check.
+    assert copy.judge_epoch(3, EVEN, context) == (ctl.state == "sift", ctl.reason)
+    for epoch in range(4, 10):
+        losses = CONCENTRATED if epoch % 3 else EVEN
+        assert copy.judge_epoch(epoch, losses, context) == ctl.judge_epoch(epoch, losses, context)
+    assert copy.state_dict() == ctl.state_dict()

@@ -40,6 +40,7 @@ from transformers import (  # noqa: E402
 
 import smartsift as ss  # noqa: E402
 from smartsift.integrations import hf_losses  # noqa: E402
+from smartsift.integrations.hf_reuse import ID_KEY, TrainerReuse, reweighted  # noqa: E402
 from smartsift.integrations.transformers import TrainerSifting, enable_sifting  # noqa: E402
 
 VOCAB, LENGTH, N, BATCH = 50, 12, 128, 16  # 8 raw batches per epoch
@@ -310,15 +311,18 @@ def test_gradient_accumulation_steps_once_per_group_of_sifted_batches(
     assert_schedule_ended(trainer)
 
 
+@pytest.mark.parametrize("processing_class", [True, False])
 def test_batches_padded_to_their_own_length_train_with_a_padding_spec(
-    tmp_path: Path, tokenizer: Any
+    tmp_path: Path, tokenizer: Any, processing_class: bool
 ) -> None:
+    # The pad token comes from the Trainer's processing_class, else from the collator's own
+    # tokenizer (a Trainer built with only DataCollatorWithPadding(tokenizer)).
     torch.manual_seed(0)
     trainer = Trainer(
         model=BertForSequenceClassification(bert_config(num_labels=2)),
         args=training_args(tmp_path),
         train_dataset=sentences(),
-        processing_class=tokenizer,
+        processing_class=tokenizer if processing_class else None,
         data_collator=DataCollatorWithPadding(tokenizer),  # pads to each batch's longest
     )
     lengths = {len(b["input_ids"][0]) for b in trainer.get_train_dataloader()}
@@ -381,7 +385,7 @@ def test_resuming_from_a_checkpoint_is_refused(tmp_path: Path, tokenizer: Any) -
 
 # ------------------------------------------------------------------ DDP under torchrun
 def test_the_example_trains_in_lockstep_on_two_ranks_under_torchrun(tmp_path: Path) -> None:
-    args = ["--epochs=2", "--samples=256", "--sift-delay=2"]
+    args = ["--mode=scoring", "--epochs=2", "--samples=256", "--sift-delay=2"]
     proc = torchrun_copied(EXAMPLES / "hf_trainer.py", tmp_path, args, timeout=240)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
@@ -397,3 +401,190 @@ def test_the_example_trains_in_lockstep_on_two_ranks_under_torchrun(tmp_path: Pa
     for fields in (zero, one):  # each rank saw its own half of the data, twice
         assert int(fields["seen"]) == 256
         assert int(fields["trained"]) < int(fields["seen"])
+
+
+# ------------------------------------------------------------------ loss reuse
+class RecordingTrainer(Trainer):
+    """Records each training step's sample ids and learning rate (before the step)."""
+
+    def training_step(self, model: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        lr = self.optimizer.param_groups[0]["lr"]  # type: ignore[union-attr]
+        self.trained.append((self.state.global_step, inputs[ID_KEY].tolist(), lr))
+        return super().training_step(model, inputs, *args, **kwargs)
+
+
+def reuse_trainer(tmp_path: Path, tokenizer: Any, dropout: float = 0.1, **kw: Any) -> Any:
+    """A classifier whose collator pads each batch to its longest (no processing_class)."""
+    torch.manual_seed(0)
+    config = bert_config(
+        num_labels=2, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout
+    )
+    trainer = RecordingTrainer(
+        model=BertForSequenceClassification(config),
+        args=training_args(tmp_path, **kw),
+        train_dataset=sentences(),
+        data_collator=DataCollatorWithPadding(tokenizer),
+    )
+    trainer.trained = []  # type: ignore[attr-defined]
+    return trainer
+
+
+@pytest.mark.parametrize(
+    "head", ["sequence", "token", "masked", "causal"], ids=lambda h: f"{h}_head"
+)
+def test_losses_from_the_training_steps_outputs_match_the_scoring_losses_and_the_models(
+    tokenizer: Any, head: str
+) -> None:
+    torch.manual_seed(0)
+    items = sentences(6)
+    batch = collate(tokenizer, [{k: v for k, v in i.items() if k != "label"} for i in items])
+    if head == "sequence":
+        model: Any = BertForSequenceClassification(bert_config(num_labels=3))
+        batch["labels"] = torch.tensor([0, 1, 2, 0, 1, 2])
+    elif head == "token":
+        model = BertForTokenClassification(bert_config(num_labels=3))
+        batch["labels"] = torch.randint(0, 3, batch["input_ids"].shape).masked_fill(
+            batch["attention_mask"] == 0, -100
+        )
+    elif head == "masked":
+        model = BertForMaskedLM(bert_config())
+        labels = batch["input_ids"].masked_fill(torch.rand(batch["input_ids"].shape) < 0.5, -100)
+        batch["labels"] = labels.masked_fill(batch["attention_mask"] == 0, -100)
+    else:
+        model = GPT2LMHeadModel(gpt2_config())
+        batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    model.eval()
+    outputs = model(**batch)  # the training step's own forward pass, labels included
+    losses, shares = hf_losses.outputs_loss_for_model(model)(model, outputs, batch)
+    scoring = hf_losses.loss_for_model(model)(model, batch)
+    torch.testing.assert_close(losses, scoring, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(weighted(losses, shares), outputs.loss, rtol=1e-5, atol=1e-6)
+
+
+def test_reweighting_the_models_loss_weights_each_samples_gradient() -> None:
+    torch.manual_seed(0)
+    w = torch.randn(3, requires_grad=True)
+    x, shares = torch.randn(5, 3), torch.tensor([1.0, 2.0, 3.0, 1.0, 2.0])
+    weights = torch.tensor([1.0, 2.0, 0.5, 3.0, 1.0])
+    losses = (x @ w) ** 2
+    model_loss = (shares * losses).sum() / 7.0  # the model's own denominator, unknown to us
+    (grad,) = torch.autograd.grad(
+        reweighted(model_loss, losses, shares, weights), w, retain_graph=True
+    )
+    (expected,) = torch.autograd.grad((weights * shares * losses).sum() / 7.0, w)
+    torch.testing.assert_close(grad, expected)
+
+
+def test_loss_reuse_skips_learnt_samples_with_no_extra_pass_and_ends_its_schedule(
+    tmp_path: Path, tokenizer: Any
+) -> None:
+    trainer = reuse_trainer(tmp_path, tokenizer, num_train_epochs=3)
+    forwards = []
+    trainer.model.register_forward_hook(lambda *_: forwards.append(1))
+    reuse = enable_sifting(trainer, ss.TopK(0.5), mode="reuse")
+    assert isinstance(reuse, TrainerReuse)
+    trainer.train()
+    epochs = reuse.sampler.epoch_stats  # type: ignore[union-attr]
+    assert [epochs[e].trained for e in range(3)] == [N, N // 2, N // 2]
+    assert [epochs[e].sifted for e in range(3)] == [0, N // 2, N // 2]
+    steps = [8, 4, 4]  # batches of 16: 128, then the kept 64 twice
+    assert trainer.state.global_step == sum(steps) == len(forwards)  # one forward per step
+    trained = [ids for _, ids, _ in trainer.trained]
+    for e in range(3):
+        ids = [i for batch in trained[sum(steps[:e]) : sum(steps[: e + 1])] for i in batch]
+        assert len(ids) == len(set(ids)) == epochs[e].trained  # each kept sample once
+    assert trainer.state.epoch == 3.0
+    assert_schedule_ended(trainer)
+    logs = [log for log in trainer.state.log_history if "loss" in log]
+    assert logs and logs[-1]["smartsift/keep_rate"] == 0.5
+    assert reuse.table is not None and reuse.table.scored().all()
+
+
+def test_loss_reuse_with_max_steps_runs_that_many_steps(tmp_path: Path, tokenizer: Any) -> None:
+    trainer = reuse_trainer(tmp_path, tokenizer, max_steps=14)
+    reuse = enable_sifting(trainer, ss.TopK(0.5), mode="reuse")
+    trainer.train()
+    assert trainer.state.global_step == 14 and reuse.epoch == 2  # 8 + 4 + 2 of the third
+    assert_schedule_ended(trainer)
+
+
+@pytest.mark.parametrize(("save", "workers"), [(10, 0), (12, 2)], ids=["mid_epoch", "epoch_end"])
+def test_loss_reuse_resumes_from_a_trainer_checkpoint_exactly(
+    tmp_path: Path, tokenizer: Any, save: int, workers: int
+) -> None:
+    # Epochs of 8, 4, 4 and 4 batches: step 10 is inside the second, step 12 its end.
+    kw = dict(
+        num_train_epochs=4, save_strategy="steps", save_steps=save, logging_strategy="no",
+        dataloader_num_workers=workers, lr_scheduler_type="linear",
+    )  # fmt: skip
+
+    def run(out: Path, resume: str | None = None, stop: int | None = None) -> Any:
+        trainer = reuse_trainer(out, tokenizer, **kw)
+        enable_sifting(trainer, ss.TopK(0.5), mode="reuse")
+        if stop is not None:
+            trainer.add_callback(_StopAt(stop))
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer
+
+    full = run(tmp_path / "full")
+    run(tmp_path / "cut", stop=save + 2)
+    resumed = run(tmp_path / "cut", resume=str(tmp_path / "cut" / f"checkpoint-{save}"))
+    expected = [step for step in full.trained if step[0] >= save]
+    assert resumed.trained == expected  # the same samples, in order, at the same rates
+    assert resumed.state.global_step == full.state.global_step == 20
+
+
+class _StopAt(transformers.TrainerCallback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_loss_reuse_settings_are_checked_when_enabled(tmp_path: Path, tokenizer: Any) -> None:
+    trainer = reuse_trainer(tmp_path, tokenizer)
+    with pytest.raises(ValueError, match=r"`mode` to be 'scoring'.*or 'reuse'.*'replay'"):
+        enable_sifting(trainer, mode="replay")
+    with pytest.raises(TypeError, match=r"`sift_delay`=2 only apply to the scoring pass"):
+        enable_sifting(trainer, mode="reuse", sift_delay=2)
+    with pytest.raises(TypeError, match=r"`epochs`=3, which .* reads `num_train_epochs`"):
+        enable_sifting(trainer, mode="reuse", epochs=3)
+    with pytest.raises(TypeError, match="did you mean `max_age`"):
+        enable_sifting(trainer, mode="reuse", max_ages=2)
+    with pytest.raises(ValueError, match=r"`max_age`.*got 0"):
+        enable_sifting(trainer, mode="reuse", max_age=0)
+    assert "get_train_dataloader" not in vars(trainer)  # nothing was attached
+    reuse = enable_sifting(trainer, mode="reuse")
+    with pytest.raises(RuntimeError, match="already enabled"):
+        enable_sifting(trainer)
+    reuse.disable()
+    assert not {"get_train_dataloader", "compute_loss", "log"} & set(vars(trainer))
+
+
+def test_loss_reuse_resume_without_the_sifting_state_says_where_it_looked(
+    tmp_path: Path, tokenizer: Any
+) -> None:
+    trainer = reuse_trainer(tmp_path, tokenizer)
+    reuse = enable_sifting(trainer, mode="reuse")
+    with pytest.raises(FileNotFoundError, match=r"checkpoint-3.*resume_from\(folder\)"):
+        reuse.callback.on_train_begin(trainer.args, TrainerState(global_step=3), TrainerControl())
+
+
+def test_the_example_reuses_losses_in_lockstep_on_two_ranks_under_torchrun(
+    tmp_path: Path,
+) -> None:
+    args = ["--mode=reuse", "--epochs=3", "--samples=256"]
+    proc = torchrun_copied(EXAMPLES / "hf_trainer.py", tmp_path, args, timeout=240)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    ranks = {}
+    for match in re.finditer(r"\[rank (\d+)\]((?: [a-z_]+=[^\s\[{]+)+)", proc.stdout):
+        ranks[int(match.group(1))] = dict(t.split("=", 1) for t in match.group(2).split())
+    assert sorted(ranks) == [0, 1], out
+    zero, one = ranks[0], ranks[1]
+    assert zero == one, out  # the same steps, decisions and table on both ranks
+    assert zero["epochs"] == "3" and zero["epoch"] == "3.00" and float(zero["lr"]) == 0.0
+    assert int(zero["candidates"]) == 3 * 256 > int(zero["trained"]) > 256
+    assert "more than one rank" not in out  # accelerate shards the pruned list's batches

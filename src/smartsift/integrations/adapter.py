@@ -51,22 +51,32 @@ FROM_FRAMEWORK: Mapping[str, str] = {
 """The loader arguments an integration takes from the framework, each with the fix to give."""
 
 
-def passthrough_names(reserved: Collection[str] = ()) -> list[str]:
-    """The keyword-only arguments of SiftingDataLoader that a caller passes on, less ``reserved``.
+def passthrough_names(
+    reserved: Collection[str] = (), target: type = SiftingDataLoader
+) -> list[str]:
+    """The keyword-only arguments of ``target`` that a caller passes on, less ``reserved``.
+
+    ``target`` is the class the arguments go to: the :class:`~smartsift.SiftingDataLoader`
+    (scoring mode) or the :class:`~smartsift.ReuseSampler` (loss reuse).
 
     Example:
         >>> names = passthrough_names(reserved=["seed"])
         >>> "batch_size" in names, "seed" in names, "model" in names
         (True, False, False)
     """
-    params = inspect.signature(SiftingDataLoader).parameters.values()
+    params = inspect.signature(target).parameters.values()
     return sorted(p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name not in reserved)
 
 
 def check_loader_kwargs(
-    given: Mapping[str, Any], *, caller: str, reserved: Mapping[str, str] = FROM_FRAMEWORK
+    given: Mapping[str, Any],
+    *,
+    caller: str,
+    reserved: Mapping[str, str] = FROM_FRAMEWORK,
+    target: type = SiftingDataLoader,
 ) -> dict[str, Any]:
-    """Checks the keyword arguments ``caller`` passes through to SiftingDataLoader.
+    """Checks the keyword arguments ``caller`` passes through to ``target`` (by default the
+    SiftingDataLoader; the ReuseSampler in loss reuse).
 
     Args:
         given: the caller's ``**loader_kwargs``.
@@ -87,7 +97,7 @@ def check_loader_kwargs(
         ...
         TypeError: ... but got `model`=None, which enable_sifting sets itself (it scores ...
     """
-    allowed = passthrough_names(reserved)
+    allowed = passthrough_names(reserved, target)
     problems = []
     for key, value in given.items():
         if key in reserved:
@@ -100,7 +110,7 @@ def check_loader_kwargs(
             problems.append(f"`{key}`={_brief(value)}, not one of them{fix}")
     if problems:
         raise TypeError(
-            f"Expected keyword arguments of SiftingDataLoader that {caller} passes on, but got "
+            f"Expected keyword arguments of {target.__name__} that {caller} passes on, but got "
             f"{'; '.join(problems)}. It passes on {', '.join(allowed)}."
         )
     return dict(given)

@@ -30,7 +30,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -40,9 +40,11 @@ from smartsift.modes.scoring import LossFn, unwrap_model
 
 __all__ = [
     "IGNORE_INDEX",
+    "OutputsLossFn",
     "causal_lm_loss",
     "loss_for_model",
     "masked_lm_loss",
+    "outputs_loss_for_model",
     "sequence_classification_loss",
     "token_classification_loss",
     "token_mean_cross_entropy",
@@ -69,7 +71,13 @@ def sequence_classification_loss(model: torch.nn.Module, batch: Mapping[str, Any
         tensor([0., 4.])
     """
     inputs, labels = _split(batch, "sequence_classification_loss")
-    logits = _logits(model(**inputs)).float()
+    return _classification_from_logits(model, _logits(model(**inputs)), labels)
+
+
+def _classification_from_logits(
+    model: torch.nn.Module, logits: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    logits = logits.float()
     n = logits.shape[0]
     config = getattr(model, "config", None)
     num_labels = int(getattr(config, "num_labels", logits.shape[-1]))
@@ -156,6 +164,15 @@ def causal_lm_loss(model: torch.nn.Module, batch: Mapping[str, Any]) -> torch.Te
     if not isinstance(batch, Mapping):
         raise TypeError(_not_a_mapping("causal_lm_loss", batch))
     inputs = {k: v for k, v in batch.items() if k != "labels"}
+    config = getattr(model, "config", None)
+    if getattr(config, "use_cache", None) is not None:
+        inputs.setdefault("use_cache", False)  # no key/value cache: scoring never generates
+    logits = _logits(model(**inputs))
+    return token_mean_cross_entropy(logits, _next_token_labels(batch))
+
+
+def _next_token_labels(batch: Mapping[str, Any]) -> torch.Tensor:
+    """The labels a causal LM scores position t against: the label (or token) at t + 1."""
     labels = batch.get("labels")
     if labels is None:
         if "input_ids" not in batch:
@@ -167,12 +184,7 @@ def causal_lm_loss(model: torch.nn.Module, batch: Mapping[str, Any]) -> torch.Te
         mask = batch.get("attention_mask")
         if mask is not None:
             labels = labels.masked_fill(mask == 0, IGNORE_INDEX)
-    config = getattr(model, "config", None)
-    if getattr(config, "use_cache", None) is not None:
-        inputs.setdefault("use_cache", False)  # no key/value cache: scoring never generates
-    logits = _logits(model(**inputs))
-    shifted = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # label t + 1 at position t
-    return token_mean_cross_entropy(logits, shifted)
+    return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # label t + 1 at position t
 
 
 def token_mean_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -249,6 +261,76 @@ def loss_for_model(model: torch.nn.Module) -> LossFn:
         f"*ForMaskedLM or *ForCausalLM), but got {type(inner).__name__}. Pass "
         "loss_fn=your_loss(model, batch) returning one loss per sample."
     )
+
+
+OutputsLossFn = Callable[
+    [torch.nn.Module, Any, Mapping[str, Any]], tuple[torch.Tensor, torch.Tensor]
+]
+"""``fn(model, outputs, batch) -> (losses, weights)``: per-sample losses from a forward pass
+already run, and each sample's weight in the model's own loss (its counted tokens)."""
+
+
+def outputs_loss_for_model(model: torch.nn.Module) -> OutputsLossFn:
+    """The per-sample losses of ``model``'s head computed from outputs it already returned.
+
+    Loss reuse records the losses of the training step itself: the Trainer's forward pass has
+    run, so no second one is made. The head is found as :func:`loss_for_model` finds it. The
+    function returns ``(losses, weights)``, both ``(B,)``: the losses are those of
+    :func:`loss_for_model`'s function on the same batch, and the weights the share each sample
+    has in the model's own loss (1 for sequence classification; the counted tokens for token
+    classification and language modelling), so that ``(weights * losses).sum() /
+    weights.sum()`` is the model's ``outputs.loss`` for a batch on its own.
+
+    Raises:
+        ValueError: as :func:`loss_for_model`.
+
+    Example:
+        >>> import torch
+        >>> class TinyForTokenClassification(torch.nn.Module):
+        ...     pass
+        >>> fn = outputs_loss_for_model(TinyForTokenClassification())
+        >>> outputs = {"logits": torch.zeros(1, 3, 2)}
+        >>> losses, weights = fn(None, outputs, {"labels": torch.tensor([[0, 1, -100]])})
+        >>> losses.round(decimals=4), weights
+        (tensor([0.6931]), tensor([2.]))
+    """
+    head = loss_for_model(model)
+    if head is sequence_classification_loss:
+        return _classification_outputs
+    if head is causal_lm_loss:
+        return _causal_outputs
+    return _token_outputs
+
+
+def _classification_outputs(
+    model: torch.nn.Module, outputs: Any, batch: Mapping[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    _, labels = _split(batch, "sequence_classification_loss")
+    losses = _classification_from_logits(unwrap_model(model), _logits(outputs), labels)
+    return losses, torch.ones_like(losses)
+
+
+def _token_outputs(
+    model: torch.nn.Module, outputs: Any, batch: Mapping[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    _, labels = _split(batch, "token_mean_cross_entropy")
+    return _with_token_counts(_logits(outputs), labels)
+
+
+def _causal_outputs(
+    model: torch.nn.Module, outputs: Any, batch: Mapping[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(batch, Mapping):
+        raise TypeError(_not_a_mapping("causal_lm_loss", batch))
+    return _with_token_counts(_logits(outputs), _next_token_labels(batch))
+
+
+def _with_token_counts(
+    logits: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    losses = token_mean_cross_entropy(logits, labels)
+    counts = (labels.to(losses.device) != IGNORE_INDEX).sum(1).to(losses.dtype)
+    return losses, counts
 
 
 def _split(batch: Any, name: str) -> tuple[dict[str, Any], torch.Tensor]:

@@ -1,4 +1,10 @@
-"""Hugging Face ``Trainer`` integration: one call makes a Trainer train on sifted batches.
+"""Hugging Face ``Trainer`` integration: one call makes a Trainer train on sifted data.
+
+Two modes, one switch: ``enable_sifting(trainer, policy, mode="reuse")`` records the per-sample
+losses of the Trainer's own training step and skips, each epoch, the samples they say are learnt
+(no extra forward pass; see :mod:`smartsift.integrations.hf_reuse` for its hooks, epochs and
+resume); ``mode="scoring"`` (the default) scores every raw batch with an extra no-grad forward
+pass and trains the kept samples. What follows describes the scoring mode.
 
 ``enable_sifting(trainer)`` wraps the training loader the Trainer builds in a
 :class:`~smartsift.SiftingDataLoader`, picks a per-sample loss for the model's head (see
@@ -50,8 +56,9 @@ Logs:
     they reach ``trainer.state.log_history`` and every ``report_to`` integration.
 
 Limits:
-    DDP or a single process (not DeepSpeed or FSDP: the scoring pass needs the whole model).
-    Resuming from a Trainer checkpoint is refused (the sifting state is not saved in it yet).
+    DDP or a single process (not DeepSpeed or FSDP: the scoring pass needs the whole model;
+    loss reuse runs under FSDP too). Resuming a scoring-mode run from a Trainer checkpoint is
+    refused (its sifting state is not saved in it; a loss-reuse run resumes exactly).
     With ``gradient_accumulation_steps > 1`` the gradients of an epoch's last, incomplete
     group are applied with the next epoch's first step (the Trainer steps only on full groups
     or at ``len``), and at the end of training they are not applied.
@@ -79,14 +86,16 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 try:
     import transformers
     from transformers import Trainer, TrainerCallback
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError(
         "smartsift.integrations.transformers needs transformers and accelerate: "
@@ -95,12 +104,17 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 
 from smartsift.batches.padding import Padding
 from smartsift.integrations.adapter import LazySifter, check_loader_kwargs, check_settings
-from smartsift.integrations.hf_losses import loss_for_model
+from smartsift.integrations.hf_losses import loss_for_model, outputs_loss_for_model
 from smartsift.integrations.tensorboard import stats_scalars
 from smartsift.modes.loader import SiftingDataLoader
+from smartsift.modes.reuse import ReuseSampler
 from smartsift.modes.schedules import catch_up_steps, schedule_position
 from smartsift.modes.scoring import LossFn
+from smartsift.modes.table import ScoreTable
 from smartsift.policies import Policy
+
+if TYPE_CHECKING:
+    from smartsift.integrations.hf_reuse import TrainerReuse
 
 __all__ = [
     "SiftingCallback",
@@ -116,14 +130,15 @@ def enable_sifting(
     policy: Policy | None = None,
     loss_fn: LossFn | None = None,
     *,
+    mode: str = "scoring",
     sift_delay: int = 0,
     padding: Any = "auto",
     seed: int | None = None,
     log_stats: bool = True,
     align_schedule: bool = True,
     **loader_kwargs: Any,
-) -> TrainerSifting:
-    """Makes ``trainer`` train on sifted batches, single process or under torchrun DDP.
+) -> TrainerSifting | TrainerReuse:
+    """Makes ``trainer`` train on sifted data, single process or under torchrun DDP.
 
     See the module documentation for how it hooks in and what happens to epochs, the
     learning-rate schedule, the progress bar and the logs.
@@ -132,13 +147,21 @@ def enable_sifting(
         trainer: a ``transformers.Trainer`` (or subclass), before ``trainer.train()``.
         policy: which samples to keep; default ``RelativeProbabilistic(beta=1.0, history=500)``.
         loss_fn: ``loss_fn(model, batch) -> Tensor (B,)``; by default chosen from the model's
-            head by :func:`~smartsift.integrations.hf_losses.loss_for_model`.
+            head by :func:`~smartsift.integrations.hf_losses.loss_for_model`. Scoring mode only.
+        mode: ``"scoring"`` (every raw batch scored by an extra no-grad forward pass, its
+            kept samples trained) or ``"reuse"`` (loss reuse: the losses of the training step
+            itself decide which samples the next epoch skips, with no extra pass; see
+            :mod:`smartsift.integrations.hf_reuse`). In ``"reuse"`` the further keyword
+            arguments are :class:`~smartsift.ReuseSampler`'s (``score``, ``max_age``,
+            ``rescale``, ``max_weight``, ``anneal``, ``chunk_size``, ``audit``), and the
+            scoring options (``loss_fn``, ``sift_delay``, ``padding``) do not apply.
         sift_delay: raw batches (per rank) trained unsifted before sifting starts.
         padding: a :class:`~smartsift.Padding` spec to join kept samples of batches padded to
             different lengths (a collator padding each batch to its longest sequence). The
             default ``"auto"`` builds ``Padding.huggingface(tokenizer, trim=True)`` from the
-            Trainer's ``processing_class`` when it has a pad token; ``None`` joins only equal
-            shapes.
+            Trainer's ``processing_class`` (else from its collator's tokenizer, as
+            ``DataCollatorWithPadding(tokenizer)`` holds it) when it has a pad token; ``None``
+            joins only equal shapes.
         seed: seed of the loader's generator; default ``trainer.args.seed``.
         log_stats: add the loader's stats to the Trainer's training logs.
         align_schedule: keep the learning-rate schedule in step with the data consumed
@@ -162,20 +185,31 @@ def enable_sifting(
             f"Expected `trainer` to be a transformers.Trainer, but got {type(trainer).__name__}."
         )
     if isinstance(
-        getattr(vars(trainer).get("get_train_dataloader"), "__self__", None), TrainerSifting
+        getattr(vars(trainer).get("get_train_dataloader"), "__self__", None),
+        (TrainerSifting, _reuse_type()),
     ):
         raise RuntimeError(
             "Sifting is already enabled on this trainer; call disable() on the object "
             "enable_sifting returned before enabling it again."
         )
-    if getattr(trainer, "is_deepspeed_enabled", False) or getattr(
-        trainer, "is_fsdp_enabled", False
-    ):
+    sharded = getattr(trainer, "is_fsdp_enabled", False)
+    if getattr(trainer, "is_deepspeed_enabled", False) or (sharded and mode != "reuse"):
         raise ValueError(
             "Expected a Trainer running on one process or under DDP, but it uses DeepSpeed or "
-            "FSDP: the scoring pass needs the whole model on every rank. Train with DDP."
+            "FSDP: the scoring pass needs the whole model on every rank. Train with DDP, or "
+            "use mode='reuse' (no scoring pass) with FSDP."
         )
     model = _model_of(trainer)
+    if mode == "reuse":
+        return _enable_reuse(
+            trainer, policy, loss_fn, sift_delay, padding, seed, log_stats, align_schedule,
+            loader_kwargs,
+        )  # fmt: skip
+    if mode != "scoring":
+        raise ValueError(
+            f"Expected `mode` to be 'scoring' (an extra forward pass scores each batch) or "
+            f"'reuse' (the training step's own losses sift the next epoch), but got {mode!r}."
+        )
     if loss_fn is None:
         loss_fn = loss_for_model(model)
     if isinstance(padding, str) and padding == "auto":
@@ -190,6 +224,57 @@ def enable_sifting(
     sifting = TrainerSifting(trainer, loss_fn, policy, kwargs, log_stats, align_schedule)
     sifting._attach()
     return sifting
+
+
+def _enable_reuse(
+    trainer: Trainer,
+    policy: Policy | None,
+    loss_fn: LossFn | None,
+    sift_delay: int,
+    padding: Any,
+    seed: int | None,
+    log_stats: bool,
+    align_schedule: bool,
+    sampler_kwargs: dict[str, Any],
+) -> TrainerReuse:
+    """``enable_sifting(..., mode="reuse")``: checks the settings, then attaches."""
+    from smartsift.integrations.hf_reuse import TrainerReuse
+
+    scoring_only = {
+        "loss_fn": (loss_fn, None),
+        "sift_delay": (sift_delay, 0),
+        "padding": (padding, "auto"),
+    }
+    given = [f"`{k}`={v!r}" for k, (v, default) in scoring_only.items() if v is not default]
+    if given:
+        raise TypeError(
+            f"{', '.join(given)} only apply to the scoring pass (mode='scoring'); loss reuse "
+            "records the losses of the training step itself, from the model's head. Leave "
+            "them out."
+        )
+    reserved = {
+        "sampler": "it wraps the Trainer's own sampler: leave `sampler` out",
+        "table": "it builds the score table: leave `table` out",
+        "epochs": "it reads `num_train_epochs`: leave `epochs` out",
+        "seed": "pass `seed` as enable_sifting's own argument",
+        "num_replicas": "accelerate shards the batches over ranks: leave it out",
+        "rank": "accelerate shards the batches over ranks: leave it out",
+        "drop_last": "it follows `dataloader_drop_last`: leave it out",
+    }
+    kwargs = check_loader_kwargs(
+        sampler_kwargs, caller="enable_sifting(mode='reuse')", reserved=reserved,
+        target=ReuseSampler,
+    )  # fmt: skip
+    outputs_loss = outputs_loss_for_model(_model_of(trainer))
+    # The settings the sampler would refuse, refused now rather than in train().
+    ReuseSampler([0], ScoreTable(1), policy, epochs=1, **kwargs)
+    reuse = TrainerReuse(
+        trainer, outputs_loss, policy, kwargs,
+        seed=trainer.args.seed if seed is None else seed,
+        log_stats=log_stats, align_schedule=align_schedule, callback_factory=SiftingCallback,
+    )  # fmt: skip
+    reuse.attach()
+    return reuse
 
 
 class TrainerSifting(LazySifter):
@@ -292,20 +377,28 @@ class SiftingCallback(TrainerCallback):
     After every optimizer step it moves the learning-rate scheduler to the fraction of the
     run's raw batches consumed (epoch-based runs, ``align_schedule``); after every step it sets
     ``state.epoch`` to the raw epochs consumed, and stops a run with a fractional
-    ``num_train_epochs`` when that much data was consumed. It refuses to resume from a
+    ``num_train_epochs`` when that much data was consumed. In loss reuse it also saves the
+    sifting state with every checkpoint and restores it on resume, and stops training when
+    ``num_train_epochs`` epochs of data are done; the scoring mode refuses to resume from a
     checkpoint. Added by :func:`enable_sifting`.
     """
 
-    def __init__(self, sifting: TrainerSifting) -> None:
+    def __init__(self, sifting: TrainerSifting | TrainerReuse) -> None:
         self.sifting = sifting
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if state.global_step > 0:
+        from smartsift.integrations.hf_reuse import TrainerReuse
+
+        if state.global_step > 0 and isinstance(self.sifting, TrainerReuse):
+            self.sifting.load(args.output_dir, state.global_step)
+        elif state.global_step > 0:
             raise RuntimeError(
-                "Resuming a sifted run from a Trainer checkpoint is not supported: the sifting "
-                "loader's state is not saved in the checkpoint, and the Trainer's step count "
-                "per epoch does not hold for sifted epochs. Load the checkpoint's weights into "
-                "the model and start a new run, or disable sifting to resume."
+                "Resuming a scoring-mode run from a Trainer checkpoint is not supported: the "
+                "sifting loader's state is not saved in the checkpoint, and the Trainer's step "
+                "count per epoch does not hold for sifted epochs (resuming with sifting "
+                "disabled would restart the data while the restored schedule runs out). Train "
+                "with enable_sifting(..., mode='reuse'), whose checkpoints resume exactly, or "
+                "load the checkpoint's weights into the model and start a new run."
             )
 
     def on_optimizer_step(
@@ -327,9 +420,24 @@ class SiftingCallback(TrainerCallback):
         if epochs is None:
             return
         state.epoch = epochs
-        fractional = args.num_train_epochs % 1 != 0
-        if args.max_steps <= 0 and fractional and epochs >= args.num_train_epochs:
+        # Loss reuse counts its own epochs (a resumed Trainer's count of epochs is off for
+        # sifted ones); the scoring mode's epochs are the Trainer's, but for a fraction.
+        ends = isinstance(self.sifting, _reuse_type()) or args.num_train_epochs % 1 != 0
+        if args.max_steps <= 0 and ends and epochs >= args.num_train_epochs:
             control.should_training_stop = True
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        from smartsift.integrations.hf_reuse import TrainerReuse
+
+        if isinstance(self.sifting, TrainerReuse):
+            folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            self.sifting.save(folder)
+
+
+def _reuse_type() -> type:
+    from smartsift.integrations.hf_reuse import TrainerReuse
+
+    return TrainerReuse
 
 
 def batches_bound(raw_batches: int, raw_batch_size: int, batch_size: int, world_size: int) -> int:
@@ -419,8 +527,12 @@ class _EpochIterator:
 
 
 def _auto_padding(trainer: Trainer) -> Padding | None:
-    """``Padding.huggingface`` for the Trainer's tokenizer, or None without a pad token."""
+    """``Padding.huggingface`` for the Trainer's tokenizer (its ``processing_class``, else its
+    collator's, as ``DataCollatorWithPadding(tokenizer)`` holds it), or None without a pad
+    token."""
     tokenizer = getattr(trainer, "processing_class", None)
+    if tokenizer is None:
+        tokenizer = getattr(trainer.data_collator, "tokenizer", None)
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor wraps its tokenizer
     if getattr(tokenizer, "pad_token_id", None) is None:
         return None

@@ -71,12 +71,14 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DistributedSampler, Sampler
 
 from smartsift.engine import checkpoint as ckpt
@@ -88,7 +90,9 @@ from smartsift.engine.checks import (
     check_optional_int,
     check_real,
 )
+from smartsift.engine.distributed import comm_device
 from smartsift.engine.ledger import Ledger
+from smartsift.engine.rounds import RankContext
 from smartsift.engine.selector import Selector
 from smartsift.modes.table import SCORES, ScoreFn, ScoreTable
 from smartsift.policies import Policy, RelativeProbabilistic
@@ -123,6 +127,8 @@ class ReuseEpochStats:
         unscorable: of ``passed``, those with a fresh loss whose score was not finite (under
             ``score="change"`` a sample recorded once, under ``"reducible"`` one without a
             reference).
+        auto_reason: with ``ss.Auto``, why the epoch sifts or trains every candidate (empty
+            for other policies).
     """
 
     epoch: int
@@ -136,6 +142,7 @@ class ReuseEpochStats:
     padded: int = 0
     dropped: int = 0
     unscorable: int = 0
+    auto_reason: str = ""
 
     @property
     def skipped(self) -> int:
@@ -330,11 +337,11 @@ class ReuseSampler(Sampler[int]):
             )
         check_instance("table", table, ScoreTable, "a ScoreTable")
         needs = policy.bind().needs
-        if needs.scoring_pass or needs.held_out:
+        if needs.scoring_pass:
             raise ValueError(
                 f"Expected a policy that decides from losses alone, but got {policy!r}: "
-                f"{type(policy).__name__} needs the timings of a SiftingDataLoader's scoring "
-                "pass, which loss reuse does not run. Pass the policy it wraps."
+                f"{type(policy).__name__} needs a SiftingDataLoader's scoring pass, which loss "
+                "reuse does not run. Pass the policy it wraps."
             )
         if needs.labels:
             raise ValueError(
@@ -348,6 +355,13 @@ class ReuseSampler(Sampler[int]):
                 f"score(table, indices) -> np.ndarray, but got {score!r}."
             )
         check_optional_int("max_age", max_age, 0, words=False)
+        if max_age == 0:
+            raise ValueError(
+                "Expected `max_age` to be a positive int or None, but got 0: every recorded "
+                "loss would be stale before an epoch could use it, so nothing would ever be "
+                "sifted. Pass max_age=1 or more (3 by default), or None for losses that never "
+                "go stale."
+            )
         check_optional_int("epochs", epochs, 1, words=False)
         check_int("chunk_size", chunk_size, 1, words=False)
         check_fraction("anneal", anneal, high_open=True)
@@ -372,6 +386,7 @@ class ReuseSampler(Sampler[int]):
             sampler, num_replicas, rank, drop_last
         )
         self.selector = Selector(policy, seed=seed)
+        _RANKS_HERE.setdefault(table, set()).add((self.num_replicas, self.rank))
         self._stats: dict[int, ReuseEpochStats] = {}
         self._explicit: int | None = None  # set_epoch's value
         self._current: _Epoch | None = None
@@ -380,6 +395,8 @@ class ReuseSampler(Sampler[int]):
         self._token = 0  # which iteration owns _position
         self._saved: dict[str, Any] | None = None  # the state parts fixed until the next decision
         self._warned = False
+        self._warned_once: set[str] = set()  # the one-time warnings already given
+        self._updates_at_decision: int | None = None  # table.updates at the last decision
 
     # ------------------------------------------------------------ epochs
     def set_epoch(self, epoch: int) -> None:
@@ -411,7 +428,10 @@ class ReuseSampler(Sampler[int]):
 
     def _run(self, bound: tuple[_Epoch, int] | None) -> Iterator[int]:
         # A generator: nothing below runs, and nothing is decided, until the first index is drawn.
-        current, start = bound if bound is not None else (self._bind(), 0)
+        if bound is None:
+            current, start = self._bind(), 0
+        else:
+            current, start = bound[0], self._resume_point(*bound)
         current.started = True
         self._token += 1
         token = self._token
@@ -436,6 +456,9 @@ class ReuseSampler(Sampler[int]):
     # ------------------------------------------------------------ the decision
     def _decide(self, epoch: int) -> _Epoch:
         table = self.table
+        self._check_shared(table)
+        table.sync()  # under DDP a collective: the table is whole when an epoch is decided
+        self._check_fed(table)
         table.epoch = epoch
         order = self._order(epoch)
         losses = table.losses[order]
@@ -452,6 +475,12 @@ class ReuseSampler(Sampler[int]):
         keep = np.ones(order.size, dtype=bool)
         probs = np.ones(order.size, dtype=np.float64)
         decided = np.flatnonzero(fresh)
+        # Every rank asks, every epoch (a held-out check is a collective); False: train all.
+        sifts, reason = self.selector.state.judge_epoch(
+            epoch, losses[decided][np.isfinite(losses[decided])], self._context(table)
+        )
+        if not sifts:
+            decided = decided[:0]
         for start in range(0, decided.size, self.chunk_size):
             pos = decided[start : start + self.chunk_size]
             decision = self.selector.decide(
@@ -485,10 +514,97 @@ class ReuseSampler(Sampler[int]):
             padded=padded,
             dropped=dropped,
             unscorable=int(np.count_nonzero(unscorable)),
+            auto_reason=reason,
         )
         self._record(epoch, order, scores, fresh, keep, trained_pos)
         self._saved = None
+        self._updates_at_decision = table.updates
         return _Epoch(epoch, share, weights)
+
+    @staticmethod
+    def _context(table: ScoreTable) -> RankContext | None:
+        """The held-out collective a policy's epoch judgement may run (None: one process)."""
+        if not table.shared:
+            return None
+        group, device = table.group, comm_device(table.group)
+
+        def sum_over_ranks(values: list[float]) -> list[float]:
+            t = torch.tensor(values, dtype=torch.float64, device=device)
+            dist.all_reduce(t, group=group)
+            return [float(x) for x in t.cpu()]
+
+        rank, world = dist.get_rank(group), dist.get_world_size(group)
+        return RankContext(torch.nn.Module(), sum_over_ranks, rank, world)
+
+    def _check_shared(self, table: ScoreTable) -> None:
+        """Refuses to shard over ranks whose tables are not shared: their decisions would differ,
+        and their shares would overlap and miss samples."""
+        ranks_here = _RANKS_HERE.get(table, set())
+        simulated = ranks_here >= {(self.num_replicas, r) for r in range(self.num_replicas)}
+        if self.num_replicas > 1 and not table.shared and not simulated:
+            raise RuntimeError(
+                f"The sampler shards every epoch over num_replicas={self.num_replicas} ranks "
+                f"(this is rank {self.rank}), but its score table is not shared: no "
+                "torch.distributed process group of that size is initialised (or the table was "
+                "built with distributed=False), so each rank would decide from its own losses "
+                "and the ranks' shares would overlap and miss samples. Initialise the process "
+                "group (torchrun, then dist.init_process_group) before the first epoch, or "
+                "give a sampler of one rank."
+            )
+
+    def _check_fed(self, table: ScoreTable) -> None:
+        """Warns once when the epoch that just ran recorded no losses, or recorded each sample
+        on several ranks (a base sampler that is not sharded under DDP)."""
+        last = self._current
+        if last is None or not last.started or self._updates_at_decision is None:
+            return
+        stats = self._stats.get(last.epoch)
+        if stats is None or stats.trained == 0:
+            return
+        if table.updates == self._updates_at_decision:
+            self._warn_once(
+                "fed",
+                f"No losses were recorded while epoch {last.epoch} ran: table.update(ids, "
+                "per_sample_losses) was never called, so nothing can be sifted and every "
+                "sample is trained. Call it in the training step, after the forward pass.",
+            )
+            return
+        records, repeats = table.epoch_counts(last.epoch)
+        # Padding that evens out the ranks' shares repeats fewer than a batch per rank.
+        world = dist.get_world_size(table.group) if table.shared else 1
+        padding = world * table.widest(last.epoch)
+        if (
+            world > 1
+            and self.num_replicas == 1
+            and repeats >= max(_UNSHARDED_REPEATS, stats.trained // 2, padding)
+        ):
+            self._warn_once(
+                "unsharded",
+                f"In epoch {last.epoch}, {repeats} of the {records} losses recorded were of "
+                "samples already trained that epoch: each sample was trained on more than one "
+                "rank. The base sampler is not sharded over the ranks: wrap a "
+                "DistributedSampler (or pass num_replicas and rank), or let accelerate's "
+                "prepare() shard the loader's batches.",
+            )
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned_once:
+            self._warned_once.add(key)
+            warnings.warn(message, stacklevel=5)
+
+    def _resume_point(self, current: _Epoch, position: int) -> int:
+        """Where a resumed epoch continues: the saved position, or the first index drawn but
+        never trained when the loader had drawn ahead of training (a ``DataLoader`` with
+        workers prefetches): the indices this rank trained are those the table recorded this
+        epoch, a prefix of the epoch's list. Without such a clean prefix (no record at all:
+        a table not restored; or gaps), the saved position stands, so nothing trains twice."""
+        if position == 0:
+            return 0
+        recorded = self.table.recorded(current.indices[:position], current.epoch)
+        gap = int(np.argmin(recorded))
+        if recorded[gap] or gap == 0 or recorded[gap:].any():
+            return position
+        return gap
 
     def _warn_if_unscorable(self, unscorable: np.ndarray) -> None:
         """Warns once if ``"reducible"`` finds no reference at all: nothing can be decided."""
@@ -537,6 +653,8 @@ class ReuseSampler(Sampler[int]):
         position in the pruned list, skipped ones by position in the candidates, so that the
         ranks' audits merge into the whole epoch. The losses recorded are the scores the
         decision used (the reused losses under "loss")."""
+        if self._ledger.audit is None:
+            return  # nothing reads the counts of the sampler's ledger: only its audit
         ledger, w, r = self._ledger, self.num_replicas, self.rank
         mine = trained_pos[r::w]
         decided = fresh[mine]
@@ -666,6 +784,18 @@ class ReuseSampler(Sampler[int]):
                 started=bool(state["started"]),
             )
             self._resume = self._current.started
+
+
+_RANKS_HERE: weakref.WeakKeyDictionary[ScoreTable, set[tuple[int, int]]] = (
+    weakref.WeakKeyDictionary()
+)
+"""The ``(num_replicas, rank)`` of the samplers built over each table in this process: a
+table that every rank's sampler holds is shared without a process group (ranks simulated in
+one process)."""
+
+_UNSHARDED_REPEATS = 256
+"""Repeated records in one epoch below which no unsharded-sampler warning is given: padding
+that evens out the ranks' shares repeats a few samples legitimately."""
 
 
 def _stats_from(saved: dict[str, Any]) -> ReuseEpochStats:

@@ -11,10 +11,13 @@ round's losses and timings through the policy protocol (:mod:`smartsift.policies
 The signals, all global (summed or pooled over DDP ranks, so that every rank decides alike):
 
 - ``f``: the scoring pass and the sifting machinery per sample, over ``T``, the user's training
-  step per sample (the time between the loader handing over a batch and the next request,
-  which is the user's step), and ``d``, data loading per sample over ``T``: medians over the
-  last 32 rounds that measured them. Or ``f = cost_ratio`` when stated (``d = 0``): then no
-  clock enters the decision and runs are reproducible.
+  step per sample, and ``d``, data loading per sample over ``T``. By default a stated
+  assumption, ``f = cost_ratio = 1/3`` and ``d = 0`` (:data:`ASSUMED_COST_RATIO`: a backward
+  pass costs about twice a forward, so a no-grad scoring forward is about a third of a training
+  step): no clock enters the decision, and identically seeded runs decide identically. With
+  ``cost_ratio="measure"`` (:data:`MEASURE_COSTS`) they are timed instead (``T`` as the time
+  between the loader handing over a batch and the next request, which is the user's step):
+  medians over the last 32 rounds that measured them.
 - ``keep``: the kept fraction of the recent sifted rounds (the policy's nominal one before).
 - ``c``: the loss concentration (:func:`smartsift.policies.signals.loss_concentration`) of the last
   ``probe`` scored rounds' losses, and its rise since the previous judgement.
@@ -44,6 +47,13 @@ first gate that fails decides plain, with its reason:
 
 Plain is the fallback and the start: Auto begins by measuring (``probe`` rounds scored, all
 kept), then sifts or trains plain; training plain, it probes again every ``every`` rounds.
+
+Loss reuse (a :class:`~smartsift.ReuseSampler`) runs no scoring pass and decides a whole epoch
+at once: it asks :meth:`AutoController.judge_epoch` once per epoch, which applies
+:func:`judge_reuse` to the losses the training steps recorded: the first epoch trains
+everything (measuring), then the concentration gate and, with ``validate=``, the held-out gate
+(one check per epoch after the first); the cost gate is moot (the predicted speedup is
+``1 / keep``), and the trend and progress gates need rounds that loss reuse does not have.
 
 Example:
     >>> import smartsift as ss
@@ -89,7 +99,9 @@ from smartsift.policies.rules import RelativeProbabilistic
 from smartsift.policies.signals import EVEN_LOSSES, loss_concentration
 
 __all__ = [
+    "ASSUMED_COST_RATIO",
     "MEASURE",
+    "MEASURE_COSTS",
     "PLAIN",
     "SCALARS",
     "SIFT",
@@ -99,6 +111,7 @@ __all__ = [
     "HeldOut",
     "held_out_gate",
     "judge",
+    "judge_reuse",
     "progress_rate",
     "track_best",
 ]
@@ -119,6 +132,17 @@ COMPARISONS = 8
 PROGRESS_MARGIN = 0.1
 MAX_BACKOFF = 4
 
+ASSUMED_COST_RATIO = 1 / 3
+"""``Auto``'s default ``cost_ratio``: a backward pass costs about twice a forward, so a training
+step is about three forwards and a no-grad scoring forward about a third of it."""
+
+MEASURE_COSTS = "measure"
+"""``cost_ratio=MEASURE_COSTS`` times the scoring pass, the step and data loading instead."""
+
+REUSE_MEASURING = (
+    "measuring: every candidate trained in the first epoch, to judge whether sifting pays"
+)
+
 
 @dataclass(frozen=True, repr=False)
 class Auto(Policy):
@@ -134,8 +158,12 @@ class Auto(Policy):
         min_concentration: the loss concentration needed to sift (the share of the loss the
             higher-loss half of the samples carries).
         cost_ratio: the scoring pass over a training step, per sample (``F/T``, e.g. from
-            ``ss.profile``: ``report.scoring_s / report.step_s``), instead of timing them; then
-            no clock enters the decision and runs are reproducible.
+            ``ss.profile``: ``report.scoring_s / report.step_s``); by default 1/3, the usual
+            assumption (:data:`ASSUMED_COST_RATIO`), with data loading taken as free. No clock
+            enters the decision, so identically seeded runs decide identically.
+            ``"measure"`` times the scoring pass, the training step and data loading as
+            training goes instead: the decision then follows the machine, and two runs can
+            differ.
         validate: ``validate() -> float``, the metric you judge the model by on held-out data
             (a validation loss, or accuracy with ``higher_is_better=True``; never the test
             set). Called about every ``every`` raw batches: training plain, before each probe
@@ -145,6 +173,8 @@ class Auto(Policy):
             every rank calls it at the same raw batch and the value is averaged over ranks.
             With it, Auto sifts only once the metric has stopped improving: the one signal
             that sees the harm of sifting away compute a model still turns into held-out gains.
+            Under loss reuse it is called once per epoch after the first, and must itself put
+            back the training mode it found.
         higher_is_better: whether a larger ``validate()`` is better.
         patience: checks without a new best before the metric counts as stalled.
         min_delta: how much a value must beat the best by to count as a new best.
@@ -153,6 +183,8 @@ class Auto(Policy):
         >>> import smartsift as ss
         >>> ss.Auto(ss.TopK(0.5), cost_ratio=0.2)
         Auto(TopK(keep=0.5), cost_ratio=0.2)
+        >>> ss.Auto(ss.TopK(0.5), cost_ratio="measure")  # time the passes: follows the clock
+        Auto(TopK(keep=0.5), cost_ratio='measure')
         >>> ss.Auto().expected_keep
         0.5
         >>> def val_accuracy() -> float:
@@ -166,7 +198,7 @@ class Auto(Policy):
     probe: int = 5
     min_speedup: float = MIN_SPEEDUP
     min_concentration: float = EVEN_LOSSES
-    cost_ratio: float | None = None
+    cost_ratio: float | str = ASSUMED_COST_RATIO
     validate: Callable[[], float] | None = None
     higher_is_better: bool = False
     patience: int = 3
@@ -197,10 +229,11 @@ class Auto(Policy):
                 f"Expected `min_concentration` to be a float in [0.5, 1], but got {c!r}."
             )
         r = self.cost_ratio
-        if r is not None and (not is_real(r) or r < 0):
+        if r != MEASURE_COSTS and not (is_real(r) and float(r) >= 0):
             raise ValueError(
-                f"Expected `cost_ratio` to be None or a non-negative float (scoring over a "
-                f"training step, per sample), but got {r!r}."
+                f"Expected `cost_ratio` to be a non-negative float (the scoring pass over a "
+                f"training step, per sample; default 1/3) or {MEASURE_COSTS!r} (time them as "
+                f"training goes, which makes the decision follow the clock), but got {r!r}."
             )
         self._check_held_out()
 
@@ -236,6 +269,11 @@ class Auto(Policy):
     @property
     def history(self) -> int:  # type: ignore[override]
         return self.policy.history
+
+    @property
+    def measures_costs(self) -> bool:
+        """Whether Auto times the scoring pass and the step (``cost_ratio="measure"``)."""
+        return isinstance(self.cost_ratio, str)
 
     @property
     def expected_keep(self) -> float:
@@ -374,10 +412,7 @@ def judge(
         )
     need_c = auto.min_concentration - (CONCENTRATION_HYSTERESIS if sifting else 0.0)
     if c < need_c:
-        return False, (
-            f"plain (even losses): the higher-loss half of the samples carries {c:.0%} of the "
-            f"loss (needs {need_c:.0%}): the model still learns from nearly every sample"
-        )
+        return False, _even_losses(c, need_c)
     improving = held_out_gate(held_out, auto) if held_out is not None else None
     if improving is not None:
         return False, improving
@@ -394,7 +429,54 @@ def judge(
                 f"plain (progress): per unit of compute, plain windows lowered the loss "
                 f"{ratio:.2f}x as fast as the sifted windows around them ({n} comparisons)"
             )
-    return True, (
+    return True, _sifting(speedup, keep, c)
+
+
+def judge_reuse(
+    *, sifting: bool, keep: float, c: float, auto: Auto, held_out: HeldOut | None = None
+) -> tuple[bool, str] | None:
+    """Loss reuse's rule for one epoch: whether to sift it, and why; None when the losses
+    cannot tell (fewer than two, or none positive).
+
+    :func:`judge`'s gates that apply without a scoring pass, in its words: the loss
+    concentration ``c`` of the recorded losses, then the held-out metric. The cost gate is
+    moot (nothing is scored: the predicted speedup is ``1 / keep``), and the trend and progress
+    gates compare rounds, which an epoch decided at once does not have.
+
+    Args:
+        sifting: whether the previous epoch sifted (the concentration needed to stay is lower).
+        keep: the kept fraction when sifting.
+        c: the loss concentration of the epoch's recorded losses.
+        auto: the thresholds.
+        held_out: the validation metric's record (with ``auto.validate`` only).
+
+    Example:
+        >>> sift, reason = judge_reuse(sifting=False, keep=0.5, c=0.9, auto=Auto())
+        >>> sift, reason[:51]
+        (True, 'sift: predicted 2.00x faster per epoch at keep 0.50')
+        >>> judge_reuse(sifting=False, keep=0.5, c=0.6, auto=Auto())[1][:20]
+        'plain (even losses):'
+    """
+    if math.isnan(c):
+        return None
+    need_c = auto.min_concentration - (CONCENTRATION_HYSTERESIS if sifting else 0.0)
+    if c < need_c:
+        return False, _even_losses(c, need_c)
+    improving = held_out_gate(held_out, auto) if held_out is not None else None
+    if improving is not None:
+        return False, improving
+    return True, _sifting(predicted_speedup(1.0, keep, 0.0), keep, c)
+
+
+def _even_losses(c: float, need: float) -> str:
+    return (
+        f"plain (even losses): the higher-loss half of the samples carries {c:.0%} of the "
+        f"loss (needs {need:.0%}): the model still learns from nearly every sample"
+    )
+
+
+def _sifting(speedup: float, keep: float, c: float) -> str:
+    return (
         f"sift: predicted {speedup:.2f}x faster per epoch at keep {keep:.2f}; the higher-loss "
         f"half of the samples carries {c:.0%} of the loss"
     )
@@ -425,7 +507,9 @@ class AutoController(PolicyState):
     :meth:`kind` says what the round does (``"skip"``: pass through unscored; ``"measure"``:
     score, keep everything; ``"sift"``: run the wrapped policy's state); then :meth:`observe`
     takes the round's losses, kept counts and timings and, at a judgement, applies
-    :func:`judge`. A loader drives it through the policy protocol (:meth:`end_round`).
+    :func:`judge`. A loader drives it through the policy protocol (:meth:`end_round`); loss
+    reuse asks :meth:`judge_epoch` once per epoch instead, and then decides with the wrapped
+    policy's state only in the epochs it sifts.
 
     Example:
         >>> import smartsift as ss
@@ -447,12 +531,8 @@ class AutoController(PolicyState):
         self.auto = auto
         self.inner = auto.policy.bind()
         inner = self.inner.needs
-        self.needs = Needs(
-            ids=inner.ids,
-            labels=inner.labels,
-            scoring_pass=True,
-            held_out=auto.validate is not None,
-        )
+        # No scoring pass needed: loss reuse drives Auto too, through judge_epoch.
+        self.needs = Needs(ids=inner.ids, labels=inner.labels, held_out=auto.validate is not None)
         self.state = MEASURING
         self.reason = "measuring: every raw batch scored and kept, to judge whether sifting pays"
         self.position = 0  # rounds since the state began
@@ -469,6 +549,8 @@ class AutoController(PolicyState):
         self.pairs: deque[tuple[float, float]] = deque(maxlen=COMPARISONS)  # (plain, sifted)
         self.judgements = 0
         self.held_out = HeldOut()
+        self.per_epoch = False  # driven by loss reuse (judge_epoch), not by rounds
+        self.judged_epoch = -1  # the epoch judge_epoch last judged (-1: none yet)
 
     # ------------------------------------------------------------------ the policy protocol
     @property
@@ -481,8 +563,11 @@ class AutoController(PolicyState):
     def sample_inputs(self, batch: Any, size: int) -> np.ndarray | None:
         return self.inner.sample_inputs(batch, size)
 
-    def round_scalars(self, times: RoundTimes) -> np.ndarray:
-        """The timings :meth:`observe` decides from (:data:`SCALARS` numbers)."""
+    def round_scalars(self, times: RoundTimes) -> np.ndarray | None:
+        """The timings :meth:`observe` decides from (:data:`SCALARS` numbers), with
+        ``cost_ratio="measure"`` only: otherwise no clock reaches the state."""
+        if not self.auto.measures_costs:
+            return None
         return np.array(
             [times.overhead_s, times.scored, times.step_s, times.trained, times.data_s, times.raw],
             dtype=np.float64,
@@ -497,8 +582,9 @@ class AutoController(PolicyState):
         ids: Sequence[np.ndarray] | None = None,
         labels: Sequence[np.ndarray] | None = None,
     ) -> list[Proposal]:
-        """Everything kept in a measuring round, else the wrapped state's masks."""
-        if self.kind() == MEASURE:
+        """Everything kept in a measuring round, else the wrapped state's masks (always, under
+        loss reuse: it decides only the epochs :meth:`judge_epoch` sifts)."""
+        if not self.per_epoch and self.kind() == MEASURE:
             return [
                 (np.ones(x.size, dtype=bool), np.ones(x.size) if probabilities else None)
                 for x in losses
@@ -506,7 +592,11 @@ class AutoController(PolicyState):
         return self.inner.propose(losses, history, generator, probabilities, ids, labels)
 
     def feedback(self, kept: int, decided: int) -> None:
-        if self.kind() != MEASURE:
+        if self.per_epoch:
+            if decided:
+                self.kept.append((kept, decided))
+            self.inner.feedback(kept, decided)
+        elif self.kind() != MEASURE:
             self.inner.feedback(kept, decided)
 
     def end_round(self, report: RoundReport, context: RunContext) -> str | None:
@@ -517,6 +607,61 @@ class AutoController(PolicyState):
             held_out = context.held_out(self._metric, "in Auto's validate()")
         changed = self.observe(report.losses, report.kept, report.scalars, held_out)
         return self.reason if changed else None
+
+    def judge_epoch(
+        self, epoch: int, losses: np.ndarray, context: RunContext | None
+    ) -> tuple[bool, str]:
+        """Loss reuse: whether to sift ``epoch``, and why (see :func:`judge_reuse`).
+
+        The first epoch (0) trains everything. Every later one runs ``validate`` once, when
+        given (through ``context``, or under ``torch.no_grad()`` in a single process), then
+        judges ``losses``; when they cannot tell, the previous verdict stands. Asked again
+        for the epoch it judged last, it answers as before without a second check.
+
+        Example:
+            >>> ctl = AutoController(Auto())
+            >>> ctl.judge_epoch(0, np.zeros(0), None)[0]
+            False
+            >>> ctl.judge_epoch(1, np.array([0.0, 0.0, 0.1, 3.0]), None)[1][:46]
+            'sift: predicted 2.00x faster per epoch at keep'
+        """
+        if self.per_epoch and epoch == self.judged_epoch:
+            return self.state == SIFTING, self.reason
+        self.per_epoch, self.judged_epoch = True, int(epoch)
+        if epoch == 0:
+            self.state, self.reason = MEASURING, REUSE_MEASURING
+            return False, self.reason
+        validating = self.auto.validate is not None
+        if validating:
+            self.held_out = track_best(
+                self.held_out,
+                self._held_out(context),
+                higher_is_better=self.auto.higher_is_better,
+                min_delta=self.auto.min_delta,
+            )
+        c = loss_concentration(np.asarray(losses, dtype=np.float64).ravel())
+        verdict = judge_reuse(
+            sifting=self.state == SIFTING,
+            keep=self.keep,
+            c=c,
+            auto=self.auto,
+            held_out=self.held_out if validating else None,
+        )
+        self.judgements += 1
+        if math.isfinite(c):
+            self.last_c = c
+        if verdict is not None:
+            self.state = SIFTING if verdict[0] else PLAIN_STATE
+            self.reason = verdict[1]
+        elif self.state == MEASURING:
+            self.reason = REUSE_MEASURING
+        return self.state == SIFTING, self.reason
+
+    def _held_out(self, context: RunContext | None) -> float:
+        if context is not None:
+            return float(context.held_out(self._metric, "in Auto's validate()"))
+        with torch.no_grad():
+            return self._metric()
 
     def _metric(self) -> float:
         validate = self.auto.validate
@@ -576,8 +721,9 @@ class AutoController(PolicyState):
     # ------------------------------------------------------------------ the signals
     @property
     def f_over_t(self) -> float:
-        """The scoring pass and machinery over a training step, per sample (NaN if unknown)."""
-        if self.auto.cost_ratio is not None:
+        """The scoring pass and machinery over a training step, per sample: ``cost_ratio``, or
+        measured with ``cost_ratio="measure"`` (NaN before a measurement)."""
+        if not self.auto.measures_costs:
             return float(self.auto.cost_ratio)
         if not self.f or not self.t:
             return math.nan
@@ -586,7 +732,7 @@ class AutoController(PolicyState):
 
     @property
     def d_over_t(self) -> float:
-        if self.auto.cost_ratio is not None or not self.d or not self.t:
+        if not self.auto.measures_costs or not self.d or not self.t:
             return 0.0
         t = statistics.median(self.t)
         return statistics.median(self.d) / t if t > 0 else 0.0
@@ -789,6 +935,8 @@ class AutoController(PolicyState):
             "pairs": [list(x) for x in self.pairs],
             "judgements": self.judgements,
             "held_out": dataclasses.asdict(self.held_out),
+            "per_epoch": self.per_epoch,
+            "judged_epoch": self.judged_epoch,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -812,3 +960,6 @@ class AutoController(PolicyState):
         self.pairs.extend((float(p), float(s)) for p, s in state["pairs"])
         self.judgements = int(state["judgements"])
         self.held_out = HeldOut(**state.get("held_out", {}))
+        # States saved before loss reuse could drive Auto: round-driven, no epoch judged.
+        self.per_epoch = bool(state.get("per_epoch", False))
+        self.judged_epoch = int(state.get("judged_epoch", -1))

@@ -225,6 +225,18 @@ class PolicyState:
         """The state's current mode and the reason for it, for ``stats``; None if it has none."""
         return None
 
+    def judge_epoch(
+        self, epoch: int, losses: np.ndarray, context: RunContext | None
+    ) -> tuple[bool, str]:
+        """Loss reuse: whether to sift ``epoch`` (False: every candidate is trained), and why.
+
+        A :class:`~smartsift.ReuseSampler` asks once per epoch, on every rank, before it
+        decides. ``losses`` are the finite recorded losses of the epoch's decidable candidates
+        (the same on every rank); ``context`` runs a held-out metric averaged over ranks, or is
+        None in a single process. The default sifts every epoch, with no reason.
+        """
+        return True, ""
+
     # ------------------------------------------------------------------ checkpointing
     key: str | None = None
     """The entry of the selector's ``state_dict`` that holds :meth:`state_dict`; None for a
