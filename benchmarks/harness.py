@@ -309,6 +309,7 @@ class Reuse:
     max_age: int | None = 3
     anneal: float = 0.0
     rescale: bool = False
+    max_weight: float | str | None = "auto"
     score: Any = "loss"
     reference: Sequence[float] | torch.Tensor | None = None
 
@@ -723,6 +724,7 @@ def _reuse_sampler(
         score=reuse.score,
         max_age=reuse.max_age,
         rescale=reuse.rescale,
+        max_weight=reuse.max_weight,
         epochs=epochs,
         anneal=reuse.anneal,
         seed=seed,

@@ -106,7 +106,7 @@ ARMS: tuple[Arm, ...] = (
     Arm("reducible", Reuse(max_age=3, score="reducible")),
     Arm("max_age=1", Reuse(max_age=1)),
     Arm("max_age=None", Reuse(max_age=None)),
-    Arm("rescale", Reuse(max_age=3, rescale=True)),
+    Arm("rescale", Reuse(max_age=3, rescale=True, max_weight=None)),  # unbounded 1/p
     Arm("anneal=0.1", Reuse(max_age=3, anneal=0.1)),
     Arm("keep=0.3", Reuse(max_age=3), keep=0.3),
 )

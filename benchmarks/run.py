@@ -35,6 +35,7 @@ BENCHMARKS = (
     "schedules",
     "noise",
     "reuse_study",
+    "weighting",
     "efficiency",
     "machinery",
     "gpu",

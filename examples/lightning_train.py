@@ -1,17 +1,24 @@
-"""Train a small CNN on MNIST-1D with PyTorch Lightning, on sifted batches.
+"""Train a small CNN on MNIST-1D with PyTorch Lightning, on sifted data.
 
-The LightningModule scores its data with its own ``per_sample_loss``; ``train_dataloader()``
-returns ``sift_dataloader(self, DataLoader(...))`` and the Trainer gets a ``SiftingCallback``,
-which logs smartsift's stats (``smartsift/*`` columns in the CSV log) and keeps the one-cycle
-learning-rate schedule, sized for plain training, in step with the data. On the CPU, in one
-process or two (DDP over gloo; every rank takes the same number of steps)::
+``train_dataloader()`` returns ``sift_dataloader(self, DataLoader(...), mode=...)`` and the
+Trainer gets a ``SiftingCallback``, which logs smartsift's stats (``smartsift/*`` columns in the
+CSV log) and keeps the one-cycle learning-rate schedule, sized for plain training, in step with
+the data. Two modes:
 
-    python examples/lightning_train.py
-    python examples/lightning_train.py --devices 2
+- ``--mode scoring``: every raw batch is scored with the module's own ``per_sample_loss`` in a
+  gradient-free pass, and the high-loss samples form the batches it trains on.
+- ``--mode reuse``: no scoring pass; ``training_step`` computes its loss with
+  ``per_sample_loss``, the callback records those losses, and each epoch after the first skips,
+  before loading, the samples they judge learnt.
+
+On the CPU, in one process or two (DDP over gloo; every rank takes the same number of steps)::
+
+    python examples/lightning_train.py --mode reuse
+    python examples/lightning_train.py --mode scoring --devices 2
 
 MNIST-1D is generated locally (nothing is downloaded). Each rank prints its steps and stats;
-``--report PATH`` also writes them, with the sample ids each epoch pulled, to
-``PATH.rank<r>.json``.
+``--report PATH`` also writes them, with the sample ids each epoch pulled (scoring) or decided
+(reuse: trained and skipped), to ``PATH.rank<r>.json``.
 """
 
 from __future__ import annotations
@@ -70,12 +77,15 @@ class ConvNet(torch.nn.Module):
 def parse_args() -> argparse.Namespace:
     """The command-line flags."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mode", choices=["scoring", "reuse"], default="scoring")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--samples", type=int, default=4000, help="MNIST-1D, 80%% for training")
     parser.add_argument("--batch-size", type=int, default=64, help="per process")
     parser.add_argument("--width", type=int, default=64, help="channels of the CNN")
     parser.add_argument("--beta", type=float, default=1.0, help="selectivity (keeps 1/(1+beta))")
-    parser.add_argument("--sift-delay", type=int, default=5, help="raw batches before sifting")
+    parser.add_argument(
+        "--sift-delay", type=int, default=5, help="scoring: raw batches before sifting"
+    )
     parser.add_argument("--devices", type=int, default=1, help="CPU processes (DDP when > 1)")
     parser.add_argument("--out", default="lightning_logs", help="where the CSV logs go")
     parser.add_argument("--report", default=None, help="write each rank's stats here (JSON)")
@@ -83,7 +93,7 @@ def parse_args() -> argparse.Namespace:
 
 
 class MNIST1DClassifier(L.LightningModule):
-    """A 1-D CNN whose training data is sifted with its own per-sample loss."""
+    """A 1-D CNN whose training data is sifted by its own per-sample loss."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__()
@@ -92,10 +102,11 @@ class MNIST1DClassifier(L.LightningModule):
         train, (x_test, y_test) = make_mnist1d(args.samples)
         self.train_set = ss.IndexedDataset(train)  # samples become (index, x, y)
         self.val_set = TensorDataset(x_test, y_test)
-        self.audit = ss.SiftAudit(id_key=0)  # which sample ids each epoch pulled
+        self.audit = ss.SiftAudit(id_key=0)  # which sample ids each epoch pulled or decided
 
     def per_sample_loss(self, batch: Any) -> torch.Tensor:
-        """One cross-entropy per sample: smartsift scores raw batches with it."""
+        """One cross-entropy per sample: scoring scores raw batches with it; in loss reuse,
+        what training_step computes with it is recorded."""
         _, x, y = batch
         return F.cross_entropy(self.net(x), y, reduction="none")
 
@@ -111,6 +122,8 @@ class MNIST1DClassifier(L.LightningModule):
     def train_dataloader(self) -> Any:
         loader = DataLoader(self.train_set, batch_size=self.args.batch_size, shuffle=True)
         policy = ss.RelativeProbabilistic(beta=self.args.beta, history=500)
+        if self.args.mode == "reuse":
+            return sift_dataloader(self, loader, policy, mode="reuse", seed=0, audit=self.audit)
         return sift_dataloader(
             self, loader, policy, sift_delay=self.args.sift_delay, seed=0, audit=self.audit
         )
@@ -148,22 +161,33 @@ def main() -> None:
     )
     trainer.fit(model)
 
-    stats = trainer.train_dataloader.stats
+    sifted = trainer.train_dataloader
     scheduler = trainer.lr_scheduler_configs[0].scheduler
     report = {
+        "mode": args.mode,
         "rank": trainer.global_rank,
         "global_step": trainer.global_step,
         "epochs": trainer.current_epoch,
         "val_acc": float(trainer.callback_metrics.get("val_acc", float("nan"))),
         "scheduler_steps": scheduler.last_epoch,
         "scheduler_total": scheduler.total_steps,
-        "stats": stats.as_dict(),
         "seen_ids": {e: model.audit.epoch(e).seen.tolist() for e in model.audit.epochs},
     }
+    if args.mode == "reuse":  # what each epoch decided, over all ranks
+        epochs = sifted.sampler.epoch_stats
+        report["epoch_stats"] = {e: s.as_dict() for e, s in epochs.items()}
+        trained = sum(s.trained for s in epochs.values())
+        counts = f"candidates={sum(s.candidates for s in epochs.values())} trained={trained}"
+    else:  # this rank's loader
+        stats = sifted.stats
+        report["stats"] = stats.as_dict()
+        counts = (
+            f"seen={stats.samples_seen} kept={stats.samples_kept} "
+            f"trained={stats.samples_trained} keep_rate={stats.keep_rate:.3f}"
+        )
     print(
-        f"[rank {trainer.global_rank}] global_step={trainer.global_step} steps={stats.steps} "
-        f"seen={stats.samples_seen} kept={stats.samples_kept} trained={stats.samples_trained} "
-        f"keep_rate={stats.keep_rate:.3f} schedule={scheduler.last_epoch}/{scheduler.total_steps} "
+        f"[rank {trainer.global_rank}] mode={args.mode} global_step={trainer.global_step} "
+        f"{counts} schedule={scheduler.last_epoch}/{scheduler.total_steps} "
         f"val_acc={report['val_acc']:.3f}",
         flush=True,
     )

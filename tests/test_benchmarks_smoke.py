@@ -165,7 +165,7 @@ def test_run_only_renders_its_section_and_keeps_the_others(tmp_path: Path) -> No
     assert "<!-- benchmark:machinery -->\n## Machinery" in doc and "Machine:" in doc
     assert "python -m benchmarks.machinery --smoke" in doc
     summary = doc.split("## Targets\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
-    assert [line.split(": ", 1)[0] for line in summary] == ["- **machinery**"] * 2 + ["- **gpu**"]
+    assert [line.split(": ", 1)[0] for line in summary] == ["- **machinery**"] * 3 + ["- **gpu**"]
     assert summary[-1] == "- **gpu**: g: 1; measured 2 (met)."
     found = re.search(r"<!-- targets (\[.*\]) -->", doc)
     assert found is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -86,3 +87,31 @@ def test_auto_validate_example_logs_why_it_trains_plain(tmp_path: Path) -> None:
     assert total["checks"] >= 2
     if all(e["sifting"] == 0 for e in epochs):  # plain throughout: nothing was dropped
         assert total["sifted"] == 0
+
+
+@pytest.mark.parametrize("mode", ["scoring", "reuse"])
+def test_lightning_example_trains_in_either_mode_when_copied_out_of_the_repository(
+    mode: str, tmp_path: Path
+) -> None:
+    pytest.importorskip("lightning")
+    script = shutil.copy(EXAMPLES / "lightning_train.py", tmp_path)
+    cmd = [sys.executable, str(script), f"--mode={mode}", "--epochs=2", "--samples=1000"]
+    cmd += ["--batch-size=32", "--width=8", f"--report={tmp_path / 'report'}"]
+    cmd += [f"--out={tmp_path / 'logs'}"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=env, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((tmp_path / "report.rank0.json").read_text())
+    assert report["mode"] == mode and report["epochs"] == 2
+    # The one-cycle schedule, sized for plain training (25 steps an epoch), ran to its end.
+    assert report["scheduler_steps"] == report["scheduler_total"] == 2 * 25
+    assert report["global_step"] < 2 * 25  # fewer steps than plain training
+    for epoch in ("0", "1"):  # every sample pulled (scoring) or decided (reuse) once
+        assert sorted(report["seen_ids"][epoch]) == list(range(800))
+    if mode == "reuse":
+        stats = report["epoch_stats"]
+        assert stats["0"]["trained"] == 800 > stats["1"]["trained"] > 0
+    (csv,) = (tmp_path / "logs").rglob("metrics.csv")
+    assert "smartsift/keep_rate" in csv.read_text().splitlines()[0]

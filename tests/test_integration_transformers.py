@@ -376,13 +376,6 @@ def test_invalid_settings_fail_when_sifting_is_enabled(tmp_path: Path, tokenizer
     assert "get_train_dataloader" not in vars(trainer)  # nothing was attached
 
 
-def test_resuming_from_a_checkpoint_is_refused(tmp_path: Path, tokenizer: Any) -> None:
-    trainer = classifier_trainer(tmp_path, tokenizer)
-    sifting = enable_sifting(trainer)
-    with pytest.raises(RuntimeError, match="checkpoint"):
-        sifting.callback.on_train_begin(trainer.args, TrainerState(global_step=3), TrainerControl())
-
-
 # ------------------------------------------------------------------ DDP under torchrun
 def test_the_example_trains_in_lockstep_on_two_ranks_under_torchrun(tmp_path: Path) -> None:
     args = ["--mode=scoring", "--epochs=2", "--samples=256", "--sift-delay=2"]
@@ -405,11 +398,13 @@ def test_the_example_trains_in_lockstep_on_two_ranks_under_torchrun(tmp_path: Pa
 
 # ------------------------------------------------------------------ loss reuse
 class RecordingTrainer(Trainer):
-    """Records each training step's sample ids and learning rate (before the step)."""
+    """Records each training step's sample ids (loss reuse) or inputs (scoring) and learning
+    rate, before the step."""
 
     def training_step(self, model: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
         lr = self.optimizer.param_groups[0]["lr"]  # type: ignore[union-attr]
-        self.trained.append((self.state.global_step, inputs[ID_KEY].tolist(), lr))
+        ids = inputs[ID_KEY] if ID_KEY in inputs else inputs["input_ids"]
+        self.trained.append((self.state.global_step, ids.tolist(), lr))
         return super().training_step(model, inputs, *args, **kwargs)
 
 
@@ -508,11 +503,16 @@ def test_loss_reuse_with_max_steps_runs_that_many_steps(tmp_path: Path, tokenize
     assert_schedule_ended(trainer)
 
 
-@pytest.mark.parametrize(("save", "workers"), [(10, 0), (12, 2)], ids=["mid_epoch", "epoch_end"])
-def test_loss_reuse_resumes_from_a_trainer_checkpoint_exactly(
-    tmp_path: Path, tokenizer: Any, save: int, workers: int
+@pytest.mark.parametrize(
+    ("mode", "save", "workers"),
+    [("reuse", 10, 0), ("reuse", 12, 2), ("scoring", 6, 2), ("scoring", 8, 0)],
+    ids=["reuse_mid_epoch", "reuse_epoch_end", "scoring_mid_epoch", "scoring_epoch_end"],
+)
+def test_a_sifted_run_resumes_from_a_trainer_checkpoint_exactly(
+    tmp_path: Path, tokenizer: Any, mode: str, save: int, workers: int
 ) -> None:
-    # Epochs of 8, 4, 4 and 4 batches: step 10 is inside the second, step 12 its end.
+    # Loss reuse: epochs of 8, 4, 4 and 4 batches (step 10 is inside the second, step 12 its
+    # end). Scoring: 4 refined batches an epoch (step 6 inside the second, step 8 its end).
     kw = dict(
         num_train_epochs=4, save_strategy="steps", save_steps=save, logging_strategy="no",
         dataloader_num_workers=workers, lr_scheduler_type="linear",
@@ -520,7 +520,7 @@ def test_loss_reuse_resumes_from_a_trainer_checkpoint_exactly(
 
     def run(out: Path, resume: str | None = None, stop: int | None = None) -> Any:
         trainer = reuse_trainer(out, tokenizer, **kw)
-        enable_sifting(trainer, ss.TopK(0.5), mode="reuse")
+        enable_sifting(trainer, ss.TopK(0.5), mode=mode)
         if stop is not None:
             trainer.add_callback(_StopAt(stop))
         trainer.train(resume_from_checkpoint=resume)
@@ -528,10 +528,12 @@ def test_loss_reuse_resumes_from_a_trainer_checkpoint_exactly(
 
     full = run(tmp_path / "full")
     run(tmp_path / "cut", stop=save + 2)
+    assert (tmp_path / "cut" / f"checkpoint-{save}" / "smartsift_rank0.pt").is_file()
     resumed = run(tmp_path / "cut", resume=str(tmp_path / "cut" / f"checkpoint-{save}"))
     expected = [step for step in full.trained if step[0] >= save]
     assert resumed.trained == expected  # the same samples, in order, at the same rates
-    assert resumed.state.global_step == full.state.global_step == 20
+    assert resumed.state.global_step == full.state.global_step == (20 if mode == "reuse" else 16)
+    assert_schedule_ended(resumed)
 
 
 class _StopAt(transformers.TrainerCallback):
@@ -563,11 +565,12 @@ def test_loss_reuse_settings_are_checked_when_enabled(tmp_path: Path, tokenizer:
     assert not {"get_train_dataloader", "compute_loss", "log"} & set(vars(trainer))
 
 
-def test_loss_reuse_resume_without_the_sifting_state_says_where_it_looked(
-    tmp_path: Path, tokenizer: Any
+@pytest.mark.parametrize("mode", ["reuse", "scoring"])
+def test_a_resume_without_the_sifting_state_says_where_it_looked(
+    tmp_path: Path, tokenizer: Any, mode: str
 ) -> None:
     trainer = reuse_trainer(tmp_path, tokenizer)
-    reuse = enable_sifting(trainer, mode="reuse")
+    reuse = enable_sifting(trainer, mode=mode)
     with pytest.raises(FileNotFoundError, match=r"checkpoint-3.*resume_from\(folder\)"):
         reuse.callback.on_train_begin(trainer.args, TrainerState(global_step=3), TrainerControl())
 

@@ -326,6 +326,28 @@ def test_weights_are_one_over_the_keep_probability() -> None:
     assert set(plain.weights(torch.tensor(list(plain))).tolist()) == {1.0}
 
 
+def test_weights_are_bounded_by_one_over_the_stated_keep_by_default() -> None:
+    # A sample kept against the odds (low percentile, small p) would weigh 1/p unbounded.
+    table = ScoreTable(N)
+    table.epoch = 0
+    table.update(torch.arange(N), _losses(torch.arange(N), 0))
+    policy = ss.RelativeProbabilistic(keep=0.3, history=N)
+
+    def weights(**kw: Any) -> torch.Tensor:
+        sampler = ReuseSampler(
+            SequentialSampler(range(N)), table, policy, rescale=True, chunk_size=N, seed=3, **kw
+        )
+        return sampler.weights(torch.tensor(list(sampler)))
+
+    bounded, unbounded = weights(), weights(max_weight=None)
+    assert ReuseSampler([0], ScoreTable(1), policy).max_weight == pytest.approx(1 / 0.3)
+    assert bounded.max().item() == pytest.approx(1 / 0.3)
+    assert unbounded.max().item() > 3 * bounded.max().item()  # what the bound prevents
+    torch.testing.assert_close(bounded, unbounded.clamp(max=1 / 0.3))
+    with pytest.raises(ValueError, match=r'`max_weight` to be "auto".*got \'big\''):
+        ReuseSampler([0], ScoreTable(1), policy, max_weight="big")
+
+
 def test_rescaled_weights_make_epoch_sums_unbiased() -> None:
     # The weight of a kept sample is exactly 1 / its keep probability (percentile ** beta), so
     # summed over the trained samples with their weights, any per-sample quantity averages to
@@ -343,6 +365,7 @@ def test_rescaled_weights_make_epoch_sums_unbiased() -> None:
             table,
             ss.RelativeProbabilistic(beta=1.0, history=N),
             rescale=True,
+            max_weight=None,  # unbounded: exactly 1/p
             chunk_size=N,
             seed=seed,
         )

@@ -46,7 +46,19 @@ _FIELDS = (
 
 
 def is_stateful(obj: Any) -> bool:
-    """Whether ``obj`` has ``state_dict`` and ``load_state_dict`` (a stateful loader)."""
+    """Whether ``obj`` has ``state_dict`` and ``load_state_dict`` (a stateful loader).
+
+    accelerate's prepared loaders have both methods whatever they wrap, but they work only
+    over a ``StatefulDataLoader`` (``use_stateful_dataloader=True``); over a plain
+    ``DataLoader`` they count as stateless.
+
+    Example:
+        >>> from torch.utils.data import DataLoader
+        >>> is_stateful(DataLoader(range(4)))
+        False
+    """
+    if getattr(obj, "use_stateful_dataloader", True) is False:
+        return False
     return callable(getattr(obj, "state_dict", None)) and callable(
         getattr(obj, "load_state_dict", None)
     )

@@ -8,6 +8,7 @@ framework first hands that loader out. They share:
   (:func:`passthrough_names`), checked with errors that name the argument, value and fix.
 - :func:`check_settings`: fails at set-up on settings the loader would refuse when first built.
 - :class:`LazySifter`: the loader, built around the framework's loader on first use.
+- :func:`brief`: a value as their error messages name it.
 
 The learning-rate arithmetic they share is :mod:`smartsift.modes.schedules`'
 (:func:`~smartsift.modes.schedules.plain_steps`,
@@ -39,6 +40,7 @@ from smartsift.policies import Policy
 __all__ = [
     "FROM_FRAMEWORK",
     "LazySifter",
+    "brief",
     "check_loader_kwargs",
     "check_settings",
     "passthrough_names",
@@ -101,13 +103,11 @@ def check_loader_kwargs(
     problems = []
     for key, value in given.items():
         if key in reserved:
-            problems.append(
-                f"`{key}`={_brief(value)}, which {caller} sets itself ({reserved[key]})"
-            )
+            problems.append(f"`{key}`={brief(value)}, which {caller} sets itself ({reserved[key]})")
         elif key not in allowed:
             close = difflib.get_close_matches(key, allowed, n=1)
             fix = f" (did you mean `{close[0]}`?)" if close else ""
-            problems.append(f"`{key}`={_brief(value)}, not one of them{fix}")
+            problems.append(f"`{key}`={brief(value)}, not one of them{fix}")
     if problems:
         raise TypeError(
             f"Expected keyword arguments of {target.__name__} that {caller} passes on, but got "
@@ -176,7 +176,13 @@ class LazySifter:
         return self.loader
 
 
-def _brief(value: Any) -> str:
-    """``repr(value)`` when short and on one line (a model's is neither), else its type."""
+def brief(value: Any) -> str:
+    """``repr(value)`` when short and on one line (a model's is neither), else its type: a value
+    as error messages name it.
+
+    Example:
+        >>> brief(8), brief(torch.nn.Linear(2, 1)), brief("x" * 50)
+        ('8', '<Linear>', '<str>')
+    """
     text = repr(value)
     return text if len(text) <= 40 and "\n" not in text else f"<{type(value).__name__}>"

@@ -24,7 +24,8 @@ Epochs:
     hold for shorter, sifted ones, nor after a resume), and the loader ends the Trainer's epoch
     when the sifted epoch's data ends. ``len()`` is the unsifted epoch's batches (the most an
     epoch can give), so the Trainer sizes ``max_steps``, its schedule and its progress bar as
-    for plain training; the callback moves the schedule to the share of the run's data consumed
+    for plain training (the bar therefore finishes early, at about the kept share of its
+    total); the callback moves the schedule to the share of the run's data consumed
     after each optimizer step (as in the scoring mode), and stops training when
     ``num_train_epochs`` epochs of data were consumed. With ``max_steps`` set the loader has no
     length and training runs for ``max_steps`` optimizer steps.
@@ -40,7 +41,8 @@ Resume:
     the epoch and the batches taken in it) to ``smartsift_rank<r>.pt`` in the checkpoint folder,
     and ``trainer.train(resume_from_checkpoint=...)`` reads it back: the resumed run trains the
     samples, in order, and the learning rates of the uninterrupted run. A checkpoint folder that
-    was moved away from ``output_dir`` is found with :meth:`TrainerReuse.resume_from`.
+    was moved away from ``output_dir`` is found with :meth:`TrainerReuse.resume_from`. The
+    hooks, epochs and checkpoints both modes share are :mod:`smartsift.integrations.hf_hooks`'.
 
 Example:
     >>> collator = IdCollator(lambda items: {"x": torch.tensor([i["x"] for i in items])},
@@ -54,7 +56,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 from collections.abc import Callable, Collection, Iterator, Mapping, MutableMapping
 from typing import Any
 
@@ -62,6 +63,7 @@ import torch
 from torch.utils.data import Dataset, RandomSampler, Sampler, SequentialSampler
 
 from smartsift.engine import checkpoint as ckpt
+from smartsift.integrations.hf_hooks import EpochIterator, TrainerHooks
 from smartsift.integrations.hf_losses import OutputsLossFn
 from smartsift.modes.reuse import ReuseSampler
 from smartsift.modes.table import ScoreTable
@@ -69,21 +71,16 @@ from smartsift.policies import Policy
 
 __all__ = [
     "ID_KEY",
-    "STATE_FILE",
     "IdCollator",
     "IdDataset",
     "OwnEpochs",
     "TrainerReuse",
-    "epoch_seed",
     "reweighted",
     "signature_columns",
 ]
 
 ID_KEY = "smartsift_ids"
 """The batch entry holding the samples' dataset indices (taken out before the model sees it)."""
-
-STATE_FILE = "smartsift_rank{rank}.pt"
-"""The file of one rank's sifting state in a checkpoint folder."""
 
 
 class IdDataset(Dataset[tuple[int, Any]]):
@@ -193,19 +190,20 @@ def reweighted(
     return (weights * shares * losses).sum() * (loss.detach() / total.detach())
 
 
-class TrainerReuse:
+class TrainerReuse(TrainerHooks):
     """What ``enable_sifting(trainer, mode="reuse")`` attached to one Trainer; built by it.
 
     Attributes:
         trainer: the Trainer.
-        table: the score table the training step feeds.
-        sampler: the :class:`~smartsift.ReuseSampler` (built on the first ``train()``; None
+        table: the score table the training step feeds (built on the first ``train()``; None
             before).
+        sampler: the :class:`~smartsift.ReuseSampler` (likewise).
         epoch: the epoch of data being trained (0 first), counted by the integration.
         taken: batches handed to the Trainer in that epoch on this rank.
         callback: the callback added to the Trainer.
     """
 
+    hooks = ("get_train_dataloader", "compute_loss", "get_resumed_dataloader")
     mode = "reuse"
 
     def __init__(
@@ -220,22 +218,15 @@ class TrainerReuse:
         align_schedule: bool,
         callback_factory: Callable[[Any], Any],
     ) -> None:
-        self.trainer = trainer
+        super().__init__(trainer, seed, log_stats, align_schedule)
         self.outputs_loss = outputs_loss
         self.policy = policy
         self.sampler_kwargs = sampler_kwargs
-        self.seed = seed
-        self.log_stats = log_stats
-        self.align_schedule = align_schedule
         self.table: ScoreTable | None = None
         self.sampler: ReuseSampler | None = None
         self.raw: Any = None
-        self.epoch = 0
         self.taken = 0
         self.batches_this_epoch: int | None = None
-        self.resume_dir: str | None = None
-        self._batches: Iterator[Any] | None = None
-        self._saved: dict[str, Any] = {}
         self.callback = callback_factory(self)
 
     # -------------------------------------------------------------- what the callback asks
@@ -243,6 +234,9 @@ class TrainerReuse:
     def stats(self) -> Any:
         """The current epoch's :class:`~smartsift.modes.reuse.ReuseEpochStats` (None before)."""
         return None if self.sampler is None else self.sampler.stats
+
+    def ready(self) -> bool:
+        return self.table is not None and self.sampler is not None
 
     def log_values(self) -> dict[str, float]:
         """The current epoch's counts as ``smartsift/<name>`` floats (NaN left out)."""
@@ -262,11 +256,6 @@ class TrainerReuse:
             return float(self.epoch)
         return self.epoch + min(1.0, self.taken / self.batches_this_epoch)
 
-    @property
-    def stops_at_data_end(self) -> bool:
-        """Whether the callback stops training when ``num_train_epochs`` of data are done."""
-        return self.trainer.args.max_steps <= 0
-
     # -------------------------------------------------------------- the trainer's overrides
     def get_train_dataloader(self) -> _ReuseTrainLoader:
         """The Trainer's own loader over the indexed dataset, the sifting sampler and the ids."""
@@ -278,9 +267,8 @@ class TrainerReuse:
                 f"index), but the Trainer holds {type(dataset).__name__}. Use mode='scoring' "
                 "for an IterableDataset."
             )
-        model = trainer.model
         columns = (
-            signature_columns(_unwrapped(model), trainer.label_names)
+            signature_columns(_unwrapped(trainer.model), trainer.label_names)
             if trainer.args.remove_unused_columns
             else None
         )
@@ -300,7 +288,7 @@ class TrainerReuse:
                     vars(trainer).pop(name, None)
                 else:
                     setattr(trainer, name, value)
-        self._batches = None
+        self.new_run()
         length = None
         if trainer.args.max_steps <= 0:
             length = _unsifted_batches(
@@ -338,17 +326,7 @@ class TrainerReuse:
                 loss = reweighted(loss, losses, shares, weights)
         return (loss, outputs) if return_outputs else loss
 
-    def get_resumed_dataloader(self, dataloader: Any, num_batches: int) -> Any:
-        """The loader unchanged: it continues from the restored sifting state."""
-        return dataloader
-
-    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        """Adds the decision counts to a training log, then logs it the Trainer's way."""
-        if self.sampler is not None and ("loss" in logs or "train_loss" in logs):
-            logs.update(self.log_values())
-        self._original("log")(logs, *args, **kwargs)
-
-    # -------------------------------------------------------------- the sampler
+    # -------------------------------------------------------------- the sampler and epochs
     def _sampler_for(self, *args: Any, **kwargs: Any) -> OwnEpochs:
         """The Trainer's ``_get_train_sampler`` while the loader is built: the sifting sampler."""
         trainer = self.trainer
@@ -377,48 +355,30 @@ class TrainerReuse:
             seed=self.seed,
             **self.sampler_kwargs,
         )
-        self.epoch, self.taken, self.batches_this_epoch = 0, 0, None
         return OwnEpochs(self.sampler)
 
-    def next_batch(self, fresh: bool) -> Any:
-        """The next batch of the run's data, starting the next epoch where one ends.
+    def new_run(self) -> None:
+        super().new_run()
+        self.taken, self.batches_this_epoch = 0, None
 
-        ``fresh``: whether the Trainer's current epoch has had no batch yet; an epoch that ends
-        then (a checkpoint taken at an epoch's very end) moves on to the next one at once, so
-        that the Trainer never sees an empty epoch. Raises StopIteration at an epoch's end.
-        """
-        assert self.sampler is not None
-        while True:
-            try:
-                batch = next(self._batches) if self._batches is not None else self._start()
-            except StopIteration:
-                self._batches = None
-                self.epoch += 1
-                self.taken = 0
-                if fresh and not self._done():
-                    continue
-                raise
-            self.taken += 1
-            return batch
-
-    def _start(self) -> Any:
-        """Starts the current epoch's iterator and returns its first batch."""
+    def epoch_batches(self) -> Any:
         assert self.sampler is not None
         self.sampler.set_epoch(self.epoch)
         self.batches_this_epoch = len(self.raw)
-        # Starting a loader's iteration (its first batch) draws the workers' base seed from
-        # the global random state; drawn from a seed of the epoch instead, it is the same in a
-        # resumed run, and the Trainer's random state (dropout) is left untouched.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(epoch_seed(self.seed, self.epoch))
-            self._batches = iter(self.raw)
-            return next(self._batches)
+        return self.raw
 
-    def _done(self) -> bool:
-        args = self.trainer.args
-        return args.max_steps <= 0 and self.epoch >= args.num_train_epochs
+    def took(self) -> None:
+        self.taken += 1
+
+    def epoch_ended(self) -> None:
+        self.taken = 0
 
     # -------------------------------------------------------------- checkpoints
+    def sync(self) -> None:
+        """Under DDP the table's pending losses are exchanged before saving (a collective)."""
+        assert self.table is not None
+        self.table.sync()
+
     def state_dict(self) -> dict[str, Any]:
         """This rank's sifting state: the table, the sampler, the epoch and the batches taken."""
         assert self.table is not None and self.sampler is not None
@@ -434,6 +394,11 @@ class TrainerReuse:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores :meth:`state_dict`'s output before the first batch of a resumed run."""
         ckpt.check_version(state, "TrainerReuse", "Pass the state TrainerReuse saved.")
+        if "loader" in state:
+            raise ValueError(
+                "The checkpoint's sifting state was saved by a scoring-mode run; resume it with "
+                "enable_sifting(..., mode='scoring')."
+            )
         assert self.table is not None and self.sampler is not None
         self.table.load_state_dict(state["table"])
         self.sampler.load_state_dict(state["sampler"])
@@ -441,66 +406,8 @@ class TrainerReuse:
         self._batches = None
         self.batches_this_epoch = None
         if state["batches"] is not None and self.taken >= int(state["batches"]):
-            # Saved at the epoch's very end: the next epoch starts at once, without iterating
-            # the finished one again (which would draw from the random state the Trainer
-            # restores, and so shift the next epoch's random numbers).
+            # Saved at the epoch's very end: the next epoch starts at once.
             self.epoch, self.taken = self.epoch + 1, 0
-
-    def save(self, folder: str) -> None:
-        """Writes this rank's state into a checkpoint ``folder`` (every rank calls it: under
-        DDP the table's pending losses are exchanged first, a collective)."""
-        if self.table is None or self.sampler is None:
-            return
-        self.table.sync()
-        os.makedirs(folder, exist_ok=True)
-        torch.save(self.state_dict(), os.path.join(folder, STATE_FILE.format(rank=_rank())))
-
-    def resume_from(self, folder: str) -> None:
-        """Reads the sifting state from ``folder`` at the next resumed ``train()`` (needed only
-        for a checkpoint folder that is not ``output_dir/checkpoint-<step>``)."""
-        self.resume_dir = folder
-
-    def load(self, output_dir: str, global_step: int) -> None:
-        """Reads this rank's state saved with the checkpoint of ``global_step``."""
-        folder = self.resume_dir or os.path.join(output_dir, f"checkpoint-{global_step}")
-        path = os.path.join(folder, STATE_FILE.format(rank=_rank()))
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"Resuming a loss-reuse run at step {global_step}, but its sifting state is not "
-                f"at {path}. It is saved beside each checkpoint; if the checkpoint folder was "
-                "moved, call resume_from(folder) on the object enable_sifting returned before "
-                "trainer.train(resume_from_checkpoint=folder)."
-            )
-        self.load_state_dict(torch.load(path, weights_only=True))
-
-    # -------------------------------------------------------------- wiring
-    def attach(self) -> None:
-        """Sets the overrides on the Trainer instance and adds the callback."""
-        trainer = self.trainer
-        names = ["get_train_dataloader", "compute_loss", "get_resumed_dataloader"]
-        if self.log_stats:
-            names.append("log")
-        for name in names:
-            self._saved[name] = vars(trainer).get(name)
-            setattr(trainer, name, getattr(self, name))
-        trainer.add_callback(self.callback)
-
-    def disable(self) -> None:
-        """Gives the Trainer back its own methods and removes the callback."""
-        trainer = self.trainer
-        for name, saved in self._saved.items():
-            if saved is None:
-                vars(trainer).pop(name, None)
-            else:
-                setattr(trainer, name, saved)
-        self._saved.clear()
-        if self.callback in trainer.callback_handler.callbacks:
-            trainer.remove_callback(self.callback)
-
-    def _original(self, name: str) -> Any:
-        saved = self._saved.get(name)
-        trainer = self.trainer
-        return saved if saved is not None else getattr(type(trainer), name).__get__(trainer)
 
 
 class _ReuseTrainLoader:
@@ -511,7 +418,7 @@ class _ReuseTrainLoader:
         self._length = length
 
     def __iter__(self) -> Iterator[Any]:
-        return _ReuseEpochIterator(self.reuse)
+        return EpochIterator(self.reuse)
 
     def __len__(self) -> int:
         if self._length is None:
@@ -537,47 +444,6 @@ class _ReuseTrainLoader:
         return getattr(self.reuse.raw, "batch_size", None)
 
 
-class _ReuseEpochIterator:
-    """One Trainer epoch: batches until the epoch of data ends (then the Trainer's epoch stops).
-
-    A Trainer epoch cut short by the Trainer's own count (after a resume, its count of steps per
-    epoch does not match sifted epochs) leaves the epoch of data open; the next one continues it.
-    """
-
-    def __init__(self, reuse: TrainerReuse) -> None:
-        self.reuse = reuse
-        self._ended = False
-        self._fresh = True
-
-    def __iter__(self) -> _ReuseEpochIterator:
-        return self
-
-    def __next__(self) -> Any:
-        control = self.reuse.trainer.control
-        if self._ended or (self._fresh and self.reuse._done()):
-            control.should_epoch_stop = True
-            if self.reuse._done():
-                control.should_training_stop = True
-            raise StopIteration
-        try:
-            batch = self.reuse.next_batch(self._fresh)
-        except StopIteration:
-            self._ended = True
-            raise
-        self._fresh = False
-        return batch
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A seed for ``epoch`` of a run seeded with ``seed`` (distinct per epoch, never negative).
-
-    Example:
-        >>> epoch_seed(0, 1) != epoch_seed(0, 2), epoch_seed(-5, 0) >= 0
-        (True, True)
-    """
-    return (seed * 1_000_003 + epoch * 7_919 + 1) % (2**63)
-
-
 def _unsifted_batches(samples: int, batch_size: int, world_size: int, drop_last: bool) -> int:
     """Batches per rank of an unsifted epoch, as accelerate deals a loader's batches out.
 
@@ -593,11 +459,6 @@ def _unsifted_batches(samples: int, batch_size: int, world_size: int, drop_last:
 def _unwrapped(model: Any) -> Any:
     inner = getattr(model, "module", model)
     return getattr(inner, "_orig_mod", inner)
-
-
-def _rank() -> int:
-    dist = torch.distributed
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 class _Absent:

@@ -4,8 +4,9 @@
 batches, with its :class:`~smartsift.SiftStats` and the training steps taken so far (batches it
 yielded). :func:`tensorboard_logger` makes such a ``log_fn`` for a
 ``torch.utils.tensorboard.SummaryWriter``; :func:`stats_scalars` is the pure function under it,
-the stats as ``{prefix + name: value}`` with NaN and infinite values left out, ready for any
-other logger. This module imports no TensorBoard: the writer is yours.
+the stats (any with ``as_dict()``, :class:`LoggableStats`) as ``{prefix + name: value}`` with
+NaN and infinite values left out, ready for any other logger. This module imports no
+TensorBoard: the writer is yours.
 
 Without ``log_fn`` the stats go through Python's ``smartsift`` logger at INFO level. Any callable
 taking ``(stats, step)`` works as ``log_fn``, for example for Weights & Biases or MLflow::
@@ -40,15 +41,24 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from smartsift.engine.stats import SiftStats
 
-__all__ = ["stats_scalars", "tensorboard_logger"]
+__all__ = ["LoggableStats", "stats_scalars", "tensorboard_logger"]
 
 
-def stats_scalars(stats: SiftStats, prefix: str = "smartsift/") -> dict[str, float]:
+class LoggableStats(Protocol):
+    """Stats a logger can take: anything with ``as_dict()``, such as
+    :class:`~smartsift.SiftStats` or :class:`~smartsift.ReuseEpochStats`."""
+
+    def as_dict(self) -> Mapping[str, Any]:
+        """The stats by name; the finite numbers among them are logged."""
+        ...
+
+
+def stats_scalars(stats: LoggableStats, prefix: str = "smartsift/") -> dict[str, float]:
     """``stats.as_dict()`` as finite numbers named ``prefix + name``; NaN and inf left out.
 
     Rates are NaN before there is anything to count (``recent_keep_rate`` before the first

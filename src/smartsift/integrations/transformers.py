@@ -55,10 +55,18 @@ Logs:
     ``smartsift/samples_seen``, ``smartsift/samples_trained``, ... ; NaN values left out), so
     they reach ``trainer.state.log_history`` and every ``report_to`` integration.
 
+Checkpoints and resume (both modes):
+    Every Trainer checkpoint holds each rank's sifting state (``smartsift_rank<r>.pt``: the
+    loader's state and the epoch of data), and ``trainer.train(resume_from_checkpoint=...)``
+    restores it: the resumed run continues the interrupted epoch where it stopped, trains the
+    same batches at the same learning rates as the uninterrupted run, and the Trainer's own
+    skipping of batches is turned off (``get_resumed_dataloader``, its documented override for
+    stateful loaders). The integration numbers the epochs of data itself, as the Trainer's count
+    of epochs does not hold for sifted ones (:mod:`smartsift.integrations.hf_hooks`).
+
 Limits:
     DDP or a single process (not DeepSpeed or FSDP: the scoring pass needs the whole model;
-    loss reuse runs under FSDP too). Resuming a scoring-mode run from a Trainer checkpoint is
-    refused (its sifting state is not saved in it; a loss-reuse run resumes exactly).
+    loss reuse runs under FSDP too).
     With ``gradient_accumulation_steps > 1`` the gradients of an epoch's last, incomplete
     group are applied with the next epoch's first step (the Trainer steps only on full groups
     or at ``len``), and at the end of training they are not applied.
@@ -88,7 +96,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -103,8 +111,11 @@ except ImportError as err:  # pragma: no cover - depends on the environment
     ) from err
 
 from smartsift.batches.padding import Padding
+from smartsift.engine import checkpoint as ckpt
 from smartsift.integrations.adapter import LazySifter, check_loader_kwargs, check_settings
+from smartsift.integrations.hf_hooks import EpochIterator, TrainerHooks
 from smartsift.integrations.hf_losses import loss_for_model, outputs_loss_for_model
+from smartsift.integrations.hf_reuse import TrainerReuse
 from smartsift.integrations.tensorboard import stats_scalars
 from smartsift.modes.loader import SiftingDataLoader
 from smartsift.modes.reuse import ReuseSampler
@@ -112,9 +123,6 @@ from smartsift.modes.schedules import catch_up_steps, schedule_position
 from smartsift.modes.scoring import LossFn
 from smartsift.modes.table import ScoreTable
 from smartsift.policies import Policy
-
-if TYPE_CHECKING:
-    from smartsift.integrations.hf_reuse import TrainerReuse
 
 __all__ = [
     "SiftingCallback",
@@ -185,8 +193,7 @@ def enable_sifting(
             f"Expected `trainer` to be a transformers.Trainer, but got {type(trainer).__name__}."
         )
     if isinstance(
-        getattr(vars(trainer).get("get_train_dataloader"), "__self__", None),
-        (TrainerSifting, _reuse_type()),
+        getattr(vars(trainer).get("get_train_dataloader"), "__self__", None), TrainerHooks
     ):
         raise RuntimeError(
             "Sifting is already enabled on this trainer; call disable() on the object "
@@ -222,7 +229,7 @@ def enable_sifting(
     kwargs["seed"] = trainer.args.seed if seed is None else seed
     check_settings(model, loss_fn, policy, kwargs)  # here, not in train()
     sifting = TrainerSifting(trainer, loss_fn, policy, kwargs, log_stats, align_schedule)
-    sifting._attach()
+    sifting.attach(sifting.callback)
     return sifting
 
 
@@ -238,8 +245,6 @@ def _enable_reuse(
     sampler_kwargs: dict[str, Any],
 ) -> TrainerReuse:
     """``enable_sifting(..., mode="reuse")``: checks the settings, then attaches."""
-    from smartsift.integrations.hf_reuse import TrainerReuse
-
     scoring_only = {
         "loss_fn": (loss_fn, None),
         "sift_delay": (sift_delay, 0),
@@ -273,19 +278,23 @@ def _enable_reuse(
         seed=trainer.args.seed if seed is None else seed,
         log_stats=log_stats, align_schedule=align_schedule, callback_factory=SiftingCallback,
     )  # fmt: skip
-    reuse.attach()
+    reuse.attach(reuse.callback)
     return reuse
 
 
-class TrainerSifting(LazySifter):
-    """What :func:`enable_sifting` attached to one Trainer; built by it, not by users.
+class TrainerSifting(LazySifter, TrainerHooks):
+    """What :func:`enable_sifting` attached to one Trainer in the scoring mode; built by it.
 
     Attributes:
         trainer: the Trainer.
         loader: the :class:`~smartsift.SiftingDataLoader` of the latest ``trainer.train()``
             call (a new one each call), or None before the first.
+        epoch: the epoch of data being trained (0 first), counted by the integration.
         callback: the :class:`SiftingCallback` added to the Trainer.
     """
+
+    hooks = ("get_train_dataloader", "get_resumed_dataloader")
+    mode = "scoring"
 
     def __init__(
         self,
@@ -296,13 +305,13 @@ class TrainerSifting(LazySifter):
         log_stats: bool,
         align_schedule: bool,
     ) -> None:
-        super().__init__(loss_fn, policy, loader_kwargs)
-        self.trainer = trainer
-        self.log_stats = log_stats
-        self.align_schedule = align_schedule
+        LazySifter.__init__(self, loss_fn, policy, loader_kwargs)
+        TrainerHooks.__init__(self, trainer, int(loader_kwargs["seed"]), log_stats, align_schedule)
         self.raw_batches_per_epoch: int | None = None  # len() of the Trainer's own loader
         self.callback = SiftingCallback(self)
-        self._saved: dict[str, Any] = {}
+
+    def ready(self) -> bool:
+        return self.loader is not None
 
     def log_values(self) -> dict[str, float]:
         """The stats as the Trainer's logs hold them: ``smartsift/<name>``, NaN left out."""
@@ -314,25 +323,14 @@ class TrainerSifting(LazySifter):
             return None
         return self.loader.stats.raw_batches / self.raw_batches_per_epoch
 
-    def disable(self) -> None:
-        """Gives the trainer back its own training loader and logging, and removes the callback."""
-        trainer = self.trainer
-        for name, saved in self._saved.items():
-            if saved is None:
-                vars(trainer).pop(name, None)
-            else:
-                setattr(trainer, name, saved)
-        self._saved.clear()
-        if self.callback in trainer.callback_handler.callbacks:
-            trainer.remove_callback(self.callback)
-
     # -------------------------------------------------------------- the trainer's overrides
     def get_train_dataloader(self) -> _SiftedTrainLoader:
         """The trainer's training loader, wrapped in a sifting loader (the instance override)."""
         trainer = self.trainer
         raw = self._original("get_train_dataloader")()
         # The unwrapped model (accelerate wraps it in DDP later, sharing its parameters).
-        loader = self.build(raw, _model_of(trainer))
+        self.build(raw, _model_of(trainer))
+        self.new_run()
         try:
             n_raw: int | None = len(raw)
         except TypeError:
@@ -347,28 +345,35 @@ class TrainerSifting(LazySifter):
                 self.loader_kwargs.get("batch_size") or raw_bs,
                 trainer.args.world_size,
             )
-        return _SiftedTrainLoader(loader, raw, trainer, length)
+        return _SiftedTrainLoader(self, raw, length)
 
-    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        """Adds the stats to a training log, then logs it the trainer's own way."""
-        if self.loader is not None and ("loss" in logs or "train_loss" in logs):
-            logs.update(self.log_values())
-        self._original("log")(logs, *args, **kwargs)
+    # -------------------------------------------------------------- epochs and checkpoints
+    def epoch_batches(self) -> SiftingDataLoader:
+        assert self.loader is not None
+        self.loader.set_epoch(self.epoch)
+        return self.loader
 
-    # -------------------------------------------------------------- wiring
-    def _attach(self) -> None:
-        trainer = self.trainer
-        names = ["get_train_dataloader", *(["log"] if self.log_stats else [])]
-        for name in names:
-            self._saved[name] = vars(trainer).get(name)  # an instance attribute the user set
-            setattr(trainer, name, getattr(self, name))
-        trainer.add_callback(self.callback)
+    def state_dict(self) -> dict[str, Any]:
+        """This rank's sifting state: the loader's and the epoch."""
+        assert self.loader is not None
+        return {
+            ckpt.VERSION_KEY: ckpt.VERSION,
+            "epoch": self.epoch,
+            "loader": self.loader.state_dict(),
+        }
 
-    def _original(self, name: str) -> Any:
-        saved = self._saved.get(name)
-        return (
-            saved if saved is not None else getattr(type(self.trainer), name).__get__(self.trainer)
-        )
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores :meth:`state_dict`'s output before the first batch of a resumed run."""
+        ckpt.check_version(state, "TrainerSifting", "Pass the state TrainerSifting saved.")
+        if "loader" not in state:
+            raise ValueError(
+                "The checkpoint's sifting state was saved by a loss-reuse run; resume it with "
+                "enable_sifting(..., mode='reuse')."
+            )
+        assert self.loader is not None
+        self.loader.load_state_dict(state["loader"])
+        self.epoch = int(state["epoch"])
+        self._batches = None
 
 
 class SiftingCallback(TrainerCallback):
@@ -377,29 +382,17 @@ class SiftingCallback(TrainerCallback):
     After every optimizer step it moves the learning-rate scheduler to the fraction of the
     run's raw batches consumed (epoch-based runs, ``align_schedule``); after every step it sets
     ``state.epoch`` to the raw epochs consumed, and stops a run with a fractional
-    ``num_train_epochs`` when that much data was consumed. In loss reuse it also saves the
-    sifting state with every checkpoint and restores it on resume, and stops training when
-    ``num_train_epochs`` epochs of data are done; the scoring mode refuses to resume from a
-    checkpoint. Added by :func:`enable_sifting`.
+    ``num_train_epochs`` when that much data was consumed (in loss reuse, any run when
+    ``num_train_epochs`` epochs of data are done). It saves the sifting state with every
+    checkpoint and restores it on resume. Added by :func:`enable_sifting`.
     """
 
     def __init__(self, sifting: TrainerSifting | TrainerReuse) -> None:
         self.sifting = sifting
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        from smartsift.integrations.hf_reuse import TrainerReuse
-
-        if state.global_step > 0 and isinstance(self.sifting, TrainerReuse):
+        if state.global_step > 0:
             self.sifting.load(args.output_dir, state.global_step)
-        elif state.global_step > 0:
-            raise RuntimeError(
-                "Resuming a scoring-mode run from a Trainer checkpoint is not supported: the "
-                "sifting loader's state is not saved in the checkpoint, and the Trainer's step "
-                "count per epoch does not hold for sifted epochs (resuming with sifting "
-                "disabled would restart the data while the restored schedule runs out). Train "
-                "with enable_sifting(..., mode='reuse'), whose checkpoints resume exactly, or "
-                "load the checkpoint's weights into the model and start a new run."
-            )
 
     def on_optimizer_step(
         self, args: Any, state: Any, control: Any, lr_scheduler: Any = None, **kwargs: Any
@@ -422,22 +415,13 @@ class SiftingCallback(TrainerCallback):
         state.epoch = epochs
         # Loss reuse counts its own epochs (a resumed Trainer's count of epochs is off for
         # sifted ones); the scoring mode's epochs are the Trainer's, but for a fraction.
-        ends = isinstance(self.sifting, _reuse_type()) or args.num_train_epochs % 1 != 0
+        ends = self.sifting.mode == "reuse" or args.num_train_epochs % 1 != 0
         if args.max_steps <= 0 and ends and epochs >= args.num_train_epochs:
             control.should_training_stop = True
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        from smartsift.integrations.hf_reuse import TrainerReuse
-
-        if isinstance(self.sifting, TrainerReuse):
-            folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-            self.sifting.save(folder)
-
-
-def _reuse_type() -> type:
-    from smartsift.integrations.hf_reuse import TrainerReuse
-
-    return TrainerReuse
+        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        self.sifting.save(folder)
 
 
 def batches_bound(raw_batches: int, raw_batch_size: int, batch_size: int, world_size: int) -> int:
@@ -459,19 +443,18 @@ class _SiftedTrainLoader:
     """The training loader the Trainer sees: the sifting loader, with a length it can trust.
 
     ``len()`` is :func:`batches_bound` in epoch-based runs and absent when ``max_steps`` is set.
+    Each iteration is one epoch of data (:class:`~smartsift.integrations.hf_hooks.
+    EpochIterator`), numbered by the integration; the Trainer's ``set_epoch`` is ignored.
     ``dataset`` and ``batch_sampler`` are the Trainer's loader's, as the Trainer reads them.
     """
 
-    def __init__(
-        self, sifter: SiftingDataLoader, raw: Any, trainer: Trainer, length: int | None
-    ) -> None:
-        self.sifter = sifter
+    def __init__(self, sifting: TrainerSifting, raw: Any, length: int | None) -> None:
+        self.sifting = sifting
         self.raw = raw
-        self._trainer = trainer
         self._length = length
 
     def __iter__(self) -> Iterator[Any]:
-        return _EpochIterator(iter(self.sifter), self._trainer)
+        return EpochIterator(self.sifting)
 
     def __len__(self) -> int:
         if self._length is None:
@@ -482,7 +465,11 @@ class _SiftedTrainLoader:
         return self._length
 
     def set_epoch(self, epoch: int) -> None:
-        self.sifter.set_epoch(epoch)
+        """Ignored: the integration numbers the epochs of data itself."""
+
+    @property
+    def sifter(self) -> SiftingDataLoader | None:
+        return self.sifting.loader
 
     @property
     def dataset(self) -> Any:
@@ -494,36 +481,7 @@ class _SiftedTrainLoader:
 
     @property
     def batch_size(self) -> int | None:
-        return self.sifter.batch_size
-
-
-class _EpochIterator:
-    """One epoch of the sifting loader, ending the Trainer's epoch when the data ends.
-
-    The Trainer asks for batches until ``len()`` were taken. When the epoch ended earlier, the
-    first ``StopIteration`` may cut a gradient-accumulation group short, which the Trainer still
-    trains on; on the next request the iterator sets ``control.should_epoch_stop`` so the
-    Trainer does not spin through the rest of its epoch (the ranks of a DDP job reach this in
-    the same step).
-    """
-
-    def __init__(self, batches: Iterator[Any], trainer: Trainer) -> None:
-        self._batches = batches
-        self._trainer = trainer
-        self._ended = False
-
-    def __iter__(self) -> _EpochIterator:
-        return self
-
-    def __next__(self) -> Any:
-        if self._ended:
-            self._trainer.control.should_epoch_stop = True
-            raise StopIteration
-        try:
-            return next(self._batches)
-        except StopIteration:
-            self._ended = True
-            raise
+        return None if self.sifting.loader is None else self.sifting.loader.batch_size
 
 
 def _auto_padding(trainer: Trainer) -> Padding | None:

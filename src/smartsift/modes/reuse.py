@@ -294,7 +294,10 @@ class ReuseSampler(Sampler[int]):
             that the epoch's expected gradient is that of all candidates (InfoBatch's
             rescaling); read the weights with :meth:`weights`. Deterministic policies keep
             with ``p = 1``, so their weights are 1.
-        max_weight: caps the weights (trading the unbiasedness for a bounded variance).
+        max_weight: the bound on the weights; default ``"auto"``: ``1 / policy.expected_keep``
+            (the average weight of a kept sample), so that a sample kept against the odds
+            cannot dominate a step (unbounded, its ``1 / p`` can reach thousands; see
+            docs/reuse.md); a float >= 1; None: unbounded ``1 / p`` (unbiased, high variance).
         epochs: the number of epochs of the run (needed by ``anneal``).
         anneal: the last ``ceil(anneal * epochs)`` epochs train on every candidate.
         chunk_size: how many scores the selector decides at once (a raw batch's worth).
@@ -318,7 +321,7 @@ class ReuseSampler(Sampler[int]):
         score: str | ScoreFn = "loss",
         max_age: int | None = 3,
         rescale: bool = False,
-        max_weight: float | None = None,
+        max_weight: float | str | None = "auto",
         epochs: int | None = None,
         anneal: float = 0.0,
         chunk_size: int = 256,
@@ -370,6 +373,13 @@ class ReuseSampler(Sampler[int]):
                 f"anneal={anneal} needs `epochs` (the run's number of epochs) to know which "
                 "epochs are the last ones; pass epochs=..."
             )
+        if isinstance(max_weight, str):
+            if max_weight != "auto":
+                raise ValueError(
+                    'Expected `max_weight` to be "auto" (1 / policy.expected_keep), a float >= 1, '
+                    f"or None (unbounded 1/p), but got {max_weight!r}."
+                )
+            max_weight = max(1.0, 1.0 / policy.expected_keep)
         check_real("max_weight", max_weight, 1, optional=True)
         self.sampler = sampler
         self.table = table
@@ -377,7 +387,7 @@ class ReuseSampler(Sampler[int]):
         self.score = score
         self.max_age = max_age
         self.rescale = bool(rescale)
-        self.max_weight = max_weight
+        self.max_weight: float | None = None if max_weight is None else float(max_weight)
         self.epochs = epochs
         self.anneal = float(anneal)
         self.chunk_size = chunk_size
@@ -748,6 +758,12 @@ class ReuseSampler(Sampler[int]):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores :meth:`state_dict`'s output; the next iteration continues the saved epoch
         from the saved position (yielding nothing if it was complete).
+
+        A state taken after an epoch was decided (``set_epoch`` then ``len()``) but before its
+        first index was drawn loads as not started: the next iteration runs that epoch, as
+        decided, from its first index. When the loader had drawn indices ahead of the batches
+        trained (a ``DataLoader`` with workers), the epoch continues from the first index the
+        score table holds no loss for in that epoch (docs/reuse.md, "Resuming").
 
         A state saved before ``ReuseEpochStats.skipped`` was renamed ``sifted`` (format
         version 1) loads too.
