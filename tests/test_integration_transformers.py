@@ -6,6 +6,7 @@ downloaded.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -591,3 +592,21 @@ def test_the_example_reuses_losses_in_lockstep_on_two_ranks_under_torchrun(
     assert zero["epochs"] == "3" and zero["epoch"] == "3.00" and float(zero["lr"]) == 0.0
     assert int(zero["candidates"]) == 3 * 256 > int(zero["trained"]) > 256
     assert "more than one rank" not in out  # accelerate shards the pruned list's batches
+
+
+@pytest.mark.parametrize(("mode", "save"), [("reuse", 10), ("scoring", 5)])
+def test_a_sifted_run_resumes_exactly_on_two_ranks_under_torchrun(
+    tmp_path: Path, mode: str, save: int
+) -> None:
+    # Reuse: epochs of 8, 4 and 4 steps per rank (step 10 is inside the second); scoring: 4.
+    script = Path(__file__).resolve().parent / "data" / "hf_resume_ddp.py"
+    out = tmp_path / "out"
+    args = [f"--mode={mode}", f"--save={save}", f"--out={out}"]
+    proc = torchrun_copied(script, tmp_path, args, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for runs in ranks:
+        expected = [step for step in runs["full"] if step[0] >= save]
+        assert runs["resumed"] == expected  # the same samples, in order, at the same rates
+        assert len(runs["full"]) == (16 if mode == "reuse" else 12)
+    assert ranks[0]["full"] != ranks[1]["full"]  # each rank trained its own share
