@@ -131,6 +131,47 @@ def test_profile_help_shows_num_classes(capsys: pytest.CaptureFixture[str]) -> N
     assert "--num-classes N" in capsys.readouterr().out
 
 
+def test_profile_with_epochs_advises_a_mode(
+    target: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["profile", "--target", "tiny_target:build", "--steps", "2", "--warmup", "1"]
+    assert main(argv) == 0
+    assert "Which mode" not in capsys.readouterr().out  # no epochs, no mode advice
+    assert main([*argv, "--epochs", "8"]) == 0
+    out = capsys.readouterr().out
+    # The target's 128 samples are a map-style TensorDataset seen 8 times: loss reuse.
+    assert "Which mode, over 8 epoch(s) at keep 0.30: reuse. Use loss reuse" in out
+    assert "about 397 of 1,024 sample-steps" in out  # 128 x (1 + 7 x 0.3)
+    assert main([*argv, "--epochs", "1", "--keep", "0.5", "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert (figures["epochs"], figures["keep"], figures["dataset_size"]) == (1, 0.5, 128)
+    assert figures["map_style"] is True and figures["mode"] in ("scoring", "none")
+    assert "single epoch" in figures["mode_reason"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--epochs", "0"], "--epochs must be an int of at least 1"),
+        (["--keep", "0.5"], "--keep K needs --epochs N"),
+        (["--epochs", "4", "--keep", "1.5"], "--keep must be a fraction in (0, 1], but got 1.5"),
+        (["--epochs", "4", "--keep", "0"], "--keep must be a fraction in (0, 1]"),
+    ],
+)
+def test_profile_rejects_bad_mode_options(
+    target: Path, capsys: pytest.CaptureFixture[str], options: list[str], message: str
+) -> None:
+    assert main(["profile", "--target", "tiny_target:build", *options]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_profile_help_shows_epochs_and_keep(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["profile", "--help"])
+    out = capsys.readouterr().out
+    assert "--epochs N" in out and "--keep K" in out
+
+
 def test_profile_requires_a_target(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["profile", "--steps", "2"]) == 2
     err = capsys.readouterr().err

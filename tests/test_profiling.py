@@ -14,7 +14,15 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import smartsift as ss
-from smartsift.tools.profiling import ProfileReport, loss_concentration
+from smartsift.tools.profiling import (
+    ADVICE_KEEP,
+    MIN_SPEEDUP,
+    SIFTING_CAVEAT,
+    ProfileReport,
+    advise_mode,
+    loss_concentration,
+    reuse_run_speedup,
+)
 
 
 def _ce(model: torch.nn.Module, batch: Any) -> torch.Tensor:
@@ -415,3 +423,180 @@ def _assert_same_state(a: Any, b: Any) -> None:
             _assert_same_state(x, y)
     else:
         assert a == b
+
+
+# ------------------------------------------------------------------ which mode
+class _Stream(torch.utils.data.IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
+    """A stream of samples: seen once each, no index to skip by."""
+
+    def __iter__(self) -> Any:
+        g = torch.Generator().manual_seed(0)
+        for _ in range(256):
+            yield torch.randn(16, generator=g), torch.randint(0, 3, (), generator=g)
+
+
+def test_data_seen_once_with_a_dear_scoring_pass_trains_plain() -> None:
+    advice = advise_mode(0.8, epochs=1, map_style=True, keep=0.3)
+    assert advice.mode == "none"
+    assert advice.scoring_speedup == pytest.approx(1 / 1.1)
+    assert advice.reuse_speedup is None and advice.reuse_run_speedup is None
+    assert advice.reason.startswith("Train plain: loss reuse cannot work because the run is a")
+    assert "0.80 of a training step" in advice.reason and "0.91x" in advice.reason
+    assert f"below the {MIN_SPEEDUP:g}x" in advice.reason
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 50])
+@pytest.mark.parametrize("f_over_t", [0.0, 0.25, 0.9])
+@pytest.mark.parametrize("keep", [0.1, 0.5, 1.0])
+def test_an_iterable_dataset_never_gets_loss_reuse(
+    epochs: int, f_over_t: float, keep: float
+) -> None:
+    advice = advise_mode(f_over_t, epochs=epochs, map_style=False, keep=keep)
+    scoring = 1 / (f_over_t + keep)
+    assert advice.mode == ("scoring" if scoring >= MIN_SPEEDUP else "none")
+    assert advice.scoring_speedup == pytest.approx(scoring)
+    assert advice.reuse_speedup is None and "iterable, not map-style" in advice.reason
+
+
+def test_on_data_seen_once_the_scoring_pass_is_advised_from_min_speedup() -> None:
+    edge = 1 / MIN_SPEEDUP - 0.25  # the keep at which 1 / (0.25 + keep) is MIN_SPEEDUP
+    pays = advise_mode(0.25, epochs=1, map_style=True, keep=edge - 1e-6)
+    short = advise_mode(0.25, epochs=1, map_style=True, keep=edge + 1e-6)
+    assert pays.mode == "scoring" and short.mode == "none"
+    assert pays.reason.startswith("Use the scoring pass (ss.SiftingDataLoader)")
+    # Both reasons named when both hold.
+    both = advise_mode(0.25, epochs=1, map_style=False, keep=0.3)
+    assert "iterable, not map-style" in both.reason and "single epoch" in both.reason
+
+
+def test_many_epochs_of_map_style_data_get_loss_reuse_with_its_figures() -> None:
+    advice = advise_mode(0.25, epochs=12, map_style=True, keep=0.3, samples=16_000)
+    assert advice.mode == "reuse" and (advice.epochs, advice.keep) == (12, 0.3)
+    assert advice.reuse_speedup == pytest.approx(1 / 0.3)
+    assert advice.reuse_run_speedup == pytest.approx(12 / (1 + 11 * 0.3))
+    assert advice.scoring_speedup == pytest.approx(1 / 0.55)
+    for figure in ("seen 12 times", "3.33x faster", "2.79x over the 12 epochs", "only 1.82x"):
+        assert figure in advice.reason
+    # The first epoch trains all 16 000, the 11 after it 30 % of them.
+    assert "about 68,800 of 192,000 sample-steps" in advice.reason
+    assert "sample-steps" not in advise_mode(0.25, epochs=12, map_style=True, keep=0.3).reason
+
+
+def test_two_epochs_are_enough_for_loss_reuse() -> None:
+    advice = advise_mode(0.25, epochs=2, map_style=True, keep=0.5)
+    assert advice.mode == "reuse"
+    assert advice.reuse_run_speedup == pytest.approx(2 / 1.5)
+    assert reuse_run_speedup(1, 0.5) == 1.0
+
+
+def test_loss_reuse_at_a_keep_that_saves_too_little_trains_plain() -> None:
+    edge = 1 / MIN_SPEEDUP  # the keep at which 1 / keep is MIN_SPEEDUP
+    assert advise_mode(0.25, epochs=12, map_style=True, keep=edge - 1e-6).mode == "reuse"
+    advice = advise_mode(0.25, epochs=12, map_style=True, keep=0.95)
+    assert advice.mode == "none" and advice.reuse_speedup == pytest.approx(1 / 0.95)
+    assert advice.reason.startswith("Train plain: keeping 95% saves too little")
+    assert advise_mode(0.0, epochs=12, map_style=True, keep=1.0).mode == "none"
+
+
+@pytest.mark.parametrize(
+    ("f_over_t", "epochs", "map_style"), [(0.25, 12, True), (0.25, 1, True), (0.9, 1, False)]
+)
+def test_every_advice_says_what_sifting_costs(
+    f_over_t: float, epochs: int, map_style: bool
+) -> None:
+    advice = advise_mode(f_over_t, epochs=epochs, map_style=map_style)
+    assert advice.keep == ADVICE_KEEP and advice.caveat == SIFTING_CAVEAT
+    assert str(advice) == f"{advice.reason} {SIFTING_CAVEAT}"
+    assert "final accuracy for compute" in str(advice) and "fewer epochs" in str(advice)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"f_over_t": -0.1}, "`f_over_t` to be a non-negative float"),
+        ({"f_over_t": math.inf}, "f_over_t"),
+        ({"f_over_t": "0.2"}, "f_over_t"),
+        ({"epochs": 0}, "`epochs` to be a positive int"),
+        ({"epochs": 2.0}, "epochs"),
+        ({"epochs": True}, "epochs"),
+        ({"map_style": 1}, "`map_style` to be a bool"),
+        ({"map_style": None}, "map_style"),
+        ({"keep": 0.0}, r"`keep` to be a float in \(0, 1\]"),
+        ({"keep": 1.5}, "keep"),
+        ({"keep": math.nan}, "keep"),
+        ({"samples": 0}, "`samples` to be a positive int or None"),
+        ({"data_over_t": -1.0}, "data_over_t"),
+    ],
+)
+def test_advise_mode_rejects_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
+    args: dict[str, Any] = {"f_over_t": 0.25, "epochs": 3, "map_style": True, **kwargs}
+    error = TypeError if "map_style" in kwargs else ValueError
+    with pytest.raises(error, match=match):
+        advise_mode(args.pop("f_over_t"), **args)
+
+
+def test_report_advises_from_its_own_costs() -> None:
+    r = _report(dataset_size=500, map_style=True)
+    advice = r.advise_mode(epochs=6, keep=0.4)
+    assert advice.mode == "reuse" and "about 1,500 of 3,000 sample-steps" in advice.reason
+    # F/T and the data loading as the cost model counts them.
+    assert advice.scoring_speedup == pytest.approx(r.predicted_speedup(0.4))
+    assert r.advise_mode(epochs=6, map_style=False).mode == "scoring"  # 1.60x at keep 0.3
+    assert r.advise_mode(epochs=6, keep=0.3, map_style=False).scoring_speedup == pytest.approx(
+        r.predicted_speedup(0.3)
+    )
+    with pytest.raises(ValueError, match=r"`epochs`.*profile\(\.\.\., epochs=N\)"):
+        r.advise_mode()
+    with pytest.raises(ValueError, match=r"`map_style`.*no `dataset`"):
+        _report().advise_mode(epochs=3)
+
+
+def test_report_prints_the_mode_when_the_epochs_are_known() -> None:
+    r = _report(dataset_size=500, map_style=True)
+    assert "Which mode" not in str(r) and r.as_dict()["mode"] is None
+    assert "report.advise_mode(epochs=N)" in _report(scoring_s=4.0).recommendation
+    planned = dataclasses.replace(r, epochs=10, keep=0.5)
+    assert "Which mode, over 10 epoch(s) at keep 0.50: reuse. Use loss reuse" in str(planned)
+    assert str(planned).endswith(SIFTING_CAVEAT)
+    assert planned.as_dict()["mode"] == "reuse"
+    assert planned.as_dict()["mode_reason"] == str(planned.advise_mode())
+    unknown = dataclasses.replace(planned, map_style=None)
+    assert "unknown: the dataloader has no `dataset`" in str(unknown)
+    assert (
+        "report.advise_mode(epochs=N)"
+        not in dataclasses.replace(r, scoring_s=4.0, epochs=3).recommendation
+    )
+
+
+def test_profile_reads_the_dataset_and_advises_a_mode() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(16, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    report = ss.profile(model, _loader(n=256), _ce, opt, steps=2, warmup=1, epochs=6)
+    assert (report.dataset_size, report.map_style, report.epochs) == (256, True, 6)
+    assert report.keep == ADVICE_KEEP
+    advice = report.advise_mode()
+    assert advice.mode == "reuse" and "about 640 of 1,536 sample-steps" in advice.reason
+    assert advice.reuse_run_speedup == pytest.approx(6 / (1 + 5 * 0.3))
+    assert advice.scoring_speedup == pytest.approx(report.predicted_speedup(0.3))
+    assert "Which mode, over 6 epoch(s) at keep 0.30: reuse." in str(report)
+    # A stream is seen once: never loss reuse, whatever the epochs.
+    stream = DataLoader(_Stream(), batch_size=32)
+    streamed = ss.profile(model, stream, _ce, opt, steps=2, warmup=1, epochs=6, keep=0.5)
+    assert (streamed.dataset_size, streamed.map_style, streamed.keep) == (None, False, 0.5)
+    advice = streamed.advise_mode()
+    assert advice.mode == ("scoring" if streamed.predicted_speedup(0.5) >= MIN_SPEEDUP else "none")
+    assert "iterable, not map-style" in advice.reason
+    # Batches with no dataset behind them: the map-style question is left to the caller.
+    batches = list(_loader(n=96))
+    bare = ss.profile(model, batches, _ce, opt, steps=2, warmup=1, epochs=6)
+    assert bare.map_style is None and bare.dataset_size is None
+    assert bare.advise_mode(map_style=True).mode == "reuse"
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [({"epochs": 0}, "epochs"), ({"keep": 0}, "keep")])
+def test_profile_checks_the_mode_arguments(kwargs: dict[str, Any], match: str) -> None:
+    model = torch.nn.Linear(16, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=match):
+        ss.profile(model, _loader(), _ce, opt, steps=1, warmup=0, **kwargs)

@@ -19,10 +19,18 @@ from smartsift.modes.reuse import ReuseEpochStats, ReuseSampler
 from smartsift.modes.schedules import DataSchedule, ReuseSchedule
 from smartsift.modes.scoring import LossFunctionError
 from smartsift.modes.table import ScoreTable
-from smartsift.policies import Policy, QuantileThreshold, RelativeProbabilistic, TopK, Uniform
+from smartsift.policies import (
+    InfoBatch,
+    Policy,
+    QuantileThreshold,
+    RelativeProbabilistic,
+    SeTa,
+    TopK,
+    Uniform,
+)
 from smartsift.policies.auto import Auto
 from smartsift.policies.guards import Guarded
-from smartsift.tools.profiling import ProfileReport, profile
+from smartsift.tools.profiling import ModeAdvice, ProfileReport, advise_mode, profile
 from smartsift.tools.report import plot_report
 
 __all__ = [
@@ -32,8 +40,10 @@ __all__ = [
     "EpochRecord",
     "Guarded",
     "IndexedDataset",
+    "InfoBatch",
     "LossFunctionError",
     "LossHistory",
+    "ModeAdvice",
     "PadField",
     "Padding",
     "Policy",
@@ -45,6 +55,7 @@ __all__ = [
     "ReuseSampler",
     "ReuseSchedule",
     "ScoreTable",
+    "SeTa",
     "SiftAudit",
     "SiftStats",
     "SiftTrace",
@@ -52,6 +63,7 @@ __all__ = [
     "TopK",
     "Uniform",
     "UnsupportedBatchError",
+    "advise_mode",
     "plot_report",
     "profile",
 ]

@@ -5,6 +5,9 @@ the function takes no arguments and returns ``(model, dataloader, loss_fn, optim
 ``module`` may be a dotted name (importable from the working directory, as with ``python -m``)
 or a path to a ``.py`` file. ``--num-classes N`` tells it a classifier's number of classes, so
 that the report can tell an untrained network (loss near ``log N``) from one that has learnt.
+``--epochs N`` tells it how many epochs the run will train: the report then advises which mode
+to sift with (loss reuse, the scoring pass, or none) and why, at the kept fraction ``--keep K``
+(default 0.3).
 
 The MNIST-1D demo is not part of the package: from a checkout of the repository, ``make demo``
 or ``python -m benchmarks.demo`` runs it, and
@@ -69,6 +72,7 @@ class _UsageError(Exception):
 
 def _parser() -> argparse.ArgumentParser:
     from smartsift import __version__
+    from smartsift.tools.profiling import ADVICE_KEEP
 
     parser = argparse.ArgumentParser(
         prog="smartsift",
@@ -102,6 +106,21 @@ def _parser() -> argparse.ArgumentParser:
         help="for a classifier trained with cross-entropy, its number of classes (at least 2): "
         "the report then tells an untrained network (loss near log N) from one that has learnt",
     )
+    prof.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the epochs the run will train (at least 1): the report then advises which mode to "
+        "use (loss reuse, the scoring pass, or none) and why",
+    )
+    prof.add_argument(
+        "--keep",
+        type=float,
+        default=None,
+        metavar="K",
+        help=f"the kept fraction that advice assumes, in (0, 1] (default {ADVICE_KEEP:g})",
+    )
     prof.add_argument("--json", action="store_true", help="print the figures as JSON")
     prof.set_defaults(func=_profile)
     return parser
@@ -116,7 +135,7 @@ def _demo_moved(args: argparse.Namespace) -> int:
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from smartsift.tools.profiling import profile
+    from smartsift.tools.profiling import ADVICE_KEEP, profile
 
     if not args.target:
         raise _UsageError(
@@ -132,6 +151,7 @@ def _profile(args: argparse.Namespace) -> int:
             "--num-classes must be an int of at least 2 (the classes a classifier chooses "
             f"among), but got {args.num_classes}; leave it out for other models."
         )
+    _check_mode_options(args.epochs, args.keep)
     model, dataloader, loss_fn, optimizer = _call_target(args.target)
     report = profile(
         model,
@@ -142,6 +162,8 @@ def _profile(args: argparse.Namespace) -> int:
         args.warmup,
         device=args.device,
         num_classes=args.num_classes,
+        epochs=args.epochs,
+        keep=ADVICE_KEEP if args.keep is None else args.keep,
     )
     if args.json:
         figures = {
@@ -153,6 +175,30 @@ def _profile(args: argparse.Namespace) -> int:
         print(f"profiling {args.target}")
         print(report)
     return 0
+
+
+def _check_mode_options(epochs: int | None, keep: float | None) -> None:
+    """Raises a usage error for an ``--epochs`` below 1 or a ``--keep`` outside (0, 1].
+
+    Example:
+        >>> _check_mode_options(12, 0.3)
+        >>> _check_mode_options(None, 0.3)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        smartsift.cli._UsageError: --keep K needs --epochs N: ...
+    """
+    if epochs is not None and epochs < 1:
+        raise _UsageError(
+            f"--epochs must be an int of at least 1 (the epochs the run will train), but got "
+            f"{epochs}; leave it out to skip the mode advice."
+        )
+    if keep is not None and epochs is None:
+        raise _UsageError(
+            "--keep K needs --epochs N: the mode advice it sets is given for a known number of "
+            "epochs."
+        )
+    if keep is not None and not 0 < keep <= 1:
+        raise _UsageError(f"--keep must be a fraction in (0, 1], but got {keep}.")
 
 
 def _call_target(spec: str) -> tuple[Any, Any, Any, Any]:

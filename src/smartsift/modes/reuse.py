@@ -294,8 +294,10 @@ class ReuseSampler(Sampler[int]):
             that the epoch's expected gradient is that of all candidates (InfoBatch's
             rescaling); read the weights with :meth:`weights`. Deterministic policies keep
             with ``p = 1``, so their weights are 1.
-        max_weight: the bound on the weights; default ``"auto"``: ``1 / policy.expected_keep``
-            (the average weight of a kept sample), so that a sample kept against the odds
+        max_weight: the bound on the weights; default ``"auto"``: ``policy.weight_bound``
+            where the policy states one (``ss.InfoBatch``: ``1 / (1 - prune)``), else
+            ``1 / policy.expected_keep`` (the average weight of a kept sample), so that a
+            sample kept against the odds
             cannot dominate a step (unbounded, its ``1 / p`` can reach thousands; see
             docs/reuse.md); a float >= 1; None: unbounded ``1 / p`` (unbiased, high variance).
         epochs: the number of epochs of the run (needed by ``anneal``).
@@ -379,7 +381,8 @@ class ReuseSampler(Sampler[int]):
                     'Expected `max_weight` to be "auto" (1 / policy.expected_keep), a float >= 1, '
                     f"or None (unbounded 1/p), but got {max_weight!r}."
                 )
-            max_weight = max(1.0, 1.0 / policy.expected_keep)
+            bound = getattr(policy, "weight_bound", None)  # a rule that states its own
+            max_weight = bound if bound is not None else max(1.0, 1.0 / policy.expected_keep)
         check_real("max_weight", max_weight, 1, optional=True)
         self.sampler = sampler
         self.table = table

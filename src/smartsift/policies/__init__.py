@@ -16,6 +16,7 @@ Example:
 """
 
 from smartsift.policies.base import Policy, PolicyState
+from smartsift.policies.published import InfoBatch, SeTa
 from smartsift.policies.rules import (
     QuantileThreshold,
     RelativeProbabilistic,
@@ -28,10 +29,12 @@ from smartsift.policies.rules import (
 )
 
 __all__ = [
+    "InfoBatch",
     "Policy",
     "PolicyState",
     "QuantileThreshold",
     "RelativeProbabilistic",
+    "SeTa",
     "TopK",
     "Uniform",
     "quantile_threshold_mask",

@@ -627,6 +627,9 @@ class AutoController(PolicyState):
         """
         if self.per_epoch and epoch == self.judged_epoch:
             return self.state == SIFTING, self.reason
+        # The wrapped policy follows the epochs too (SeTa's window); its answer is Auto's to
+        # give, and no second held-out check runs.
+        self.inner.judge_epoch(epoch, losses, None)
         self.per_epoch, self.judged_epoch = True, int(epoch)
         if epoch == 0:
             self.state, self.reason = MEASURING, REUSE_MEASURING

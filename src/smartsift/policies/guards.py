@@ -43,7 +43,7 @@ import torch
 from smartsift.batches.structure import IdKey, per_sample_ints
 from smartsift.engine.checks import is_real
 from smartsift.engine.history import LossHistory, weak_percentile
-from smartsift.policies.base import Needs, Policy, PolicyState, Proposal
+from smartsift.policies.base import Needs, Policy, PolicyState, Proposal, RunContext
 from smartsift.policies.rules import RelativeProbabilistic, Uniform
 
 __all__ = [
@@ -480,6 +480,12 @@ class GuardedState(PolicyState):
 
     def feedback(self, kept: int, decided: int) -> None:
         self.inner.feedback(kept, decided)
+
+    def judge_epoch(
+        self, epoch: int, losses: np.ndarray, context: RunContext | None
+    ) -> tuple[bool, str]:
+        """The wrapped policy's epoch judgement (a policy that follows the epochs sees them)."""
+        return self.inner.judge_epoch(epoch, losses, context)
 
     @property
     def key(self) -> str | None:  # type: ignore[override]

@@ -26,6 +26,12 @@ network is too early in training to judge (``report.too_early``): an untrained n
 say little about where sifting will pay later, so the advice is to train first (a
 ``sift_delay``, or :class:`~smartsift.Auto`) and profile again.
 
+Which mode, if any: :func:`advise_mode` (and ``report.advise_mode(epochs=...)``) weighs the
+scoring pass (``SiftingDataLoader``, per epoch at most ``1 / (F/T + keep)`` faster) against loss
+reuse (``ReuseSampler`` with ``ScoreTable``, no scoring pass: ``1 / keep`` per epoch after the
+first, which only records losses). Loss reuse needs a map-style dataset seen at least twice;
+on data seen once the scoring pass is the only mode, and only where it pays.
+
 Example:
     >>> import torch
     >>> from torch.utils.data import DataLoader, TensorDataset
@@ -50,19 +56,24 @@ import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch.utils.data import IterableDataset
 
 from smartsift.batches.structure import BatchTransform, batch_size_of, to_device
 from smartsift.engine.batcher import RefinedBatcher
 from smartsift.engine.checks import (
     check_dataloader,
+    check_fraction,
+    check_instance,
     check_int,
     check_loss_fn,
     check_model,
+    check_optional_int,
     check_policy,
+    check_real,
     check_transform,
 )
 from smartsift.engine.costmodel import MIN_SPEEDUP, predicted_speedup
@@ -73,15 +84,21 @@ from smartsift.policies import Policy, RelativeProbabilistic
 from smartsift.policies.signals import EVEN_LOSSES, loss_concentration, relative_trend, trend_t
 
 __all__ = [
+    "ADVICE_KEEP",
     "CANDIDATE_KEEPS",
     "EVEN_LOSSES",
     "FALLING_FAST",
     "GOOD_SPEEDUP",
     "MIN_SPEEDUP",
     "NEAR_CHANCE",
+    "SIFTING_CAVEAT",
+    "Mode",
+    "ModeAdvice",
     "ProfileReport",
+    "advise_mode",
     "loss_concentration",
     "profile",
+    "reuse_run_speedup",
 ]
 
 TrainStep = Callable[[torch.nn.Module, Any], torch.Tensor]
@@ -97,6 +114,184 @@ t statistic below -2) is still falling fast: too early in training to judge."""
 NEAR_CHANCE = 0.8
 """A mean training loss of at least this share of the chance level ``log(num_classes)``: the
 network has barely learnt; too early to judge."""
+
+
+Mode = Literal["reuse", "scoring", "none"]
+"""What :func:`advise_mode` can advise: loss reuse, the scoring pass, or plain training."""
+
+ADVICE_KEEP = 0.3
+"""The kept fraction the mode advice assumes unless told: the stated keep at which the
+benchmarks (docs/benchmarks.md, the frontier) found loss reuse above training for fewer epochs
+on four of five tasks."""
+
+SIFTING_CAVEAT = (
+    "Whichever mode, sifting trades final accuracy for compute: compare it against plain "
+    "training given fewer epochs for the same compute, not against the full plain run (in the "
+    "benchmarks loss reuse ended above the former on most tasks, and below the latter), "
+    "and expect it to lose while the model is still data-hungry."
+)
+"""The caveat every :class:`ModeAdvice` carries."""
+
+
+@dataclass(frozen=True)
+class ModeAdvice:
+    """Which mode to sift with, if any, and why (see :func:`advise_mode`).
+
+    Attributes:
+        mode: ``"reuse"`` (``ss.ReuseSampler`` with ``ss.ScoreTable``), ``"scoring"``
+            (``ss.SiftingDataLoader``) or ``"none"`` (train plain).
+        reason: one sentence with the figures behind the choice.
+        scoring_speedup: the scoring pass's predicted per-epoch speedup at ``keep``,
+            ``(D + 1) / (D + F/T + keep)`` with ``D`` the data loading over ``T``.
+        reuse_speedup: loss reuse's per-epoch speedup at ``keep`` after the first epoch,
+            ``1 / keep`` (an upper bound: stale scores are trained too); None where loss reuse
+            cannot work (data seen once).
+        reuse_run_speedup: loss reuse over the whole run, the first epoch trained in full,
+            ``epochs / (1 + (epochs - 1) * keep)``; None where loss reuse cannot work.
+        keep: the kept fraction assumed.
+        epochs: the epochs of the run.
+        caveat: what sifting costs in either mode (:data:`SIFTING_CAVEAT`).
+
+    Example:
+        >>> advice = advise_mode(0.25, epochs=10, map_style=True, keep=0.5)
+        >>> advice.mode, round(advice.reuse_run_speedup, 2), round(advice.scoring_speedup, 2)
+        ('reuse', 1.82, 1.33)
+    """
+
+    mode: Mode
+    reason: str
+    scoring_speedup: float
+    reuse_speedup: float | None
+    reuse_run_speedup: float | None
+    keep: float
+    epochs: int
+    caveat: str = SIFTING_CAVEAT
+
+    def __str__(self) -> str:
+        return f"{self.reason} {self.caveat}"
+
+
+def advise_mode(
+    f_over_t: float,
+    *,
+    epochs: int,
+    map_style: bool,
+    keep: float = ADVICE_KEEP,
+    samples: int | None = None,
+    data_over_t: float = 0.0,
+) -> ModeAdvice:
+    """Advises loss reuse, the scoring pass or plain training, from the costs and the data.
+
+    The rule: loss reuse decides an epoch from the losses the training step recorded, so it
+    needs samples that come back: a map-style dataset (a sampler skips indices before loading)
+    and at least 2 epochs (the first records every loss). Where it can work it is advised,
+    since at the same ``keep`` it is faster per sifted epoch than the scoring pass
+    (``1 / keep`` against ``1 / (F/T + keep)``), and in the benchmarks it beat training for
+    fewer epochs where the scoring pass rarely did; unless ``1 / keep`` is below
+    :data:`MIN_SPEEDUP`, when nothing pays. On data seen once, the scoring pass is advised
+    only where its predicted per-epoch speedup reaches :data:`MIN_SPEEDUP`, else plain
+    training.
+
+    Args:
+        f_over_t: the scoring pass (and the sifting machinery) per sample over a training step
+            per sample, ``F/T`` (``report.scoring_s + report.selection_s`` over
+            ``report.step_s``); at least 0.
+        epochs: how many times training goes over the data, at least 1.
+        map_style: whether the dataset is map-style (``len`` and indexing, not an
+            ``IterableDataset`` or a stream).
+        keep: the kept fraction, in (0, 1].
+        samples: the dataset's size, if known: the reason then counts the sample-steps trained.
+        data_over_t: data loading per sample over ``T``, at least 0 (the scoring pass loads
+            every sample; loss reuse only the kept ones).
+
+    Returns:
+        A :class:`ModeAdvice`; ``str(advice)`` is its reason and its caveat.
+
+    Raises:
+        ValueError: for a number out of range or of the wrong type.
+        TypeError: for a ``map_style`` that is not a bool.
+
+    Example:
+        >>> advise_mode(0.25, epochs=12, map_style=True, keep=0.3).mode
+        'reuse'
+        >>> advise_mode(0.25, epochs=1, map_style=True, keep=0.3).mode
+        'scoring'
+        >>> print(advise_mode(0.8, epochs=12, map_style=False, keep=0.3).reason)
+        ... # doctest: +ELLIPSIS
+        Train plain: loss reuse cannot work because the dataset is iterable, not map-style ...
+    """
+    _check_advice_args(f_over_t, epochs, map_style, keep, samples, data_over_t)
+    scoring = predicted_speedup(1.0, keep, f_over_t, data_over_t)
+    cost = (
+        f"the scoring pass costs {f_over_t:.2f} of a training step per sample, so keeping "
+        f"{keep:.0%} gives it a predicted {scoring:.2f}x per epoch"
+    )
+    threshold = f"below the {MIN_SPEEDUP:g}x that is worth sifting's risk"
+    once = _seen_once(epochs, map_style)
+    if once is not None:
+        if scoring >= MIN_SPEEDUP:
+            reason = (
+                f"Use the scoring pass (ss.SiftingDataLoader): loss reuse cannot work because "
+                f"{once}, and {cost}."
+            )
+            return ModeAdvice("scoring", reason, scoring, None, None, keep, epochs)
+        reason = f"Train plain: loss reuse cannot work because {once}, and {cost}, {threshold}."
+        return ModeAdvice("none", reason, scoring, None, None, keep, epochs)
+    reuse = 1.0 / keep
+    run = reuse_run_speedup(epochs, keep)
+    if reuse < MIN_SPEEDUP:
+        reason = (
+            f"Train plain: keeping {keep:.0%} saves too little, loss reuse would be at most "
+            f"{reuse:.2f}x faster per epoch and the scoring pass {scoring:.2f}x, {threshold}."
+        )
+        return ModeAdvice("none", reason, scoring, reuse, run, keep, epochs)
+    work = ""
+    if samples is not None:
+        trained = samples * (1 + (epochs - 1) * keep)
+        work = f", about {trained:,.0f} of {samples * epochs:,} sample-steps"
+    reason = (
+        f"Use loss reuse (ss.ReuseSampler with ss.ScoreTable): the data is map-style and seen "
+        f"{epochs} times, so once the first epoch has recorded every sample's loss, keeping "
+        f"{keep:.0%} makes each later epoch up to {reuse:.2f}x faster ({run:.2f}x over the "
+        f"{epochs} epochs{work}), while the scoring pass, which costs {f_over_t:.2f} of a "
+        f"training step per sample, would give only {scoring:.2f}x per epoch."
+    )
+    return ModeAdvice("reuse", reason, scoring, reuse, run, keep, epochs)
+
+
+def reuse_run_speedup(epochs: int, keep: float) -> float:
+    """Loss reuse's speedup over a whole run: ``epochs / (1 + (epochs - 1) * keep)``, the first
+    epoch trained in full (it records the losses the later ones decide from).
+
+    Example:
+        >>> round(reuse_run_speedup(12, 0.3), 2), reuse_run_speedup(1, 0.3)
+        (2.79, 1.0)
+    """
+    return epochs / (1 + (epochs - 1) * keep)
+
+
+def _seen_once(epochs: int, map_style: bool) -> str | None:
+    """Why loss reuse cannot work on this data, in words; None when it can."""
+    reasons = []
+    if not map_style:
+        reasons.append(
+            "the dataset is iterable, not map-style (no sampler can skip its samples before "
+            "loading)"
+        )
+    if epochs < 2:
+        reasons.append("the run is a single epoch (no sample comes back once its loss is known)")
+    return " and ".join(reasons) if reasons else None
+
+
+def _check_advice_args(
+    f_over_t: Any, epochs: Any, map_style: Any, keep: Any, samples: Any, data_over_t: Any
+) -> None:
+    check_real("f_over_t", f_over_t, minimum=0)
+    check_int("epochs", epochs, 1, "how many times training goes over the data")
+    check_instance("map_style", map_style, bool, "a bool (True for a map-style dataset)")
+    check_fraction("keep", keep, low_open=True)
+    check_optional_int("samples", samples, 1)
+    check_real("data_over_t", data_over_t, minimum=0)
 
 
 @dataclass(frozen=True)
@@ -127,6 +322,12 @@ class ProfileReport:
             where it started, from a fitted line (-0.2: it fell by 20 %); NaN when unknown.
         loss_trend_t: the t statistic of that line's slope (below -2: surely falling).
         chance_loss: ``log(num_classes)`` when ``num_classes`` was given, else NaN.
+        dataset_size: ``len(dataloader.dataset)`` when the profiled loader tells it, else None.
+        map_style: whether the profiled loader's dataset is map-style (not an
+            ``IterableDataset``); None when the loader has no ``dataset``.
+        epochs: the epochs the run will train, when given: ``str(report)`` then advises a mode
+            (:meth:`advise_mode`).
+        keep: the kept fraction the mode advice assumes (:data:`ADVICE_KEEP` by default).
 
     Example:
         >>> report = ProfileReport(data_s=0.0, scoring_s=1.0, selection_s=0.0, forward_s=1.0,
@@ -149,6 +350,10 @@ class ProfileReport:
     loss_trend: float = math.nan
     loss_trend_t: float = math.nan
     chance_loss: float = math.nan
+    dataset_size: int | None = None
+    map_style: bool | None = None
+    epochs: int | None = None
+    keep: float = ADVICE_KEEP
 
     @property
     def too_early(self) -> bool:
@@ -238,11 +443,17 @@ class ProfileReport:
         overhead = (self.scoring_s + self.selection_s) / self.step_s if self.step_s > 0 else 1.0
         if keep is None:
             best = self.predicted_speedup(CANDIDATE_KEEPS[-1])
+            hint = (
+                " Loss reuse has no scoring pass: report.advise_mode(epochs=N) compares the modes."
+                if self.epochs is None
+                else ""
+            )
             return (
-                f"Do not sift: the scoring pass and the sifting machinery cost {overhead:.0%} of a "
-                f"training step, so even keeping a quarter of the samples would be at most "
-                f"{best:.2f}x faster per epoch (break-even below keep {self.break_even_keep:.2f}). "
-                "Sifting pays when the backward pass and optimizer step dominate the forward pass."
+                f"Do not sift with the scoring pass: it and the sifting machinery cost "
+                f"{overhead:.0%} of a training step, so even keeping a quarter of the samples "
+                f"would be at most {best:.2f}x faster per epoch (break-even below keep "
+                f"{self.break_even_keep:.2f}). The scoring pass pays when the backward pass and "
+                f"optimizer step dominate the forward pass.{hint}"
             )
         beta = 1.0 / keep - 1.0
         early = self.early_reason
@@ -278,6 +489,67 @@ class ProfileReport:
             )
         return advice
 
+    def advise_mode(
+        self,
+        epochs: int | None = None,
+        keep: float | None = None,
+        *,
+        samples: int | None = None,
+        map_style: bool | None = None,
+    ) -> ModeAdvice:
+        """Which mode to sift with, if any: :func:`advise_mode` with this pilot's costs.
+
+        ``F/T`` is ``(scoring_s + selection_s) / step_s`` and data loading counts as in
+        :meth:`predicted_speedup`. Each argument left out is the report's own: ``epochs`` and
+        ``keep`` as given to :func:`profile`, ``samples`` and ``map_style`` read from the
+        profiled loader's dataset.
+
+        Args:
+            epochs: how many times training goes over the data.
+            keep: the kept fraction, in (0, 1].
+            samples: the dataset's size.
+            map_style: whether the dataset is map-style.
+
+        Raises:
+            ValueError: when ``epochs`` or ``map_style`` is neither given nor known, or an
+                argument is out of range.
+
+        Example:
+            >>> report = ProfileReport(0.0, 1.0, 0.0, 1.0, 2.0, 1.0, dataset_size=1000,
+            ...                        map_style=True)
+            >>> report.advise_mode(epochs=10, keep=0.5).mode
+            'reuse'
+            >>> report.advise_mode(epochs=1, keep=0.5).mode  # 1 / (1/4 + 1/2) = 1.33x
+            'scoring'
+        """
+        epochs = self.epochs if epochs is None else epochs
+        if epochs is None:
+            raise ValueError(
+                "Expected `epochs` to be a positive int (how many times training goes over the "
+                "data), but got None; pass report.advise_mode(epochs=N) or "
+                "profile(..., epochs=N)."
+            )
+        map_style = self.map_style if map_style is None else map_style
+        if map_style is None:
+            raise ValueError(
+                "Expected `map_style` to be a bool, but got None: the profiled dataloader has no "
+                "`dataset` to read it from; pass map_style=True for a dataset indexed by "
+                "position (len and __getitem__), False for an IterableDataset or a stream."
+            )
+        if self.step_s <= 0:
+            raise ValueError(
+                f"Expected a training step time above 0 to compare the modes, but the report "
+                f"has step_s={self.step_s!r}."
+            )
+        return advise_mode(
+            (self.scoring_s + self.selection_s) / self.step_s,
+            epochs=epochs,
+            map_style=map_style,
+            keep=self.keep if keep is None else keep,
+            samples=self.dataset_size if samples is None else samples,
+            data_over_t=self.data_s / self.step_s,
+        )
+
     def as_dict(self) -> dict[str, Any]:
         """Returns the measured figures and the derived ones as a flat dict."""
         out = asdict(self)
@@ -287,6 +559,12 @@ class ProfileReport:
             recommended=self.recommended,
             recommended_keep=self.recommended_keep,
             **{f"speedup_keep_{k:.2f}": self.predicted_speedup(k) for k in _TABLE_KEEPS},
+        )
+        known = self.epochs is not None and self.map_style is not None and self.step_s > 0
+        advice = self.advise_mode() if known else None
+        out.update(
+            mode=None if advice is None else advice.mode,
+            mode_reason=None if advice is None else str(advice),
         )
         return out
 
@@ -327,7 +605,21 @@ class ProfileReport:
                 "the pilot"
             )
         lines.append(self.recommendation)
+        if self.epochs is not None:
+            lines.append(self._mode_line())
         return "\n".join(lines)
+
+    def _mode_line(self) -> str:
+        head = f"Which mode, over {self.epochs} epoch(s) at keep {self.keep:.2f}: "
+        if self.step_s <= 0:
+            return head + "unknown: the pilot measured no training step time."
+        if self.map_style is None:
+            return head + (
+                "unknown: the dataloader has no `dataset` to tell whether it is map-style; "
+                "call report.advise_mode(map_style=True or False)."
+            )
+        advice = self.advise_mode()
+        return f"{head}{advice.mode}. {advice}"
 
 
 _TABLE_KEEPS = (1.0, 2 / 3, 0.5, 1 / 3, 0.25)
@@ -348,6 +640,8 @@ def profile(
     score_in_train_mode: bool = False,
     autocast_dtype: torch.dtype | None = None,
     num_classes: int | None = None,
+    epochs: int | None = None,
+    keep: float = ADVICE_KEEP,
 ) -> ProfileReport:
     """Runs a short pilot of real training steps and scoring passes; returns the costs.
 
@@ -381,6 +675,9 @@ def profile(
         num_classes: for a classifier trained with cross-entropy, the number of classes: the
             report then tells an untrained network (loss near ``log(num_classes)``) from one
             that has learnt.
+        epochs: the epochs the run will train, if known: the report then advises a mode
+            (loss reuse, the scoring pass or none; :meth:`ProfileReport.advise_mode`).
+        keep: the kept fraction that advice assumes, in (0, 1].
 
     Returns:
         A :class:`ProfileReport`; ``print(report)`` shows a table and the recommendation.
@@ -404,6 +701,8 @@ def profile(
     _validate(model, dataloader, loss_fn, optimizer, steps, warmup, train_step, policy, transform)
     if num_classes is not None:
         check_int("num_classes", num_classes, 2)
+    check_optional_int("epochs", epochs, 1)
+    check_fraction("keep", keep, low_open=True)
     policy = RelativeProbabilistic() if policy is None else policy
     dev = torch.device(device) if device is not None else None
     step_fn: TrainStep = train_step if train_step is not None else _mean_loss(loss_fn)
@@ -457,7 +756,31 @@ def profile(
         loss_trend=relative_trend(train_losses),
         loss_trend_t=trend_t(train_losses),
         chance_loss=math.log(num_classes) if num_classes is not None else math.nan,
+        dataset_size=_dataset_size(dataloader),
+        map_style=_is_map_style(dataloader),
+        epochs=epochs,
+        keep=keep,
     )
+
+
+def _dataset_size(dataloader: Any) -> int | None:
+    """``len(dataloader.dataset)``, or None when the loader or its dataset does not tell."""
+    dataset = getattr(dataloader, "dataset", None)
+    try:
+        size = len(dataset)  # type: ignore[arg-type]
+    except TypeError:  # no dataset, or an IterableDataset without a length
+        return None
+    return size if size > 0 else None
+
+
+def _is_map_style(dataloader: Any) -> bool | None:
+    """Whether the loader's dataset is map-style; None when the loader has no ``dataset``."""
+    dataset = getattr(dataloader, "dataset", None)
+    if dataset is None:
+        return None
+    if isinstance(dataset, IterableDataset):
+        return False
+    return hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")
 
 
 def _mean_loss(loss_fn: LossFn) -> TrainStep:
