@@ -303,6 +303,37 @@ def test_reuse_resumes_at_an_epoch_end_through_accelerate_save_state(
     np.testing.assert_equal([r["stats"] for r in runs], [r["stats"] for r in whole])
 
 
+def test_reuse_resumes_mid_epoch_through_accelerate_save_state(
+    accelerator: Accelerator, tmp_path: Path
+) -> None:
+    # accelerate's loader draws a batch ahead of the one it hands out, so the sampler's saved
+    # position is past the last trained batch: the sampler continues from the first index the
+    # table has no loss for in the epoch, and the resumed run trains what the whole one did.
+    whole = reuse_epochs(accelerator, prepare_reuse(accelerator), range(EPOCHS))
+    first = fresh_accelerator()
+    parts = prepare_reuse(first)
+    first.register_for_checkpointing(parts["table"], parts["sampler"])
+    head = reuse_epochs(first, parts, range(1))
+    parts["loader"].set_epoch(1)
+    cut = []
+    for ids, x, y in itertools.islice(parts["loader"], 3):  # the loop stops mid-epoch
+        per_sample = F.cross_entropy(parts["model"](x), y, reduction="none")
+        parts["table"].update(ids, per_sample)
+        parts["opt"].zero_grad()
+        first.backward(per_sample.mean())
+        parts["opt"].step()
+        cut.append(ids.tolist())
+    assert parts["sampler"].state_dict()["position"] > 3 * BATCH  # drawn ahead of training
+    first.save_state(str(tmp_path))
+    second = fresh_accelerator()
+    again = prepare_reuse(second)
+    second.register_for_checkpointing(again["table"], again["sampler"])
+    second.load_state(str(tmp_path))
+    rest = reuse_epochs(second, again, range(1, EPOCHS))
+    trained = [head[0]["batches"], cut + rest[0]["batches"], *[r["batches"] for r in rest[1:]]]
+    assert trained == [r["batches"] for r in whole]
+
+
 # ------------------------------------------------------------------ two processes (torchrun)
 def test_reuse_on_two_processes_deals_the_same_pruned_list_out_and_keeps_tables_equal(
     tmp_path: Path,
