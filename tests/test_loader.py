@@ -7,6 +7,7 @@ import math
 import warnings
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -465,3 +466,329 @@ def test_log_fn_is_called_every_log_interval_raw_batches_across_epochs() -> None
     # Every 3rd raw batch pulled, the epoch ends (rounds that pull nothing) not counted.
     assert [raw for raw, _ in calls] == [3, 6, 9, 12, 15]
     assert all(step <= raw for raw, step in calls)
+
+
+# ----------------------------------------------------------------------------- reducible loss
+def _half_id_reference(batch: dict) -> torch.Tensor:
+    """A reference loss that grows with the id twice as fast as ``LinearIdLoss``."""
+    return batch["id"].float() / 50.0
+
+
+def _ordered_data(n: int) -> list[dict]:
+    """Samples with ids 0 to n - 1 (``LinearIdLoss`` rises with the id)."""
+    return [{"id": torch.tensor(i), "x": torch.zeros(3)} for i in range(n)]
+
+
+class LinearIdLoss:
+    """A loss of id / 101: the higher the id, the higher the loss."""
+
+    def __call__(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
+        return batch["id"].float() / 101.0
+
+
+def _reference_table(n: int) -> torch.Tensor:
+    return torch.arange(n, dtype=torch.float32) / 50.0
+
+
+@pytest.mark.parametrize("form", ["callable", "tensor"])
+def test_a_reference_makes_the_policy_rank_the_loss_less_the_reference(form: str) -> None:
+    # The loss rises with the id, the reference rises twice as fast: by the loss TopK keeps
+    # the high ids of every raw batch, by loss - reference the low ones.
+    reference: Any = _half_id_reference if form == "callable" else _reference_table(64)
+    kept = {}
+    for name, ref in (("loss", None), ("reducible", reference)):
+        audit = ss.SiftAudit(id_key="id")
+        loader = ss.SiftingDataLoader(
+            DataLoader(_ordered_data(64), batch_size=8), torch.nn.Identity(), LinearIdLoss(),
+            ss.TopK(keep=0.5), audit=audit, reference=ref, id_key="id", seed=0,
+        )  # fmt: skip
+        trained = sorted(_ids(list(loader)))
+        kept[name] = trained
+        record = audit.epoch(0)
+        # The audit and the trace record the losses, never the scores.
+        assert record.kept_losses.tolist() == pytest.approx([i / 101 for i in record.kept])
+        assert sorted(loader.trace.kept_losses.tolist()) == pytest.approx(
+            [i / 101 for i in trained]
+        )
+    assert kept["loss"] == [i for i in range(64) if i % 8 >= 4]
+    assert kept["reducible"] == [i for i in range(64) if i % 8 < 4]
+
+
+def test_the_loss_history_and_its_quantiles_hold_the_scores() -> None:
+    loader = ss.SiftingDataLoader(
+        DataLoader(_ordered_data(64), batch_size=8), torch.nn.Identity(), LinearIdLoss(),
+        ss.RelativeProbabilistic(beta=1.0, history=64), reference=_half_id_reference, seed=0,
+    )  # fmt: skip
+    list(loader)
+    scores = sorted(i / 101 - i / 50 for i in range(64))
+    history = loader._selector.history
+    assert history is not None and sorted(history.values().tolist()) == pytest.approx(scores)
+    q = loader.stats.loss_quantiles
+    assert q["p10"] < q["p50"] < q["p90"] <= 0.0  # scores, here all at most 0; losses are not
+
+
+def test_auto_judges_the_losses_while_the_policy_ranks_the_scores() -> None:
+    loader = ss.SiftingDataLoader(
+        DataLoader(_ordered_data(64), batch_size=8), torch.nn.Identity(), LinearIdLoss(),
+        ss.Auto(ss.TopK(keep=0.5), probe=2, every=6), reference=_half_id_reference, seed=0,
+    )  # fmt: skip
+    list(loader)
+    state: Any = loader._selector.state
+    recent = np.concatenate(list(state.recent))
+    assert recent.size and (recent >= 0).all()  # the losses id / 101, never the scores
+    assert math.isfinite(state.concentration())  # the scores' sum is negative: no concentration
+
+
+class _CountingReference:
+    """A callable reference that records how it was called."""
+
+    def __init__(self) -> None:
+        self.batches: list[Any] = []
+        self.grad: list[bool] = []
+
+    def __call__(self, batch: dict) -> torch.Tensor:
+        self.batches.append(batch)
+        self.grad.append(torch.is_grad_enabled())
+        return torch.zeros(len(batch["id"]), requires_grad=True) + 0.1
+
+
+def test_the_callable_runs_once_per_scored_raw_batch_on_its_batch_under_no_grad() -> None:
+    reference, scored = _CountingReference(), []
+
+    def loss_fn(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+        scored.append(batch)
+        return LinearIdLoss()(model, batch)
+
+    loader = ss.SiftingDataLoader(
+        DataLoader(_ordered_data(80), batch_size=8), torch.nn.Identity(), loss_fn,
+        ss.TopK(keep=0.5), sift_delay=3, reference=reference, seed=0,
+    )  # fmt: skip
+    for _ in range(2):
+        list(loader)
+    # 10 raw batches an epoch, the first 3 of the run passed unscored: 17 scored batches.
+    assert len(reference.batches) == len(scored) == 17
+    assert all(a is b for a, b in zip(reference.batches, scored, strict=True))
+    assert reference.grad == [False] * 17
+
+
+def test_samples_without_a_reference_pass_unsifted_and_stay_out_of_the_history() -> None:
+    table = _reference_table(64)
+    unknown = [3, 4, 17, 40, 41, 42, 63]
+    table[unknown] = float("nan")
+    audit = ss.SiftAudit(id_key="id")
+    loader = ss.SiftingDataLoader(
+        DataLoader(_ordered_data(64), batch_size=8), torch.nn.Identity(), LinearIdLoss(),
+        ss.RelativeProbabilistic(beta=2.0, history=500), audit=audit, reference=table,
+        id_key="id", seed=0,
+    )  # fmt: skip
+    for _ in range(3):
+        trained = set(_ids(list(loader)))
+        assert set(unknown) <= trained  # every epoch
+    stats = loader.stats
+    assert stats.samples_passed == 3 * len(unknown)
+    assert stats.samples_nonfinite == 0
+    assert ss.engine.stats.conservation_errors(stats) == []
+    record = audit.epoch(2)
+    assert sorted(record.passed.tolist()) == unknown
+    assert not set(unknown) & (set(record.kept.tolist()) | set(record.sifted.tolist()))
+    history = loader._selector.history
+    assert history is not None and len(history) == 3 * (64 - len(unknown))
+    assert stats.samples_seen == stats.samples_kept + stats.samples_sifted == 3 * 64
+
+
+def test_a_nan_loss_stays_under_nonfinite_with_a_reference() -> None:
+    def loss_fn(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+        losses = LinearIdLoss()(model, batch)
+        return torch.where(batch["id"] == 5, float("nan"), losses)
+
+    def make(nonfinite: str) -> ss.SiftingDataLoader:
+        return ss.SiftingDataLoader(
+            DataLoader(_ordered_data(16), batch_size=8), torch.nn.Identity(), loss_fn,
+            ss.TopK(keep=0.5), reference=_half_id_reference, nonfinite=nonfinite, seed=0,
+        )  # fmt: skip
+
+    with pytest.raises(ValueError, match="loss_fn returned 1 non-finite loss"):
+        list(make("raise"))
+    dropping = make("drop")
+    assert 5 not in _ids(list(dropping))
+    assert dropping.stats.samples_nonfinite == 1 and dropping.stats.samples_passed == 0
+
+
+def test_reference_errors_name_the_argument_and_the_fix() -> None:
+    def make(reference: Any, id_key: Any = None) -> ss.SiftingDataLoader:
+        return ss.SiftingDataLoader(
+            DataLoader(_ordered_data(16), batch_size=8), torch.nn.Identity(), LinearIdLoss(),
+            ss.TopK(keep=0.5), reference=reference, id_key=id_key,
+        )  # fmt: skip
+
+    with pytest.raises(ValueError, match="`id_key` is None"):
+        make(torch.ones(16))
+    with pytest.raises(TypeError, match="Expected `reference` to be a callable"):
+        make("reference.pt")
+    with pytest.raises(ValueError, match=r"1-D Tensor with one loss per sample id"):
+        make(torch.ones(16, 1), id_key="id")
+    with pytest.raises(ss.LossFunctionError, match=r"reference must return .*shape \(8,\)"):
+        next(iter(make(lambda batch: torch.ones(4))))
+    with pytest.raises(ValueError, match=r"ids 0 to 9, but the batch holds the id\(s\) \[10,"):
+        list(make(torch.ones(10), id_key="id"))
+    with pytest.raises(ValueError, match=r"found no entry 'idx'"):
+        next(iter(make(torch.ones(16), id_key="idx")))
+
+
+class _Clock:
+    """A stand-in for the ``time`` module: only what the reference adds makes time pass."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def test_the_references_time_counts_as_scoring_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    from smartsift.modes import epochs
+
+    clock = _Clock()
+    monkeypatch.setattr(epochs, "time", clock)
+
+    def reference(batch: dict) -> torch.Tensor:
+        clock.now += 1000.0
+        return torch.zeros(len(batch["id"]))
+
+    loader = ss.SiftingDataLoader(
+        DataLoader(_ordered_data(48), batch_size=8), torch.nn.Identity(), LinearIdLoss(),
+        ss.TopK(keep=0.5), reference=reference,
+    )  # fmt: skip
+    list(loader)
+    stats = loader.stats
+    assert stats.scoring_s == 6 * 1000.0  # six scored raw batches
+    assert stats.selection_s == 0.0
+
+
+def test_a_state_saved_with_one_score_setting_does_not_load_into_the_other() -> None:
+    def make(reference: Any) -> ss.SiftingDataLoader:
+        return ss.SiftingDataLoader(
+            DataLoader(_ordered_data(32), batch_size=8), torch.nn.Identity(), LinearIdLoss(),
+            ss.RelativeProbabilistic(beta=1.0), reference=reference, id_key="id", seed=0,
+        )  # fmt: skip
+
+    plain, referenced = make(None), make(_half_id_reference)
+    for loader in (plain, referenced):
+        it = iter(loader)
+        next(it)
+        del it
+    with pytest.raises(ValueError, match=r"ranked the loss \(no `reference`\), but this loader"):
+        make(_half_id_reference).load_state_dict(plain.state_dict())
+    with pytest.raises(ValueError, match=r"ranked loss - reference .* this loader ranks the loss"):
+        make(None).load_state_dict(referenced.state_dict())
+    # Either form of reference ranks the same scores: a state moves between them.
+    make(_reference_table(32)).load_state_dict(referenced.state_dict())
+    make(None).load_state_dict(plain.state_dict())
+
+
+def test_a_loader_with_a_reference_resumes_exactly() -> None:
+    from _resume import assert_resume_matches
+
+    table = torch.rand(72, generator=torch.Generator().manual_seed(0)) / 2
+    table[[5, 30]] = float("nan")
+
+    def make() -> ss.SiftingDataLoader:
+        return ss.SiftingDataLoader(
+            DataLoader(_ordered_data(72), batch_size=8), torch.nn.Identity(), IdLoss(),
+            ss.RelativeProbabilistic(beta=1.0, history=40), batch_size=6,
+            reference=table, id_key="id", seed=0,
+        )  # fmt: skip
+
+    assert_resume_matches(make, [0, 3, 7, 10])
+
+
+def reference_ranks(rank: int, world_size: int) -> dict[str, Any]:
+    """Two ranks sift with a tensor reference; ids 8 and 9 (one on each rank) have none."""
+    from torch.utils.data import DistributedSampler
+
+    data = _ordered_data(64)
+    table = _reference_table(64)
+    table[[8, 9]] = float("nan")
+    sampler = DistributedSampler(data, world_size, rank, shuffle=False)
+    loader = ss.SiftingDataLoader(
+        DataLoader(data, batch_size=8, sampler=sampler), torch.nn.Identity(), LinearIdLoss(),
+        ss.TopK(keep=0.5), reference=table, id_key="id", seed=0,
+    )  # fmt: skip
+    batches = list(loader)
+    return {"steps": len(batches), "ids": _ids(batches), "passed": loader.stats.samples_passed}
+
+
+def test_under_ddp_every_rank_scores_its_own_batch_and_the_ranks_stay_even() -> None:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("needs torch.distributed gloo")
+    from _ddp import run_ranks
+
+    a, b = run_ranks(reference_ranks, 2, timeout=120)
+    assert a["steps"] == b["steps"]
+    assert (a["passed"], b["passed"]) == (1, 1)
+    trained = set(a["ids"]) | set(b["ids"])
+    # Each round pairs ids 16r..16r+15 (even ids on rank 0, odd on rank 1); by loss -
+    # reference the low half of each is kept, and 8 and 9 pass without a reference.
+    assert {8, 9} <= trained
+    assert {i for i in trained if i >= 16} == {i for i in range(16, 64) if i % 16 < 8}
+    assert {i for i in trained if i < 16} <= set(range(10))
+
+
+def _noisy_task(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Four Gaussian classes in 8 dimensions; 20 % of the labels flipped to another class."""
+    g = torch.Generator().manual_seed(seed)
+    n, dim, classes = 1600, 8, 4
+    centers = torch.randn(classes, dim, generator=g) * 1.5
+    y = torch.randint(0, classes, (n,), generator=g)
+    x = centers[y] + torch.randn(n, dim, generator=g)
+    flipped = torch.rand(n, generator=g) < 0.2
+    noisy = torch.where(flipped, (y + torch.randint(1, classes, (n,), generator=g)) % classes, y)
+    return x, noisy, flipped
+
+
+def _mlp(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+
+
+def _indexed_ce(model: torch.nn.Module, batch: tuple) -> torch.Tensor:
+    _, x, y = batch
+    return F.cross_entropy(model(x), y, reduction="none")
+
+
+def test_the_reducible_loss_keeps_fewer_flipped_labels_than_the_loss() -> None:
+    x, y, flipped = _noisy_task(0)
+    held_out, train = slice(0, 400), slice(400, 1600)
+    small = _mlp(1)  # the reference: trained on the held-out slice only
+    opt = torch.optim.Adam(small.parameters(), lr=1e-2)
+    for _ in range(100):
+        opt.zero_grad()
+        F.cross_entropy(small(x[held_out]), y[held_out]).backward()
+        opt.step()
+    small.eval()
+    data = list(zip(torch.arange(1200), x[train], y[train], strict=True))
+    flipped_share = {}
+    for name, reference in (("loss", None), ("reducible", lambda b: _indexed_ce(small, b))):
+        model = _mlp(2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        audit = ss.SiftAudit(id_key=0)
+        raw = DataLoader(
+            data, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(3)
+        )
+        loader = ss.SiftingDataLoader(
+            raw, model, _indexed_ce, ss.TopK(0.3), seed=0, audit=audit, reference=reference
+        )
+        for _ in range(4):
+            for batch in loader:
+                opt.zero_grad()
+                _indexed_ce(model, batch).mean().backward()
+                opt.step()
+        kept = torch.cat([torch.from_numpy(audit.epoch(e).kept) for e in (1, 2, 3)])
+        flipped_share[name] = flipped[train][kept].float().mean().item()
+    # 20 % of the labels are flipped. High loss chases them (about half of the kept samples
+    # here); loss - reference keeps fewer than their share (about an eighth).
+    assert flipped_share["loss"] > 0.35
+    assert flipped_share["reducible"] < 0.2
+    assert flipped_share["reducible"] < flipped_share["loss"] / 2

@@ -175,3 +175,51 @@ def test_pulling_the_rounds_of_an_epoch_counts_every_raw_batch(size: int) -> Non
     sizes = [pull(raw, cursor, RefinedBatcher(4), scorer).size for _ in range(5)]
     assert sizes == [size, size, size, 0, 0]
     assert cursor.raw_in_epoch == 3 and cursor.exhausted
+
+
+# ----------------------------------------------------------------------------- a reference
+class _Reference:
+    """A reference function that records its calls and gives each sample half its id."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, Any, int]] = []
+
+    def __call__(self, raw: Any, sliceable: Any, size: int) -> np.ndarray:
+        self.calls.append((raw, sliceable, size))
+        return sliceable[1].numpy().astype(np.float64) / 2
+
+
+def test_with_a_reference_the_scores_are_the_losses_less_the_reference() -> None:
+    raw, reference = {"pair": _batch(4)}, _Reference()
+    scorer = _Scorer()
+    got = pull(
+        iter([raw]), EpochCursor(), RefinedBatcher(4), lambda b, n: scorer(b["pair"], n),
+        transform=_Wrap(), reference_fn=reference,
+    )  # fmt: skip
+    assert got.losses.tolist() == [0.0, 1.0, 2.0, 3.0]  # the losses stay the losses
+    assert got.scores.tolist() == [0.0, 0.5, 1.0, 1.5]
+    assert reference.calls == [(raw, raw["pair"], 4)]  # the raw batch and its sliceable form
+
+
+def test_without_a_reference_the_scores_are_the_losses() -> None:
+    got = pull(iter([_batch(3)]), EpochCursor(), RefinedBatcher(4), _Scorer())
+    assert got.scores is got.losses
+
+
+def test_the_reference_runs_only_on_scored_batches() -> None:
+    reference = _Reference()
+    got = pull(iter([_batch(3)]), EpochCursor(), RefinedBatcher(4), None, reference_fn=reference)
+    empty = pull(iter([_batch(0)]), EpochCursor(), RefinedBatcher(4), _Scorer(), None, None,
+                 None, reference)  # fmt: skip
+    assert reference.calls == [] and got.scores.size == 0 and empty.scores.size == 0
+
+
+def test_a_failing_reference_is_an_error_of_its_raw_batch() -> None:
+    def reference(raw: Any, sliceable: Any, size: int) -> np.ndarray:
+        raise ValueError("no such id")
+
+    got = pull(iter([_batch(2)]), EpochCursor(), RefinedBatcher(4), _Scorer(), _ids,
+               reference_fn=reference)  # fmt: skip
+    assert isinstance(got.error, ValueError)
+    assert got.error.__notes__ == ["smartsift: raised on raw batch 0 of the epoch."]
+    assert got.size == 0 and got.losses.size == 0 and got.scores.size == 0 and got.side is None

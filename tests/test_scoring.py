@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import smartsift as ss
-from smartsift.modes.scoring import LossFunctionError, score, unwrap_model
+from smartsift.modes.scoring import LossFunctionError, score, score_reference, unwrap_model
 
 
 class Net(torch.nn.Module):
@@ -144,3 +144,50 @@ def test_autocast_scoring_runs_in_lower_precision() -> None:
 
     losses = score(Net(), probe, _batch(), 16, autocast_dtype=torch.bfloat16)
     assert dtypes == [torch.bfloat16] and losses.dtype == torch.float64
+
+
+# ----------------------------------------------------------------------------- a reference's pass
+def test_the_reference_runs_under_no_grad_on_the_batch_and_leaves_the_model_alone() -> None:
+    small = Net().eval()
+    before = {k: v.clone() for k, v in small.state_dict().items()}
+    grad_enabled: list[bool] = []
+    batch = _batch()
+
+    def reference(b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        assert b is batch
+        grad_enabled.append(torch.is_grad_enabled())
+        return loss_fn(small, b)
+
+    out = score_reference(reference, batch, 16)
+    assert grad_enabled == [False]
+    assert out.dtype == torch.float64 and out.device.type == "cpu" and not out.requires_grad
+    assert torch.allclose(out, loss_fn(small, batch).detach().double())
+    assert all(torch.equal(before[k], v) for k, v in small.state_dict().items())
+    assert small.modes_seen == [False, False]  # the user's model, in the user's mode
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        (lambda b: loss_fn(Net(), b).mean(), r"reference must return .*shape \(16,\).*\(\)"),
+        (lambda b: loss_fn(Net(), b)[:4], r"reference must return .*returned shape \(4,\)"),
+        (lambda b: b[1], r"reference must return floating-point losses.*torch\.int64"),
+        (lambda b: [0.0] * 16, r"reference must return a tensor .* returned list"),
+    ],
+)
+def test_a_wrong_reference_output_is_explained_naming_the_reference(bad, match: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(LossFunctionError, match=match):
+        score_reference(bad, _batch(), 16)
+
+
+def test_the_reference_runs_under_the_scoring_pass_autocast() -> None:
+    dtypes: list[torch.dtype] = []
+    small = Net().eval()
+
+    def reference(b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        out = small.lin(b[0])
+        dtypes.append(out.dtype)
+        return out.float().sum(1)
+
+    score_reference(reference, _batch(), 16, autocast_dtype=torch.bfloat16)
+    assert dtypes == [torch.bfloat16]

@@ -6,6 +6,11 @@ exchanges it with every rank in one collective, then passes it through, sifts it
 epoch's leftovers (:func:`~smartsift.engine.flush.flush_epoch`); the policy's bound state
 plans the round and hears what it measured. The loader hands the refined batches over.
 
+With a ``reference`` the policy ranks each sample's score, ``loss - reference``
+(:mod:`smartsift.modes.reference`): the scores are exchanged in place of the losses, the losses
+travel beside them (the audit, the trace and ``Auto`` read the losses), and a sample whose
+reference is unknown passes unsifted.
+
 Example:
     >>> import torch
     >>> from torch.utils.data import DataLoader, TensorDataset
@@ -28,12 +33,16 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
+from smartsift.batches.structure import select
 from smartsift.engine.distributed import PeerRound
 from smartsift.engine.flush import flush_epoch
 from smartsift.engine.rounds import RoundClock, raise_errors
+from smartsift.engine.selector import Decision
 from smartsift.engine.step import sift_step
 from smartsift.modes.pull import pull
+from smartsift.modes.reference import attach_losses, reducible_step
 from smartsift.modes.scoring import score
 from smartsift.policies.base import SKIP, RoundReport
 
@@ -125,21 +134,25 @@ class EpochRunner:
         # Past the sift delay the policy plans the round: it may pass it through unscored too.
         planned = not cur.in_delay(self.lo.sift_delay, self.lo.repeat_delay_per_epoch)
         skip = not planned or state.round_kind() == SKIP
+        referenced = self.lo._reference is not None
         got = pull(
             self._raw_iter, cur, self.lo._batcher, None if skip else self._score,
             state.sample_inputs, self.lo.device, self.lo.transform,
+            self._reference if referenced else None,
         )  # fmt: skip
         ledger.times["data_s"] += got.data_s
         size, losses, side = got.size, got.losses, got.side
         needs = state.needs
         if side is None and (needs.ids or needs.labels):
             side = np.zeros((int(needs.ids) + int(needs.labels), 0))
+        if referenced:  # the losses travel beside the scores, as the last side row
+            side = attach_losses(side, losses)
         scalars = None
         if planned:
             scalars = state.round_scalars(self._clock.lap(losses.size, got.data_s, size))
         peers = self.lo._lockstep.exchange(
             size,
-            losses,
+            got.scores,
             self.lo._batcher.buffered,
             cur.exhausted,
             got.error is not None,
@@ -182,11 +195,28 @@ class EpochRunner:
         self.lo._selector.screen(losses)
         return losses
 
+    def _reference(self, raw: Any, sliceable: Any, size: int) -> np.ndarray:
+        """The reference's losses of a scored batch, timed as part of the scoring pass."""
+        t0 = time.perf_counter()
+        reference = self.lo._reference
+        assert reference is not None  # only called with a reference
+        values = reference.values(raw, sliceable, size, self.lo.autocast_dtype)
+        seconds = time.perf_counter() - t0
+        self.lo._ledger.times["scoring_s"] += seconds
+        self._clock.overhead(seconds)
+        return values
+
+    def _split(self, peers: list[PeerRound]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Every rank's losses and side rows (the losses row taken off, with a reference)."""
+        if self.lo._reference is None:
+            return [p.losses for p in peers], [p.channels for p in peers]
+        return [p.channels[-1] for p in peers], [p.channels[:-1] for p in peers]
+
     def _end_round(self, peers: list[PeerRound], skipped: bool) -> None:
         """Tells the policy's state what the round measured (every rank alike)."""
         state = self.lo._selector.state
         report = RoundReport(
-            [p.losses for p in peers], None if skipped else self._round_kept,
+            self._split(peers)[0], None if skipped else self._round_kept,
             [p.scalars for p in peers],
         )  # fmt: skip
         message = state.end_round(report, self.lo._context)
@@ -211,20 +241,45 @@ class EpochRunner:
         selector = self.lo._selector
         needs_inputs = selector.needs_ids or selector.needs_labels
         me = self.lo.ranks.rank if self.lo.ranks.distributed else 0
-        decision = sift_step(
-            selector, self.lo._batcher, sliceable, size, [p.losses for p in peers], me,
-            [p.channels for p in peers] if needs_inputs else None,
-        )  # fmt: skip
+        scores = [p.losses for p in peers]
+        all_losses, channels = self._split(peers)
+        inputs = channels if needs_inputs else None
+        unknown = None
+        if self.lo._reference is None:
+            decision = sift_step(selector, self.lo._batcher, sliceable, size, scores, me, inputs)
+        else:
+            decision, unknown = reducible_step(
+                selector, self.lo._batcher, sliceable, size, scores, all_losses, me, inputs
+            )
         self._round_kept = decision.kept
         if size > 0:
-            mask = decision.masks[me]
-            self.lo._ledger.scored(
-                self.lo._cursor.epoch, sliceable, losses, mask, decision.nonfinite[me]
-            )
+            self._record(decision, me, sliceable, losses, None if unknown is None else unknown[me])
         self._emit([p.buffered + k for p, k in zip(peers, decision.kept, strict=True)])
         seconds = time.perf_counter() - t0
         self.lo._ledger.times["selection_s"] += seconds
         self._clock.overhead(seconds)
+
+    def _record(
+        self,
+        decision: Decision,
+        me: int,
+        sliceable: Any,
+        losses: np.ndarray,
+        unknown: np.ndarray | None,
+    ) -> None:
+        """Writes this rank's decision to the ledger: the losses (never the scores) of the
+        decided samples, and the unreferenced ones as passed."""
+        ledger, epoch = self.lo._ledger, self.lo._cursor.epoch
+        mask, bad = decision.masks[me], decision.nonfinite[me]
+        if unknown is None or not unknown.any():
+            ledger.scored(epoch, sliceable, losses, mask, bad)
+            return
+        audited = ledger.audit is not None  # the batch is sliced only for the audit's ids
+        decided, passed = np.flatnonzero(~unknown), np.flatnonzero(unknown)
+        part = select(sliceable, torch.from_numpy(decided)) if audited else None
+        ledger.scored(epoch, part, losses[decided], mask[decided], bad)
+        part = select(sliceable, torch.from_numpy(passed)) if audited else None
+        ledger.passed(epoch, part, int(passed.size))
 
     def _emit(self, counts: list[int]) -> None:
         """Forms as many full refined batches as every rank can form."""

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from smartsift.batches.structure import BatchTransform
-from smartsift.engine.audit import SiftAudit
+from smartsift.engine import checkpoint as ckpt
+from smartsift.engine.audit import IdKey, SiftAudit
 from smartsift.engine.batcher import Joiner
 from smartsift.engine.checks import (
     check_dataloader,
@@ -50,15 +51,44 @@ from smartsift.engine.rounds import RankContext
 from smartsift.engine.selector import NONFINITE_MODES, check_nonfinite
 from smartsift.engine.stats import SiftStats, from_sums, stats_fields
 from smartsift.modes.epochs import EpochRunner
+from smartsift.modes.reference import Reference, ReferenceLike
 from smartsift.modes.scoring import LossFn
 from smartsift.policies.base import Policy
 from smartsift.policies.rules import RelativeProbabilistic
 
-__all__ = ["NONFINITE_MODES", "SiftingDataLoader"]
+__all__ = ["NONFINITE_MODES", "SiftingDataLoader", "check_score_setting"]
 
 logger = logging.getLogger("smartsift")
 
 _EMPTY = np.empty(0, dtype=np.float64)
+_LOSS, _REDUCIBLE = "loss", "reducible"
+
+
+def check_score_setting(saved: str, referenced: bool) -> None:
+    """Raises ValueError unless a state whose policy ranked ``saved`` (``"loss"`` or
+    ``"reducible"``) may load into a loader with (``referenced``) or without a reference.
+
+    The loss history, a stated keep rate's adaptation and ``Auto``'s record hold what the
+    policy ranked; loading losses where scores are ranked, or the reverse, would change every
+    later decision without an error.
+
+    Example:
+        >>> check_score_setting("reducible", referenced=True)
+        >>> check_score_setting("loss", referenced=True)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: The state was saved by a loader that ranked the loss (no `reference`), but ...
+    """
+    mine = _REDUCIBLE if referenced else _LOSS
+    if saved == mine:
+        return
+    said = {_LOSS: "the loss (no `reference`)", _REDUCIBLE: "loss - reference (a `reference`)"}
+    raise ValueError(
+        f"The state was saved by a loader that ranked {said.get(saved, repr(saved))}, but this "
+        f"loader ranks {said[mine]}; its loss history holds the other kind of value. Build the "
+        "loader with the same `reference` setting to resume, or start this one from a fresh "
+        "state."
+    )
 
 
 class SiftingDataLoader:
@@ -106,6 +136,15 @@ class SiftingDataLoader:
             ``torch.distributed`` by default. ``world_size=1`` sifts each rank on its own.
         audit: a :class:`~smartsift.SiftAudit` that records, per epoch, which sample ids were
             kept, sifted (with their losses), passed through or dropped; off by default.
+        reference: select by the reducible loss (RHO-LOSS): the policy ranks ``loss -
+            reference`` instead of the loss. Either a callable ``reference(batch) -> Tensor
+            (B,)``, run on each scored raw batch under ``torch.no_grad()`` (e.g. ``lambda b:
+            loss_fn(small_model, b)``, its time counted as scoring time), or a 1-D tensor or
+            array of reference losses indexed by sample id, read with ``id_key``. A sample whose
+            reference is NaN passes unsifted. See ``docs/reducible.md``.
+        id_key: where each batch holds its sample ids, for a tensor ``reference``: a key of
+            dict batches, a position of tuple batches, or a tuple of those (as
+            :class:`~smartsift.SiftAudit`'s).
     """
 
     def __init__(
@@ -132,6 +171,8 @@ class SiftingDataLoader:
         world_size: int | None = None,
         process_group: Any = None,
         audit: SiftAudit | None = None,
+        reference: ReferenceLike | None = None,
+        id_key: IdKey | None = None,
     ) -> None:
         policy = RelativeProbabilistic() if policy is None else policy
         check_dataloader(dataloader)
@@ -173,6 +214,9 @@ class SiftingDataLoader:
         self.log_interval = log_interval
         self.log_fn = log_fn
         self.audit = audit
+        self.reference = reference
+        self.id_key = id_key
+        self._reference = None if reference is None else Reference(reference, id_key)
         self.ranks = resolve_ranks(rank, world_size, process_group)
         self._seed = secrets.randbits(62) if seed is None else int(seed)
         raw_bs = getattr(dataloader, "batch_size", None)
@@ -300,7 +344,10 @@ class SiftingDataLoader:
         with ``torch.save`` and loads with ``torch.load(..., weights_only=True)``.
         """
         parts = Parts(self._selector, self._batcher, self._cursor, self._ledger)
-        return parts.state_dict(self.dataloader, self.ranks, self._lockstep, self.audit)
+        state = parts.state_dict(self.dataloader, self.ranks, self._lockstep, self.audit)
+        if self._reference is not None:  # its history and decisions are of scores, not losses
+            state[ckpt.CONFIG]["score"] = _REDUCIBLE
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores a state from :meth:`state_dict`; the next iteration resumes from it.
@@ -308,12 +355,15 @@ class SiftingDataLoader:
         States saved by an earlier release (version 1) are converted.
 
         Raises:
-            ValueError: if the state was saved with another policy or world size, or is not a
+            ValueError: if the state was saved with another policy or world size, with a
+                ``reference`` where this loader has none or the other way round, or is not a
                 smartsift state.
         """
         active = self._active() if self._active is not None else None
         if active is not None and active.gi_frame is not None:
             raise RuntimeError("Cannot load a state while the loader is being iterated.")
+        state = ckpt.upgrade(state)
+        check_score_setting(state[ckpt.CONFIG].get("score", _LOSS), self._reference is not None)
         parts = self._build_parts()
         parts.load_state_dict(state, self.dataloader, self.ranks, self._lockstep, self.device)
         self._runner.epoch_restored(parts.ledger.counts["samples_dropped"])

@@ -1,5 +1,9 @@
 """Pulling one raw batch for a round: load, move, transform, inspect, check, score.
 
+With a reference (``SiftingDataLoader(..., reference=...)``) the batch's scores are its losses
+less the reference's (:func:`~smartsift.modes.reference.reducible_scores`); without one they
+are the losses themselves.
+
 Anything that can fail on one rank only happens here, before the round's exchange, and is
 caught and annotated instead of raised, so that every rank learns of it in the exchange and
 stops together (:func:`smartsift.engine.rounds.raise_errors`).
@@ -12,6 +16,11 @@ Example:
     >>> got = pull(batches, EpochCursor(), RefinedBatcher(4), score_fn=lambda raw, n: np.ones(n))
     >>> got.size, got.losses.tolist(), got.error
     (4, [1.0, 1.0, 1.0, 1.0], None)
+    >>> batches = iter([(torch.zeros(2, 2), torch.arange(2))])
+    >>> got = pull(batches, EpochCursor(), RefinedBatcher(4), score_fn=lambda raw, n: np.ones(n),
+    ...            reference_fn=lambda raw, sliceable, n: np.array([0.25, np.nan]))
+    >>> got.losses.tolist(), got.scores.tolist()
+    ([1.0, 1.0], [0.75, nan])
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from smartsift.batches.structure import BatchTransform, inspect_batch, to_device
 from smartsift.engine.batcher import RefinedBatcher
 from smartsift.engine.cursor import EpochCursor
 from smartsift.engine.rounds import annotate
+from smartsift.modes.reference import reducible_scores
 
 __all__ = ["Pulled", "pull"]
 
@@ -46,6 +56,8 @@ class Pulled:
         sliceable: its sliceable form (the transform's output).
         size: its number of samples (0 on failure).
         losses: its scored losses (empty when unscored).
+        scores: what the policy ranks: ``losses`` less the reference's (NaN where that is
+            unknown), or ``losses`` itself without a reference.
         side: the policy's per-sample inputs (ids, labels), or None.
         data_s: seconds spent waiting for it.
         error: what failed on this rank, annotated; None if nothing did.
@@ -55,6 +67,7 @@ class Pulled:
     sliceable: Any = None
     size: int = 0
     losses: np.ndarray = field(default_factory=_empty)
+    scores: np.ndarray = field(default_factory=_empty)
     side: np.ndarray | None = None
     data_s: float = 0.0
     error: BaseException | None = None
@@ -68,6 +81,7 @@ def pull(
     inputs_fn: Callable[[Any, int], np.ndarray | None] | None = None,
     device: torch.device | None = None,
     transform: BatchTransform | None = None,
+    reference_fn: Callable[[Any, Any, int], np.ndarray] | None = None,
 ) -> Pulled:
     """Pulls the round's raw batch (none once ``cursor.exhausted``) and scores it.
 
@@ -79,6 +93,8 @@ def pull(
         inputs_fn: ``inputs_fn(sliceable, size)``, the policy's per-sample inputs.
         device: where the raw batch moves first.
         transform: a :class:`~smartsift.BatchTransform` to sliceable form.
+        reference_fn: ``reference_fn(raw, sliceable, size) -> reference losses``, run after
+            ``score_fn`` on scored batches; None scores by the losses alone.
     """
     out = Pulled()
     if cursor.exhausted:
@@ -102,10 +118,13 @@ def pull(
         if out.size > 0:
             batcher.check_layout(out.sliceable, layout)  # before the exchange
             if score_fn is not None:
-                out.losses = score_fn(raw, out.size)
+                out.losses = out.scores = score_fn(raw, out.size)
+                if reference_fn is not None:
+                    ref = reference_fn(raw, out.sliceable, out.size)
+                    out.scores = reducible_scores(out.losses, ref)
                 if inputs_fn is not None:
                     out.side = inputs_fn(out.sliceable, out.size)
     except Exception as err:
         out.error = annotate(err, f"on raw batch {cursor.raw_in_epoch - 1} of the epoch")
-        out.size, out.losses, out.side = 0, _empty(), None
+        out.size, out.losses, out.scores, out.side = 0, _empty(), _empty(), None
     return out

@@ -5,6 +5,10 @@ with every submodule's previous mode restored afterwards, and (when scoring in t
 the buffers, such as BatchNorm running statistics, put back as they were. DDP, DataParallel and
 ``torch.compile`` wrappers are looked through, so no collective runs inside the pass.
 
+A reference model's losses (RHO-LOSS's "irreducible" losses, for ``SiftingDataLoader(...,
+reference=fn)``) are computed by :func:`score_reference` on the same raw batch, under
+``torch.no_grad()`` too; the user's function owns its model and that model's mode.
+
 Example:
     >>> import torch
     >>> model = torch.nn.Linear(3, 2)
@@ -22,10 +26,13 @@ from typing import Any
 
 import torch
 
-__all__ = ["LossFn", "LossFunctionError", "score", "unwrap_model"]
+__all__ = ["LossFn", "LossFunctionError", "ReferenceFn", "score", "score_reference", "unwrap_model"]
 
 LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
 """``loss_fn(model, batch) -> Tensor`` of shape ``(B,)``: one loss per sample, no reduction."""
+
+ReferenceFn = Callable[[Any], torch.Tensor]
+"""``reference(batch) -> Tensor`` of shape ``(B,)``: a reference model's loss per sample."""
 
 
 class LossFunctionError(ValueError):
@@ -99,9 +106,52 @@ def score(
     inner = unwrap_model(model)
     with torch.no_grad(), _scoring_mode(inner, train_mode), _autocast(batch, autocast_dtype):
         losses = loss_fn(inner, batch)
+    return _checked(losses, batch_size, "loss_fn")
+
+
+def score_reference(
+    reference: ReferenceFn,
+    batch: Any,
+    batch_size: int,
+    *,
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Returns a reference model's per-sample losses of ``batch`` as a float64 CPU tensor.
+
+    ``reference(batch)`` runs under ``torch.no_grad()`` (and ``torch.autocast`` with
+    ``autocast_dtype``, like the scoring pass); it is checked as ``loss_fn``'s output is.
+
+    Args:
+        reference: ``reference(batch)`` returning a tensor of shape ``(batch_size,)``, e.g.
+            ``lambda batch: loss_fn(small_model, batch)``.
+        batch: the raw batch, as the scoring pass gets it.
+        batch_size: the number of samples in ``batch``.
+        autocast_dtype: if set, run under ``torch.autocast`` with this dtype.
+
+    Raises:
+        LossFunctionError: if ``reference`` returns anything but a floating-point tensor of
+            shape ``(batch_size,)``.
+
+    Example:
+        >>> import torch
+        >>> small = torch.nn.Linear(3, 2)
+        >>> def reference(b):
+        ...     return torch.nn.functional.cross_entropy(small(b[0]), b[1], reduction="none")
+        >>> batch = (torch.randn(5, 3), torch.tensor([0, 1, 0, 1, 1]))
+        >>> out = score_reference(reference, batch, batch_size=5)
+        >>> out.shape, out.dtype, out.requires_grad
+        (torch.Size([5]), torch.float64, False)
+    """
+    with torch.no_grad(), _autocast(batch, autocast_dtype):
+        losses = reference(batch)
+    return _checked(losses, batch_size, "reference")
+
+
+def _checked(losses: Any, batch_size: int, name: str) -> torch.Tensor:
+    """``losses`` as a detached float64 CPU tensor, if it holds one float per sample."""
     if not isinstance(losses, torch.Tensor):
         raise LossFunctionError(
-            f"loss_fn must return a tensor of shape ({batch_size},) with one loss per sample, "
+            f"{name} must return a tensor of shape ({batch_size},) with one loss per sample, "
             f"but it returned {type(losses).__name__}. Compute the loss with reduction='none'."
         )
     if losses.shape != (batch_size,):
@@ -113,14 +163,14 @@ def score(
             else ""
         )
         raise LossFunctionError(
-            f"loss_fn must return a tensor of shape ({batch_size},) with one loss per sample "
+            f"{name} must return a tensor of shape ({batch_size},) with one loss per sample "
             f"of the batch, but it returned shape {tuple(losses.shape)}.{hint}"
         )
     if not losses.is_floating_point():
         # An integer or bool "loss" is almost always a label or a prediction returned by
         # mistake; ranking samples by it would sift on ties without any error.
         raise LossFunctionError(
-            f"loss_fn must return floating-point losses, but it returned dtype {losses.dtype}. "
+            f"{name} must return floating-point losses, but it returned dtype {losses.dtype}. "
             "Return the per-sample loss itself, e.g. F.cross_entropy(model(x), y, "
             "reduction='none'); if these values really are the losses, return them as "
             "floats with `.float()`."
