@@ -600,3 +600,36 @@ def test_profile_checks_the_mode_arguments(kwargs: dict[str, Any], match: str) -
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match=match):
         ss.profile(model, _loader(), _ce, opt, steps=1, warmup=0, **kwargs)
+
+
+def test_a_reference_is_run_in_the_pilots_scoring_pass_and_its_scores_are_sifted() -> None:
+    model = torch.nn.Linear(16, 3)
+    reference_model = torch.nn.Linear(16, 3)
+    calls: list[bool] = []
+
+    def reference(batch: Any) -> torch.Tensor:
+        calls.append(torch.is_grad_enabled())
+        return _ce(reference_model, batch)
+
+    report = ss.profile(
+        model, _loader(), _ce, torch.optim.SGD(model.parameters(), lr=0.1), steps=4, warmup=1,
+        reference=reference,
+    )  # fmt: skip
+    assert report.steps == 4
+    assert calls == [False] * 5  # once per pilot batch, never with gradients
+    ids = TensorDataset(torch.arange(64), torch.randn(64, 16), torch.randint(0, 3, (64,)))
+
+    def by_id(m: torch.nn.Module, batch: Any) -> torch.Tensor:
+        return F.cross_entropy(m(batch[1]), batch[2], reduction="none")
+
+    table = torch.rand(64)
+    report = ss.profile(
+        model, DataLoader(ids, batch_size=16), by_id, torch.optim.SGD(model.parameters(), 0.1),
+        steps=2, warmup=1, reference=table, id_key=0,
+    )  # fmt: skip
+    assert report.steps == 2
+    with pytest.raises(ValueError, match="id_key"):
+        ss.profile(
+            model, _loader(), _ce, torch.optim.SGD(model.parameters(), 0.1), steps=1,
+            reference=table,
+        )  # fmt: skip

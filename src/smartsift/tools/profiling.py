@@ -62,7 +62,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
-from smartsift.batches.structure import BatchTransform, batch_size_of, to_device
+from smartsift.batches.structure import BatchTransform, IdKey, batch_size_of, to_device
 from smartsift.engine.batcher import RefinedBatcher
 from smartsift.engine.checks import (
     check_dataloader,
@@ -79,6 +79,7 @@ from smartsift.engine.checks import (
 from smartsift.engine.costmodel import MIN_SPEEDUP, predicted_speedup
 from smartsift.engine.selector import Selector
 from smartsift.engine.step import sift_step
+from smartsift.modes.reference import Reference, ReferenceLike, reducible_scores, reducible_step
 from smartsift.modes.scoring import LossFn, score
 from smartsift.policies import Policy, RelativeProbabilistic
 from smartsift.policies.signals import EVEN_LOSSES, loss_concentration, relative_trend, trend_t
@@ -642,6 +643,8 @@ def profile(
     num_classes: int | None = None,
     epochs: int | None = None,
     keep: float = ADVICE_KEEP,
+    reference: ReferenceLike | None = None,
+    id_key: IdKey | None = None,
 ) -> ProfileReport:
     """Runs a short pilot of real training steps and scoring passes; returns the costs.
 
@@ -678,6 +681,9 @@ def profile(
         epochs: the epochs the run will train, if known: the report then advises a mode
             (loss reuse, the scoring pass or none; :meth:`ProfileReport.advise_mode`).
         keep: the kept fraction that advice assumes, in (0, 1].
+        reference, id_key: the loader options of those names (a reducible score,
+            ``loss - reference``): the reference's cost is timed as part of the scoring pass,
+            and the machinery ranks the scores, as the loader does.
 
     Returns:
         A :class:`ProfileReport`; ``print(report)`` shows a table and the recommendation.
@@ -703,6 +709,7 @@ def profile(
         check_int("num_classes", num_classes, 2)
     check_optional_int("epochs", epochs, 1)
     check_fraction("keep", keep, low_open=True)
+    ref = None if reference is None else Reference(reference, id_key)
     policy = RelativeProbabilistic() if policy is None else policy
     dev = torch.device(device) if device is not None else None
     step_fn: TrainStep = train_step if train_step is not None else _mean_loss(loss_fn)
@@ -720,6 +727,7 @@ def profile(
             transform,
             score_in_train_mode,
             autocast_dtype,
+            ref,
         )
     finally:
         saved.restore()
@@ -833,6 +841,7 @@ def _pilot(
     transform: BatchTransform | None,
     score_in_train_mode: bool,
     autocast_dtype: torch.dtype | None,
+    reference: Reference | None = None,
 ) -> list[dict[str, Any]]:
     selector = Selector(policy, nonfinite="drop", seed=0)
     batcher = RefinedBatcher()
@@ -889,11 +898,15 @@ def _pilot(
             train_mode=score_in_train_mode,
             autocast_dtype=autocast_dtype,
         ).numpy()
+        scores = None
+        if reference is not None:  # its pass is part of the scoring cost
+            values = reference.values(batch, sliceable, size, autocast_dtype)
+            scores = reducible_scores(losses, values)
         t["scoring"] = clock.stop()
-        t["losses"] = losses
+        t["losses"] = losses  # the signals read the losses, as Auto does
 
         clock.start()
-        _machinery(losses, sliceable, selector, batcher, size)
+        _machinery(losses, sliceable, selector, batcher, size, scores)
         t["selection"] = clock.stop()
 
         out.append(t)
@@ -901,12 +914,22 @@ def _pilot(
 
 
 def _machinery(
-    losses: np.ndarray, sliceable: Any, selector: Selector, batcher: RefinedBatcher, size: int
+    losses: np.ndarray,
+    sliceable: Any,
+    selector: Selector,
+    batcher: RefinedBatcher,
+    size: int,
+    scores: np.ndarray | None = None,
 ) -> None:
     """What the loader does with a scored batch, with the loader's own parts: the sift step
-    (history, decision, slicing, buffering), then joining into refined batches."""
+    (history, decision, slicing, buffering; on the reducible scores with a reference), then
+    joining into refined batches."""
     inputs = selector.state.sample_inputs(sliceable, size)
-    sift_step(selector, batcher, sliceable, size, [losses], 0, None if inputs is None else [inputs])
+    rows = None if inputs is None else [inputs]
+    if scores is None:
+        sift_step(selector, batcher, sliceable, size, [losses], 0, rows)
+    else:
+        reducible_step(selector, batcher, sliceable, size, [scores], [losses], 0, rows)
     if batcher.batch_size is None:
         batcher.batch_size = size
     batcher.form_all()
