@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset
 
 import smartsift as ss
-from conftest import ce_loss
 
 
 class IdLoss:
@@ -345,7 +344,10 @@ def test_stats_dict_quantiles_and_logging(caplog: pytest.LogCaptureFixture) -> N
 
 
 def test_sifted_training_learns_a_real_task_with_fewer_backward_passes() -> None:
+    # Imported here, not at the top: the DDP jobs below are unpickled from this module in
+    # spawned processes, where `conftest` may name the repository root's.
     from benchmarks.demo import ConvNet, evaluate, make_mnist1d
+    from conftest import ce_loss
 
     train, (x_test, y_test) = make_mnist1d(num_samples=4000, seed=1)
     torch.manual_seed(0)
