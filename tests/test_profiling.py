@@ -299,7 +299,7 @@ def test_forward_dominated_model_is_not_recommended() -> None:
     torch.manual_seed(0)
     model = _frozen_extractor_net()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    report = ss.profile(model, _loader(n=512, batch_size=64), _ce, opt, steps=5, warmup=1)
+    report = ss.profile(model, _loader(n=512, batch_size=64), _ce, opt, steps=8, warmup=2)
     assert report.forward_s > report.backward_s
     assert not report.recommended, str(report)
     assert "Do not sift" in report.recommendation
