@@ -36,6 +36,7 @@ BENCHMARKS = (
     "noise",
     "reuse_study",
     "weighting",
+    "single_pass",
     "efficiency",
     "machinery",
     "gpu",
