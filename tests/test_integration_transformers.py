@@ -378,8 +378,11 @@ def test_invalid_settings_fail_when_sifting_is_enabled(tmp_path: Path, tokenizer
 
 
 # ------------------------------------------------------------------ DDP under torchrun
-def test_the_example_trains_in_lockstep_on_two_ranks_under_torchrun(tmp_path: Path) -> None:
-    args = ["--mode=scoring", "--epochs=2", "--samples=256", "--sift-delay=2"]
+def run_example_on_two_ranks(
+    tmp_path: Path, args: list[str]
+) -> tuple[dict[str, str], dict[str, str], str]:
+    """Runs examples/hf_trainer.py under torchrun; returns each rank's printed fields and the
+    whole output."""
     proc = torchrun_copied(EXAMPLES / "hf_trainer.py", tmp_path, args, timeout=240)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
@@ -388,7 +391,12 @@ def test_the_example_trains_in_lockstep_on_two_ranks_under_torchrun(tmp_path: Pa
     for match in re.finditer(r"\[rank (\d+)\]((?: [a-z_]+=[^\s\[{]+)+)", proc.stdout):
         ranks[int(match.group(1))] = dict(t.split("=", 1) for t in match.group(2).split())
     assert sorted(ranks) == [0, 1], out
-    zero, one = ranks[0], ranks[1]
+    return ranks[0], ranks[1], out
+
+
+def test_the_example_trains_in_lockstep_on_two_ranks_under_torchrun(tmp_path: Path) -> None:
+    args = ["--mode=scoring", "--epochs=2", "--samples=256", "--sift-delay=2"]
+    zero, one, out = run_example_on_two_ranks(tmp_path, args)
     assert zero["global_step"] == one["global_step"] == zero["steps"] == one["steps"], out
     assert int(zero["steps"]) > 0 and zero["epochs"] == one["epochs"] == "2", out
     assert zero["epoch"] == one["epoch"] == "2.00" and float(zero["lr"]) == 0.0, out
@@ -580,14 +588,7 @@ def test_the_example_reuses_losses_in_lockstep_on_two_ranks_under_torchrun(
     tmp_path: Path,
 ) -> None:
     args = ["--mode=reuse", "--epochs=3", "--samples=256"]
-    proc = torchrun_copied(EXAMPLES / "hf_trainer.py", tmp_path, args, timeout=240)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out
-    ranks = {}
-    for match in re.finditer(r"\[rank (\d+)\]((?: [a-z_]+=[^\s\[{]+)+)", proc.stdout):
-        ranks[int(match.group(1))] = dict(t.split("=", 1) for t in match.group(2).split())
-    assert sorted(ranks) == [0, 1], out
-    zero, one = ranks[0], ranks[1]
+    zero, one, out = run_example_on_two_ranks(tmp_path, args)
     assert zero == one, out  # the same steps, decisions and table on both ranks
     assert zero["epochs"] == "3" and zero["epoch"] == "3.00" and float(zero["lr"]) == 0.0
     assert int(zero["candidates"]) == 3 * 256 > int(zero["trained"]) > 256
