@@ -66,6 +66,7 @@ from smartsift.engine import checkpoint as ckpt
 from smartsift.integrations.hf_hooks import EpochIterator, TrainerHooks
 from smartsift.integrations.hf_losses import OutputsLossFn
 from smartsift.modes.reuse import ReuseSampler
+from smartsift.modes.scoring import unwrap_model
 from smartsift.modes.table import ScoreTable
 from smartsift.policies import Policy
 
@@ -457,7 +458,8 @@ def _unsifted_batches(samples: int, batch_size: int, world_size: int, drop_last:
 
 
 def _unwrapped(model: Any) -> Any:
-    inner = getattr(model, "module", model)
+    """The model whose ``forward`` names the columns: DDP and compile wrappers removed."""
+    inner = unwrap_model(model)
     return getattr(inner, "_orig_mod", inner)
 
 

@@ -339,10 +339,7 @@ class ReuseTrainLoader:
         number of batches on this rank. Under DDP call it on every rank at the same point."""
         sampler = cast(ReuseSampler, self.sampler)
         if sampler.epoch != epoch:
-            sync = getattr(self.table, "sync", None)
-            if callable(sync):
-                sync()  # a table that buffers its rows: every rank's rows in, before deciding
-            sampler.set_epoch(epoch)
+            sampler.set_epoch(epoch)  # the decision below syncs the table first
         samples = len(sampler)  # decides the epoch if it is not decided yet
         if self._snapshot is None or self._snapshot[0] != epoch:
             self._snapshot = (epoch, sampler.state_dict())
