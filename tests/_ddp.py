@@ -20,6 +20,7 @@ import multiprocessing as mp
 import os
 import pickle
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from typing import Any
 
 import pytest
 
-__all__ = ["DDPJobError", "free_port", "run_ranks"]
+__all__ = ["DDPJobError", "free_port", "run_ranks", "run_session"]
 
 _GRACE_S = 5.0  # how long the other ranks may run on after one rank failed
 
@@ -190,3 +191,27 @@ def torchrun_copied(
         )
     except subprocess.TimeoutExpired as err:
         pytest.fail(f"torchrun ran past {timeout} s (a hang?): {err.stdout!r} {err.stderr!r}")
+
+
+def run_session(
+    cmd: list[str], env: dict[str, str], timeout: float, what: str, cwd: Path | None = None
+) -> tuple[int, str]:
+    """Runs ``cmd`` in a session of its own and returns its exit code and output (stdout and
+    stderr together); past ``timeout`` the whole session (torchrun and every rank it started)
+    is killed and the test fails, naming ``what`` ran past it."""
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"{what} ran past {timeout} s (a hang?): {out}")
+    return proc.returncode, out

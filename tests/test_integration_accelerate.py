@@ -15,7 +15,6 @@ import math
 import os
 import pickle
 import shutil
-import signal
 import subprocess
 import sys
 import warnings
@@ -31,7 +30,7 @@ from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 pytest.importorskip("accelerate")
 
-from _ddp import free_port, torchrun_copied
+from _ddp import free_port, run_session, torchrun_copied
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 
@@ -205,21 +204,8 @@ def run_under_torchrun(mode: str, out: Path) -> list[dict[str, Any]]:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     # Its own session, so that a hang takes torchrun and both ranks down.
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        log, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        log, _ = proc.communicate()
-        pytest.fail(f"torchrun ran past {TIMEOUT_S} s (a hang?): {log}")
-    assert proc.returncode == 0, log
+    returncode, log = run_session(cmd, env, TIMEOUT_S, "torchrun")
+    assert returncode == 0, log
     results = [pickle.loads((out / f"rank{r}.pkl").read_bytes()) for r in range(WORLD)]
     assert all(r["processes"] == WORLD for r in results)
     return results

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import warnings
@@ -20,7 +19,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 L = pytest.importorskip("lightning.pytorch")
 
-from _ddp import free_port, run_ranks  # noqa: E402
+from _ddp import free_port, run_ranks, run_session  # noqa: E402
 from lightning.pytorch.loggers import Logger  # noqa: E402
 
 import smartsift as ss  # noqa: E402
@@ -673,22 +672,8 @@ def test_the_example_trains_in_lockstep_under_ddp_and_sees_every_sample_once(
         PYTHONUNBUFFERED="1",
     )
     # Its own session: Lightning starts rank 1 from rank 0, and a hang must take both down.
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        start_new_session=True,
-    )
-    try:
-        out, _ = proc.communicate(timeout=DDP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"the DDP run ran past {DDP_TIMEOUT_S} s (a hang?): {out}")
-    assert proc.returncode == 0, out
+    returncode, out = run_session(cmd, env, DDP_TIMEOUT_S, "the DDP run", cwd=tmp_path)
+    assert returncode == 0, out
     reports = [json.loads((tmp_path / f"report.rank{r}.json").read_text()) for r in range(2)]
     steps = [r["global_step"] for r in reports]
     assert steps[0] == steps[1] > 0, out  # lockstep: the same optimizer steps on both ranks
