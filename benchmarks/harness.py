@@ -303,7 +303,10 @@ class Reuse:
     training steps recorded in a :class:`~smartsift.ScoreTable`; there is no scoring pass. The
     fields are the sampler's arguments of the same names; ``reference`` (one loss per dataset
     index, e.g. a small reference model's) is put in the table with
-    ``ScoreTable.set_reference``, for scores that use it.
+    ``ScoreTable.set_reference``, for scores that use it. ``hybrid=True`` wraps the run's
+    loader in a :class:`~smartsift.SiftingDataLoader` (the hybrid mode): the samples the
+    sampler trains undecided go through the scoring pass and are sifted by the same policy,
+    after the run's ``sift_delay`` raw batches.
     """
 
     max_age: int | None = 3
@@ -312,6 +315,7 @@ class Reuse:
     max_weight: float | str | None = "auto"
     score: Any = "loss"
     reference: Sequence[float] | torch.Tensor | None = None
+    hybrid: bool = False
 
 
 @dataclass(frozen=True)
@@ -455,6 +459,7 @@ class TrainingRun:
         self.n_train = len(task.train_set)  # type: ignore[arg-type]
         self.sampler: ReuseSampler | None = None
         self.plain_batches = len(self.raw)
+        self._tuple_samples = isinstance(task.train_set[0], tuple)
         if reuse is not None and policy is not None:
             self.sampler = _reuse_sampler(reuse, policy, task, order, epochs, seed)
             # The loader draws its workers' base seed from `order` before the sampler shuffles,
@@ -465,6 +470,14 @@ class TrainingRun:
                 sampler=self.sampler,
                 generator=order,
             )
+            if reuse.hybrid:
+                self.loader = SiftingDataLoader(
+                    self.raw,
+                    self.model,
+                    _without_ids(task.loss_fn, self._tuple_samples),
+                    sift_delay=sift_delay,
+                    seed=seed,
+                )
         elif policy is not None:
             self.loader = SiftingDataLoader(
                 self.raw,
@@ -492,6 +505,7 @@ class TrainingRun:
                     batch_size=batch_size,
                     steps_per_epoch=self.plain_batches,
                     total_steps=self.total_steps,
+                    loader=self.loader if isinstance(self.loader, SiftingDataLoader) else None,
                 )
             elif isinstance(self.loader, SiftingDataLoader) and follow_data:
                 self.data_schedule = DataSchedule(
@@ -505,7 +519,6 @@ class TrainingRun:
         )
         self._seen = 0
         self._train_loss = task.step_loss()
-        self._tuple_samples = isinstance(task.train_set[0], tuple)
         self._segments = self._train()
 
     @property
@@ -559,6 +572,14 @@ class TrainingRun:
         A loss-reuse epoch covers the training set in fewer batches: after ``in_epoch`` of its
         batches it has consumed that share of the set.
         """
+        if self.sampler is not None and isinstance(self.loader, SiftingDataLoader):
+            # The hybrid mode: the sampler's epoch, read in raw batches; the pass's scored ones.
+            stats, raw_batches = self.loader.stats, max(1, len(self.raw))
+            pulled = min(
+                self.n_train, self.loader.raw_batches_in_epoch * self.n_train // raw_batches
+            )
+            done = epoch * self.n_train + (0 if in_epoch == 0 else pulled)
+            return done, stats.samples_seen - stats.samples_passed
         if isinstance(self.loader, SiftingDataLoader):
             stats = self.loader.stats
             return stats.samples_seen, stats.samples_seen - stats.samples_passed
@@ -568,6 +589,13 @@ class TrainingRun:
         return self._seen, 0
 
     def _decided_keep(self) -> float:
+        if self.sampler is not None and isinstance(self.loader, SiftingDataLoader):
+            epochs = self.sampler.epoch_stats.values()
+            stats = self.loader.stats
+            scored = stats.samples_seen - stats.samples_passed
+            decided = sum(e.decided for e in epochs) + scored
+            kept = sum(e.kept for e in epochs) + stats.samples_kept - stats.samples_passed
+            return kept / decided if decided else math.nan
         if isinstance(self.loader, SiftingDataLoader):
             return self.loader.stats.sift_keep_rate
         if self.sampler is not None:
@@ -702,6 +730,15 @@ def _split_ids(batch: Any, tuple_samples: bool) -> tuple[torch.Tensor, Any]:
         return rest.pop("index"), rest
     ids, *rest = batch
     return ids, rest if tuple_samples else rest[0]
+
+
+def _without_ids(loss_fn: LossFn, tuple_samples: bool) -> LossFn:
+    """The task's loss of batches that carry their ids (the hybrid mode's scoring pass)."""
+
+    def scored(model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        return loss_fn(model, _split_ids(batch, tuple_samples)[1])
+
+    return scored
 
 
 def _reuse_sampler(

@@ -134,18 +134,19 @@ class EpochRunner:
         # Past the sift delay the policy plans the round: it may pass it through unscored too.
         planned = not cur.in_delay(self.lo.sift_delay, self.lo.repeat_delay_per_epoch)
         skip = not planned or state.round_kind() == SKIP
-        referenced = self.lo._reference is not None
+        hybrid = self.lo._hybrid
         got = pull(
             self._raw_iter, cur, self.lo._batcher, None if skip else self._score,
             state.sample_inputs, self.lo.device, self.lo.transform,
-            self._reference if referenced else None,
+            self._reference if self.lo._reference is not None else None,
+            None if hybrid is None else hybrid.rows,
         )  # fmt: skip
         ledger.times["data_s"] += got.data_s
         size, losses, side = got.size, got.losses, got.side
         needs = state.needs
         if side is None and (needs.ids or needs.labels):
             side = np.zeros((int(needs.ids) + int(needs.labels), 0))
-        if referenced:  # the losses travel beside the scores, as the last side row
+        if self._paired:  # the losses travel beside the scores, as the last side row
             side = attach_losses(side, losses)
         scalars = None
         if planned:
@@ -206,9 +207,15 @@ class EpochRunner:
         self._clock.overhead(seconds)
         return values
 
+    @property
+    def _paired(self) -> bool:
+        """Whether scores and losses differ (a reference, or the hybrid mode's unscored rows):
+        the losses then travel beside the scores, and a finite loss without a score passes."""
+        return self.lo._reference is not None or self.lo._hybrid is not None
+
     def _split(self, peers: list[PeerRound]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Every rank's losses and side rows (the losses row taken off, with a reference)."""
-        if self.lo._reference is None:
+        """Every rank's losses and side rows (the losses row taken off, when paired)."""
+        if not self._paired:
             return [p.losses for p in peers], [p.channels for p in peers]
         return [p.channels[-1] for p in peers], [p.channels[:-1] for p in peers]
 
@@ -245,12 +252,14 @@ class EpochRunner:
         all_losses, channels = self._split(peers)
         inputs = channels if needs_inputs else None
         unknown = None
-        if self.lo._reference is None:
+        if not self._paired:
             decision = sift_step(selector, self.lo._batcher, sliceable, size, scores, me, inputs)
         else:
             decision, unknown = reducible_step(
                 selector, self.lo._batcher, sliceable, size, scores, all_losses, me, inputs
             )
+        if self.lo._hybrid is not None:
+            self.lo._hybrid.record_sifted(losses, decision.masks[me])
         self._round_kept = decision.kept
         if size > 0:
             self._record(decision, me, sliceable, losses, None if unknown is None else unknown[me])

@@ -51,17 +51,20 @@ from smartsift.engine.rounds import RankContext
 from smartsift.engine.selector import NONFINITE_MODES, check_nonfinite
 from smartsift.engine.stats import SiftStats, from_sums, stats_fields
 from smartsift.modes.epochs import EpochRunner
-from smartsift.modes.reference import Reference, ReferenceLike
+from smartsift.modes.hybrid import Hybrid, find_reuse_sampler
+from smartsift.modes.reference import Reference, ReferenceLike, check_id_key
+from smartsift.modes.reuse import ReuseSampler
 from smartsift.modes.scoring import LossFn
 from smartsift.policies.base import Policy
 from smartsift.policies.rules import RelativeProbabilistic
 
-__all__ = ["NONFINITE_MODES", "SiftingDataLoader", "check_score_setting"]
+__all__ = ["NONFINITE_MODES", "SiftingDataLoader", "check_hybrid_setting", "check_score_setting"]
 
 logger = logging.getLogger("smartsift")
 
 _EMPTY = np.empty(0, dtype=np.float64)
 _LOSS, _REDUCIBLE = "loss", "reducible"
+_HYBRID = "hybrid"
 
 
 def check_score_setting(saved: str, referenced: bool) -> None:
@@ -91,6 +94,34 @@ def check_score_setting(saved: str, referenced: bool) -> None:
     )
 
 
+def check_hybrid_setting(saved: bool, hybrid: bool) -> None:
+    """Raises ValueError unless a state saved by a hybrid loader (``saved``) or by another
+    loader may load into this one (``hybrid``): the hybrid state holds the sampler's decision,
+    which the resumed epoch replays.
+
+    Example:
+        >>> check_hybrid_setting(saved=True, hybrid=True)
+        >>> check_hybrid_setting(saved=False, hybrid=True)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: The state was saved by a SiftingDataLoader without a ReuseSampler ...
+    """
+    if saved == hybrid:
+        return
+    if hybrid:
+        raise ValueError(
+            "The state was saved by a SiftingDataLoader without a ReuseSampler in its wrapped "
+            "loader, but this one's wrapped loader draws from one (the hybrid mode): the state "
+            "holds no "
+            "sampler decision to resume from. Resume with a loader like the one that saved it."
+        )
+    raise ValueError(
+        "The state was saved by a hybrid SiftingDataLoader (its wrapped loader drew from a "
+        "ReuseSampler), but this one's does not. Wrap a loader over a ReuseSampler of the same "
+        "settings to resume."
+    )
+
+
 class SiftingDataLoader:
     """Wraps a data loader; yields refined batches of the samples worth training on.
 
@@ -100,6 +131,13 @@ class SiftingDataLoader:
     over the loader is one epoch of the wrapped loader. Under an initialised
     ``torch.distributed`` process group every rank yields the same number of batches.
 
+    **Hybrid mode.** When the wrapped loader draws from a :class:`~smartsift.ReuseSampler`
+    (loss reuse), only the samples the sampler trains undecided (never scored, or stale) are
+    scored and sifted; the samples it decided from its table pass through unscored. ``policy``
+    defaults to the sampler's; the pass's losses of the samples it sifts go to the sampler's
+    table. ``stats.samples_passed`` then counts the samples decided from the table, and
+    ``sampler.stats`` the epoch's decision. See ``docs/hybrid.md``.
+
     This class pulls, scores, exchanges and hands over; the engine's parts do the rest (see
     ``docs/design.md``), and the policy's bound state plans each round (it may pass a raw batch
     through unscored, or score it and keep everything) and takes what the round measured.
@@ -108,7 +146,8 @@ class SiftingDataLoader:
         dataloader: any re-iterable of batches, typically a ``torch.utils.data.DataLoader``.
         model: the model being trained; DDP and ``torch.compile`` wrappers are accepted.
         loss_fn: ``loss_fn(model, batch) -> Tensor`` of shape ``(B,)``, one loss per sample.
-        policy: which samples to keep; default ``RelativeProbabilistic(beta=1.0, history=500)``.
+        policy: which samples to keep; default ``RelativeProbabilistic(beta=1.0, history=500)``
+            (in hybrid mode, the ``ReuseSampler``'s policy).
             Any policy works, :class:`~smartsift.Guarded` (reads sample ids and labels from
             the batch) and :class:`~smartsift.Auto` (trains plain where sifting does not pay)
             included.
@@ -142,9 +181,10 @@ class SiftingDataLoader:
             loss_fn(small_model, b)``, its time counted as scoring time), or a 1-D tensor or
             array of reference losses indexed by sample id, read with ``id_key``. A sample whose
             reference is NaN passes unsifted. See ``docs/reducible.md``.
-        id_key: where each batch holds its sample ids, for a tensor ``reference``: a key of
-            dict batches, a position of tuple batches, or a tuple of those (as
-            :class:`~smartsift.SiftAudit`'s).
+        id_key: where each batch holds its sample ids, for a tensor ``reference`` and for the
+            hybrid mode: a key of dict batches, a position of tuple batches, or a tuple of
+            those (as :class:`~smartsift.SiftAudit`'s). In hybrid mode it defaults to where
+            :class:`~smartsift.IndexedDataset` puts them (``"index"`` of dict batches, else 0).
     """
 
     def __init__(
@@ -174,8 +214,10 @@ class SiftingDataLoader:
         reference: ReferenceLike | None = None,
         id_key: IdKey | None = None,
     ) -> None:
-        policy = RelativeProbabilistic() if policy is None else policy
         check_dataloader(dataloader)
+        reuse_sampler = find_reuse_sampler(dataloader)
+        if policy is None:
+            policy = RelativeProbabilistic() if reuse_sampler is None else reuse_sampler.policy
         check_model(model)
         check_loss_fn(loss_fn)
         check_policy(policy)
@@ -217,6 +259,11 @@ class SiftingDataLoader:
         self.reference = reference
         self.id_key = id_key
         self._reference = None if reference is None else Reference(reference, id_key)
+        self._hybrid = (
+            None
+            if reuse_sampler is None
+            else Hybrid(reuse_sampler, dataloader, check_id_key(id_key))
+        )
         self.ranks = resolve_ranks(rank, world_size, process_group)
         self._seed = secrets.randbits(62) if seed is None else int(seed)
         raw_bs = getattr(dataloader, "batch_size", None)
@@ -251,6 +298,16 @@ class SiftingDataLoader:
     def epoch(self) -> int:
         """The current epoch number (the next one, between epochs)."""
         return self._cursor.epoch
+
+    @property
+    def raw_batches_in_epoch(self) -> int:
+        """The raw batches this rank pulled from the wrapped loader in the current epoch."""
+        return self._cursor.raw_in_epoch
+
+    @property
+    def reuse_sampler(self) -> ReuseSampler | None:
+        """The :class:`~smartsift.ReuseSampler` of the hybrid mode (None in the scoring mode)."""
+        return None if self._hybrid is None else self._hybrid.sampler
 
     @property
     def stats(self) -> SiftStats:
@@ -347,6 +404,10 @@ class SiftingDataLoader:
         state = parts.state_dict(self.dataloader, self.ranks, self._lockstep, self.audit)
         if self._reference is not None:  # its history and decisions are of scores, not losses
             state[ckpt.CONFIG]["score"] = _REDUCIBLE
+        if self._hybrid is not None:
+            cur = self._cursor
+            mid_epoch = cur.in_epoch and not (cur.interrupted or cur.exhausted)
+            state[_HYBRID] = self._hybrid.state_dict(mid_epoch and cur.raw_in_epoch > 0)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -364,8 +425,11 @@ class SiftingDataLoader:
             raise RuntimeError("Cannot load a state while the loader is being iterated.")
         state = ckpt.upgrade(state)
         check_score_setting(state[ckpt.CONFIG].get("score", _LOSS), self._reference is not None)
+        check_hybrid_setting(state.get(_HYBRID) is not None, self._hybrid is not None)
         parts = self._build_parts()
         parts.load_state_dict(state, self.dataloader, self.ranks, self._lockstep, self.device)
+        if self._hybrid is not None:
+            self._hybrid.load_state_dict(state[_HYBRID])
         self._runner.epoch_restored(parts.ledger.counts["samples_dropped"])
         self._use(parts)
 

@@ -37,6 +37,7 @@ from smartsift.batches.structure import BatchTransform, inspect_batch, to_device
 from smartsift.engine.batcher import RefinedBatcher
 from smartsift.engine.cursor import EpochCursor
 from smartsift.engine.rounds import annotate
+from smartsift.modes.hybrid import score_rows
 from smartsift.modes.reference import reducible_scores
 
 __all__ = ["Pulled", "pull"]
@@ -82,6 +83,7 @@ def pull(
     device: torch.device | None = None,
     transform: BatchTransform | None = None,
     reference_fn: Callable[[Any, Any, int], np.ndarray] | None = None,
+    rows_fn: Callable[[Any, int], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Pulled:
     """Pulls the round's raw batch (none once ``cursor.exhausted``) and scores it.
 
@@ -95,6 +97,9 @@ def pull(
         transform: a :class:`~smartsift.BatchTransform` to sliceable form.
         reference_fn: ``reference_fn(raw, sliceable, size) -> reference losses``, run after
             ``score_fn`` on scored batches; None scores by the losses alone.
+        rows_fn: ``rows_fn(sliceable, size) -> (undecided, known)`` (the hybrid mode): only
+            the ``undecided`` rows are scored; the others get NaN scores (they pass unsifted)
+            and their ``known`` losses (:func:`~smartsift.modes.hybrid.score_rows`).
     """
     out = Pulled()
     if cursor.exhausted:
@@ -117,7 +122,13 @@ def pull(
         out.size, layout = inspect_batch(out.sliceable)
         if out.size > 0:
             batcher.check_layout(out.sliceable, layout)  # before the exchange
-            if score_fn is not None:
+            if score_fn is not None and rows_fn is not None:
+                undecided, known = rows_fn(out.sliceable, out.size)
+                out.losses, out.scores = score_rows(
+                    raw, out.sliceable, out.size, undecided, known, score_fn, reference_fn,
+                    transform,
+                )  # fmt: skip
+            elif score_fn is not None:
                 out.losses = out.scores = score_fn(raw, out.size)
                 if reference_fn is not None:
                     ref = reference_fn(raw, out.sliceable, out.size)

@@ -268,6 +268,7 @@ class _Epoch:
     indices: np.ndarray
     weights: np.ndarray | None
     started: bool = False
+    undecided: np.ndarray | None = None  # sorted ids trained undecided (the hybrid's to score)
 
 
 class ReuseSampler(Sampler[int]):
@@ -532,7 +533,10 @@ class ReuseSampler(Sampler[int]):
         self._record(epoch, order, scores, fresh, keep, trained_pos)
         self._saved = None
         self._updates_at_decision = table.updates
-        return _Epoch(epoch, share, weights)
+        # What a sifting loader around this sampler scores (hybrid mode): the undecided, unless
+        # the epoch trains everything on purpose (annealing, or the policy judged it so).
+        undecided = np.unique(order[~fresh]) if sifts and not anneals else order[:0]
+        return _Epoch(epoch, share, weights, undecided=undecided)
 
     @staticmethod
     def _context(table: ScoreTable) -> RankContext | None:
@@ -691,6 +695,33 @@ class ReuseSampler(Sampler[int]):
         self._ledger.audit = audit
 
     # ------------------------------------------------------------ weights and stats
+    def undecided(self, ids: Any) -> np.ndarray:
+        """Which of the samples ``ids`` the current epoch trains undecided: never scored, stale
+        or unscorable (none while annealing, or in an epoch the policy trains whole).
+
+        These are what a :class:`~smartsift.SiftingDataLoader` wrapped around a loader over
+        this sampler scores with its pass and sifts (the hybrid mode, ``docs/hybrid.md``).
+
+        Returns:
+            A boolean array, one entry per id.
+
+        Example:
+            >>> table = ScoreTable(4)
+            >>> sampler = ReuseSampler(range(4), table, chunk_size=4)
+            >>> _ = list(sampler)                  # epoch 0: nothing scored yet
+            >>> sampler.undecided([0, 3]).tolist()
+            [True, True]
+        """
+        ids_np = (
+            ids.detach().to("cpu").numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
+        ).astype(np.int64, copy=False)
+        current = self._current
+        if current is None or current.undecided is None or current.undecided.size == 0:
+            return np.zeros(ids_np.shape, dtype=bool)
+        found = np.searchsorted(current.undecided, ids_np)
+        found = np.minimum(found, current.undecided.size - 1)
+        return current.undecided[found] == ids_np
+
     def weights(self, ids: Any) -> torch.Tensor:
         """The current epoch's loss weights of the samples ``ids`` (all 1 without ``rescale``).
 
@@ -751,6 +782,11 @@ class ReuseSampler(Sampler[int]):
                 if current is None or current.weights is None
                 else torch.from_numpy(current.weights)
             ),
+            "undecided": (
+                None
+                if current is None or current.undecided is None
+                else torch.from_numpy(current.undecided)
+            ),
             "selector": self.selector.state_dict(),
             "base_generator": (
                 base_gen.get_state() if isinstance(base_gen, torch.Generator) else None
@@ -767,6 +803,9 @@ class ReuseSampler(Sampler[int]):
         decided, from its first index. When the loader had drawn indices ahead of the batches
         trained (a ``DataLoader`` with workers), the epoch continues from the first index the
         score table holds no loss for in that epoch (docs/reuse.md, "Resuming").
+
+        A state marked ``"complete": True`` (a hybrid loader saves the sampler's state so
+        between epochs) ends its epoch: the next iteration starts the next one.
 
         A state saved before ``ReuseEpochStats.skipped`` was renamed ``sifted`` (format
         version 1) loads too.
@@ -795,14 +834,16 @@ class ReuseSampler(Sampler[int]):
         self._resume = False
         self._saved = None
         if state["epoch"] is not None:
-            weights = state["weights"]
+            weights, undecided = state["weights"], state.get("undecided")
             self._current = _Epoch(
                 epoch=int(state["epoch"]),
                 indices=state["indices"].numpy().astype(np.int64, copy=True),
                 weights=None if weights is None else weights.numpy().copy(),
                 started=bool(state["started"]),
+                undecided=None if undecided is None else undecided.numpy().astype(np.int64),
             )
-            self._resume = self._current.started
+            # A state its loader saved between epochs says so: the next iteration starts anew.
+            self._resume = self._current.started and not state.get("complete", False)
 
 
 _RANKS_HERE: weakref.WeakKeyDictionary[ScoreTable, set[tuple[int, int]]] = (

@@ -411,6 +411,9 @@ class ReuseSchedule(_Adapter):
             ``ceil(len(sampler.sampler) / batch_size)`` (per rank for a ``DistributedSampler``).
         drop_last: whether the loader drops each epoch's last incomplete batch.
         total_steps: the step at which the schedule ends, for schedulers that do not know it.
+        loader: in the hybrid mode, the :class:`~smartsift.SiftingDataLoader` around the
+            sampler's loader: it yields fewer batches than the sampler's epoch holds, so the
+            schedule follows the raw batches it pulled (``batch_size`` is then the raw one).
 
     Example:
         >>> import torch
@@ -440,8 +443,14 @@ class ReuseSchedule(_Adapter):
         steps_per_epoch: int | None = None,
         drop_last: bool = False,
         total_steps: int | None = None,
+        loader: Any = None,
     ) -> None:
         _check_scheduler(scheduler)
+        if loader is not None and not hasattr(loader, "raw_batches_in_epoch"):
+            raise TypeError(
+                "Expected `loader` to be the SiftingDataLoader around the sampler's loader (the "
+                f"hybrid mode), or None, but got {type(loader).__name__}."
+            )
         if not hasattr(sampler, "epoch_stats"):
             raise TypeError(
                 f"Expected `sampler` to be a ReuseSampler, but got {type(sampler).__name__}."
@@ -463,6 +472,7 @@ class ReuseSchedule(_Adapter):
         self.steps_per_epoch = steps_per_epoch
         self.drop_last = drop_last
         self.total_steps = total_steps
+        self.loader = loader
         self._steps = 0
         self._done = 0
         self._epoch: int | None = None
@@ -476,6 +486,8 @@ class ReuseSchedule(_Adapter):
         if epoch != self._epoch:
             self._epoch, self._in_epoch = epoch, 0
         self._in_epoch += 1
+        if self.loader is not None:  # the hybrid mode: the raw batches its loader pulled
+            self._in_epoch = int(self.loader.raw_batches_in_epoch)
         batches = plain_steps_per_epoch(len(self.sampler), self.batch_size, 1, self.drop_last)
         return self._advance_to(reuse_target(epoch, self._in_epoch, batches, self.steps_per_epoch))
 
