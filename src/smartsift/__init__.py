@@ -17,6 +17,7 @@ from smartsift.engine.stats import SiftStats
 from smartsift.modes.loader import SiftingDataLoader
 from smartsift.modes.reuse import ReuseEpochStats, ReuseSampler
 from smartsift.modes.schedules import DataSchedule, ReuseSchedule
+from smartsift.modes.scores import ClassNormalised
 from smartsift.modes.scoring import LossFunctionError
 from smartsift.modes.table import ScoreTable
 from smartsift.policies import (
@@ -36,6 +37,7 @@ from smartsift.tools.report import plot_report
 __all__ = [
     "Auto",
     "BatchTransform",
+    "ClassNormalised",
     "DataSchedule",
     "EpochRecord",
     "Guarded",
