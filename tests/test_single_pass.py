@@ -204,3 +204,24 @@ def test_the_benchmark_is_registered() -> None:
     from benchmarks import run as bench_run
 
     assert "single_pass" in bench_run.BENCHMARKS and "single_pass" in bench_run.available()
+
+
+def _row(name: str, score: str | None, read: float, final: float, gain: float, noisy: float):
+    return sp.Row(name, score, read, [final], [read], [0.0], [gain], [noisy], [100])
+
+
+@pytest.mark.parametrize("flipped", [0.0, 0.2])
+def test_the_report_says_why_no_setting_beat_the_frontier(flipped: float) -> None:
+    table = [
+        _row(sp.PLAIN_FULL, None, 1, 0.90, 0.0, flipped),
+        _row("plain 2x", None, 2, 0.95, 0.0, flipped),
+        _row("loss 2", "loss", 2, 0.91, -0.03, 2 * flipped),
+        _row("reducible 2", "reducible", 2, 0.85, -0.10, flipped),
+    ]
+    text = sp.why_not(table, [0.5])
+    assert "gains +5.00 points from reading 2x" in text
+    assert "50.0 % test accuracy against plain 1x's 90.0 %" in text
+    assert "ends below the loss at every ratio" in text
+    assert ("40.0 % of the samples" in text) == (flipped > 0)
+    table[3] = _row("reducible 2", "reducible", 2, 0.93, 0.01, flipped)
+    assert "ends below the loss" not in sp.why_not(table, [0.5])
