@@ -321,3 +321,17 @@ def test_a_reuse_schedule_that_follows_the_hybrid_loader_ends_with_training(
         assert schedule.steps < epochs * steps_per_epoch and last_lr > 1e-4
     with pytest.raises(TypeError, match="SiftingDataLoader"):
         ss.ReuseSchedule(cosine, sampler, batch_size=BS, loader=object())
+
+
+def test_the_length_counts_the_decided_samples_whole_and_the_undecided_at_the_keep() -> None:
+    data = _data()
+    model, opt, table, sampler, loader, scorer = _build(data, max_age=None)
+    loader.set_epoch(0)
+    assert len(loader) == 4  # epoch 0: all undecided, keep 0.4 of 10 raw batches of 16
+    _train(model, opt, table, loader, scorer)
+    loader.set_epoch(1)
+    second = len(loader)  # epoch 1: all decided from the table; every one of them passes
+    stats = sampler.stats
+    assert stats is not None and stats.epoch == 1 and stats.passed == 0
+    steps = _train(model, opt, table, loader, scorer)
+    assert second == len(steps) == -(-stats.kept // BS)

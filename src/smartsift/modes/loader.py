@@ -361,7 +361,8 @@ class SiftingDataLoader:
         """An estimate of the refined batches of one epoch, exact when nothing is sifted.
 
         It assumes the policy keeps its nominal fraction (``policy.expected_keep``) of every
-        scored raw batch of ``len(dataloader)`` batches of the wrapped loader's batch size; the
+        scored raw batch of ``len(dataloader)`` batches of the wrapped loader's batch size (in
+        hybrid mode, of the samples the sampler left undecided: the others all pass); the
         realised number of batches varies with the losses. It is a planning figure for progress
         bars, not a step count to size a learning-rate schedule with.
         """
@@ -378,6 +379,10 @@ class SiftingDataLoader:
         if not raw_bs or not bs:
             return n_raw
         keep = self.policy.expected_keep
+        decided = None if self._hybrid is None else self._hybrid.sampler.stats
+        if decided is not None and decided.trained:
+            # The hybrid mode: the samples decided from the table all pass; the rest are sifted.
+            keep = (decided.kept + decided.passed * keep) / decided.trained
         return estimate_batches(n_raw, delay, raw_bs, bs, keep, self.drop_last)
 
     def __iter__(self) -> Iterator[Any]:
