@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import math
 import multiprocessing
 import os
@@ -48,6 +49,7 @@ __all__ = [
     "fmt_ratio",
     "fmt_spread",
     "machine",
+    "main_as_module",
     "markdown_table",
     "median_spread",
 ]
@@ -173,3 +175,14 @@ def fmt_spread(values: Sequence[float], fmt: str = "{:.2f}", unit: str = "") -> 
 def fmt_ratio(values: Sequence[float]) -> str:
     """``median (min–max)`` of ratios, with an ``x``; 0 means the target was never reached."""
     return fmt_spread(values, "{:.2f}", "x")
+
+
+def main_as_module(name: str) -> None:
+    """Runs the ``main()`` of benchmark module ``name`` through its importable module.
+
+    ``python -m benchmarks.X`` runs the file as ``__main__``: measurements it pickles into a
+    results cache would name their classes ``__main__.Y``, which ``python -m benchmarks.run``
+    cannot load later. Each benchmark's ``if __name__ == "__main__":`` calls this instead of
+    its own ``main()``.
+    """
+    importlib.import_module(name).main()

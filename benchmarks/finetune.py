@@ -74,7 +74,15 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import smartsift as ss
-from benchmarks.common import IMG_DIR, Section, Target, fmt_spread, markdown_table, run_jobs
+from benchmarks.common import (
+    IMG_DIR,
+    Section,
+    Target,
+    fmt_spread,
+    main_as_module,
+    markdown_table,
+    run_jobs,
+)
 from benchmarks.demo import ConvNet, MnistData, evaluate, mnist1d_task
 from benchmarks.frontier import control_name, frontier_at, work_curve
 from benchmarks.harness import (
@@ -1519,8 +1527,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    # Through the package's module, so that the saved measurements name their classes by it
-    # (run as a script, they would name this file's `__main__`, which a later run cannot load).
-    from benchmarks import finetune
-
-    finetune.main()
+    main_as_module("benchmarks.finetune")

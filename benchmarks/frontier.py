@@ -67,7 +67,15 @@ from torch.utils.data import ConcatDataset, DataLoader, TensorDataset
 
 import smartsift as ss
 from benchmarks import charlm
-from benchmarks.common import IMG_DIR, Section, Target, fmt_spread, markdown_table, run_jobs
+from benchmarks.common import (
+    IMG_DIR,
+    Section,
+    Target,
+    fmt_spread,
+    main_as_module,
+    markdown_table,
+    run_jobs,
+)
 from benchmarks.demo import DemoConfig, MnistData, make_mnist1d, mnist1d_task
 from benchmarks.harness import (
     PolicyFactory,
@@ -1257,4 +1265,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main_as_module("benchmarks.frontier")

@@ -66,7 +66,15 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 import smartsift as ss
-from benchmarks.common import IMG_DIR, Section, Target, fmt_spread, markdown_table, run_jobs
+from benchmarks.common import (
+    IMG_DIR,
+    Section,
+    Target,
+    fmt_spread,
+    main_as_module,
+    markdown_table,
+    run_jobs,
+)
 from benchmarks.demo import ConvNet
 from benchmarks.frontier import BENCHES, PLAIN, Setting, control_name, frontier_at, work_curve
 from benchmarks.harness import Reuse, RunResult, Task, TrainingRun, runs_figure, train_side_by_side
@@ -1070,4 +1078,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main_as_module("benchmarks.reuse_study")

@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import smartsift as ss
-from benchmarks.common import Section, Target, fmt_spread, markdown_table, run_jobs
+from benchmarks.common import Section, Target, fmt_spread, main_as_module, markdown_table, run_jobs
 from benchmarks.demo import ConvNet, evaluate, make_mnist1d
 from benchmarks.frontier import frontier_at
 from benchmarks.harness import Task, TrainingRun, seeded, train_side_by_side
@@ -833,4 +833,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main_as_module("benchmarks.single_pass")

@@ -48,7 +48,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 import smartsift as ss
-from benchmarks.common import Section, Target, fmt_spread, markdown_table, run_jobs
+from benchmarks.common import Section, Target, fmt_spread, main_as_module, markdown_table, run_jobs
 from benchmarks.demo import make_mnist1d, mnist1d_task
 from benchmarks.harness import Reuse, Task, TrainingRun, train_side_by_side
 from benchmarks.noise import NOISE, flip_labels
@@ -656,4 +656,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main_as_module("benchmarks.weighting")
