@@ -147,11 +147,6 @@ def test_profile_with_epochs_advises_a_mode(
     assert (figures["epochs"], figures["keep"], figures["dataset_size"]) == (1, 0.5, 128)
     assert figures["map_style"] is True and figures["mode"] in ("scoring", "none")
     assert "single epoch" in figures["mode_reason"]
-    assert main([*argv, "--epochs", "4", "--pretrained", "--json"]) == 0
-    figures = json.loads(capsys.readouterr().out)
-    # Fine-tuning: the hybrid mode where its pass is cheap enough, else loss reuse.
-    assert figures["mode"] in ("hybrid", "reuse")
-    assert ("hybrid mode" in figures["mode_reason"]) == (figures["mode"] == "hybrid")
 
 
 @pytest.mark.parametrize(
@@ -159,7 +154,6 @@ def test_profile_with_epochs_advises_a_mode(
     [
         (["--epochs", "0"], "--epochs must be an int of at least 1"),
         (["--keep", "0.5"], "--keep K needs --epochs N"),
-        (["--pretrained"], "--pretrained needs --epochs N"),
         (["--epochs", "4", "--keep", "1.5"], "--keep must be a fraction in (0, 1], but got 1.5"),
         (["--epochs", "4", "--keep", "0"], "--keep must be a fraction in (0, 1]"),
     ],

@@ -20,7 +20,6 @@ from smartsift.tools.profiling import (
     SIFTING_CAVEAT,
     ProfileReport,
     advise_mode,
-    hybrid_run_speedup,
     loss_concentration,
     reuse_run_speedup,
 )
@@ -534,27 +533,6 @@ def test_advise_mode_rejects_bad_arguments(kwargs: dict[str, Any], match: str) -
     error = TypeError if "map_style" in kwargs else ValueError
     with pytest.raises(error, match=match):
         advise_mode(args.pop("f_over_t"), **args)
-
-
-def test_a_pretrained_model_gets_the_hybrid_mode_where_it_beats_loss_reuse_over_the_run() -> None:
-    advice = advise_mode(0.25, epochs=4, map_style=True, keep=0.3, pretrained=True)
-    assert advice.mode == "hybrid"
-    assert advice.hybrid_run_speedup == pytest.approx(hybrid_run_speedup(4, 0.3, 0.25))
-    assert advice.hybrid_run_speedup > advice.reuse_run_speedup  # 2.76x against 2.11x
-    for figure in ("0.25 of a training step", "2.76x over the 4 epochs", "against 2.11x"):
-        assert figure in advice.reason
-    # Its first epoch costs F/T + keep: at or above 1 it saves nothing there, so loss reuse.
-    costly = advise_mode(0.7, epochs=4, map_style=True, keep=0.3, pretrained=True)
-    assert costly.mode == "reuse" and costly.hybrid_run_speedup <= costly.reuse_run_speedup
-    # Without pretraining, and on data seen once, the advice is what it was.
-    assert advise_mode(0.25, epochs=4, map_style=True, keep=0.3).mode == "reuse"
-    assert advise_mode(0.25, epochs=4, map_style=True, keep=0.3).hybrid_run_speedup is None
-    assert advise_mode(0.25, epochs=1, map_style=True, keep=0.3, pretrained=True).mode == "scoring"
-    with pytest.raises(TypeError, match="pretrained"):
-        advise_mode(0.25, epochs=4, map_style=True, pretrained="yes")  # type: ignore[arg-type]
-    report = _report(dataset_size=500, map_style=True, pretrained=True)
-    assert report.advise_mode(epochs=4).mode == "hybrid"  # F/T = 1.1 / 3.5 = 0.31
-    assert report.advise_mode(epochs=4, pretrained=False).mode == "reuse"
 
 
 def test_report_advises_from_its_own_costs() -> None:

@@ -6,9 +6,8 @@ the function takes no arguments and returns ``(model, dataloader, loss_fn, optim
 or a path to a ``.py`` file. ``--num-classes N`` tells it a classifier's number of classes, so
 that the report can tell an untrained network (loss near ``log N``) from one that has learnt.
 ``--epochs N`` tells it how many epochs the run will train: the report then advises which mode
-to sift with (loss reuse, the hybrid mode, the scoring pass, or none) and why, at the kept
-fraction ``--keep K`` (default 0.3); ``--pretrained`` says the model starts from weights fit to
-related data (fine-tuning), where the hybrid mode can sift the first epoch.
+to sift with (loss reuse, the scoring pass, or none) and why, at the kept fraction ``--keep K``
+(default 0.3).
 
 The MNIST-1D demo is not part of the package: from a checkout of the repository, ``make demo``
 or ``python -m benchmarks.demo`` runs it, and
@@ -122,12 +121,6 @@ def _parser() -> argparse.ArgumentParser:
         metavar="K",
         help=f"the kept fraction that advice assumes, in (0, 1] (default {ADVICE_KEEP:g})",
     )
-    prof.add_argument(
-        "--pretrained",
-        action="store_true",
-        help="the model starts from weights fit to related data (fine-tuning): the mode advice "
-        "then weighs the hybrid mode, whose scoring pass can sift the first epoch",
-    )
     prof.add_argument("--json", action="store_true", help="print the figures as JSON")
     prof.set_defaults(func=_profile)
     return parser
@@ -159,11 +152,6 @@ def _profile(args: argparse.Namespace) -> int:
             f"among), but got {args.num_classes}; leave it out for other models."
         )
     _check_mode_options(args.epochs, args.keep)
-    if args.pretrained and args.epochs is None:
-        raise _UsageError(
-            "--pretrained needs --epochs N: it changes the mode advice, which is given for a "
-            "known number of epochs."
-        )
     model, dataloader, loss_fn, optimizer = _call_target(args.target)
     report = profile(
         model,
@@ -176,7 +164,6 @@ def _profile(args: argparse.Namespace) -> int:
         num_classes=args.num_classes,
         epochs=args.epochs,
         keep=ADVICE_KEEP if args.keep is None else args.keep,
-        pretrained=args.pretrained,
     )
     if args.json:
         figures = {

@@ -97,7 +97,6 @@ __all__ = [
     "ModeAdvice",
     "ProfileReport",
     "advise_mode",
-    "hybrid_run_speedup",
     "loss_concentration",
     "profile",
     "reuse_run_speedup",
@@ -118,9 +117,8 @@ NEAR_CHANCE = 0.8
 network has barely learnt; too early to judge."""
 
 
-Mode = Literal["reuse", "hybrid", "scoring", "none"]
-"""What :func:`advise_mode` can advise: loss reuse, the hybrid mode, the scoring pass, or plain
-training."""
+Mode = Literal["reuse", "scoring", "none"]
+"""What :func:`advise_mode` can advise: loss reuse, the scoring pass, or plain training."""
 
 ADVICE_KEEP = 0.3
 """The kept fraction the mode advice assumes unless told: the stated keep at which the
@@ -141,8 +139,7 @@ class ModeAdvice:
     """Which mode to sift with, if any, and why (see :func:`advise_mode`).
 
     Attributes:
-        mode: ``"reuse"`` (``ss.ReuseSampler`` with ``ss.ScoreTable``), ``"hybrid"`` (a
-            ``ss.SiftingDataLoader`` around a loader over the ``ReuseSampler``), ``"scoring"``
+        mode: ``"reuse"`` (``ss.ReuseSampler`` with ``ss.ScoreTable``), ``"scoring"``
             (``ss.SiftingDataLoader``) or ``"none"`` (train plain).
         reason: one sentence with the figures behind the choice.
         scoring_speedup: the scoring pass's predicted per-epoch speedup at ``keep``,
@@ -155,9 +152,6 @@ class ModeAdvice:
         keep: the kept fraction assumed.
         epochs: the epochs of the run.
         caveat: what sifting costs in either mode (:data:`SIFTING_CAVEAT`).
-        hybrid_run_speedup: the hybrid mode over the whole run when the model is pretrained,
-            its first epoch sifted by the scoring pass (:func:`hybrid_run_speedup`); None
-            otherwise.
 
     Example:
         >>> advice = advise_mode(0.25, epochs=10, map_style=True, keep=0.5)
@@ -173,7 +167,6 @@ class ModeAdvice:
     keep: float
     epochs: int
     caveat: str = SIFTING_CAVEAT
-    hybrid_run_speedup: float | None = None
 
     def __str__(self) -> str:
         return f"{self.reason} {self.caveat}"
@@ -187,9 +180,8 @@ def advise_mode(
     keep: float = ADVICE_KEEP,
     samples: int | None = None,
     data_over_t: float = 0.0,
-    pretrained: bool = False,
 ) -> ModeAdvice:
-    """Advises loss reuse, the hybrid mode, the scoring pass or plain training.
+    """Advises loss reuse, the scoring pass or plain training, from the costs and the data.
 
     The rule: loss reuse decides an epoch from the losses the training step recorded, so it
     needs samples that come back: a map-style dataset (a sampler skips indices before loading)
@@ -199,10 +191,7 @@ def advise_mode(
     fewer epochs where the scoring pass rarely did; unless ``1 / keep`` is below
     :data:`MIN_SPEEDUP`, when nothing pays. On data seen once, the scoring pass is advised
     only where its predicted per-epoch speedup reaches :data:`MIN_SPEEDUP`, else plain
-    training. A ``pretrained`` model (fine-tuning: its losses mean something from the first
-    step) on data that comes back is advised the hybrid mode where it beats loss reuse over the
-    run, that is where ``F/T + keep < 1``: its scoring pass sifts the first epoch, which loss
-    reuse trains whole (:func:`hybrid_run_speedup`).
+    training.
 
     Args:
         f_over_t: the scoring pass (and the sifting machinery) per sample over a training step
@@ -215,8 +204,6 @@ def advise_mode(
         samples: the dataset's size, if known: the reason then counts the sample-steps trained.
         data_over_t: data loading per sample over ``T``, at least 0 (the scoring pass loads
             every sample; loss reuse only the kept ones).
-        pretrained: whether the model starts from weights already fit to related data
-            (fine-tuning), so that a scoring pass can judge samples from the first step.
 
     Returns:
         A :class:`ModeAdvice`; ``str(advice)`` is its reason and its caveat.
@@ -230,14 +217,11 @@ def advise_mode(
         'reuse'
         >>> advise_mode(0.25, epochs=1, map_style=True, keep=0.3).mode
         'scoring'
-        >>> advise_mode(0.25, epochs=4, map_style=True, keep=0.3, pretrained=True).mode
-        'hybrid'
         >>> print(advise_mode(0.8, epochs=12, map_style=False, keep=0.3).reason)
         ... # doctest: +ELLIPSIS
         Train plain: loss reuse cannot work because the dataset is iterable, not map-style ...
     """
     _check_advice_args(f_over_t, epochs, map_style, keep, samples, data_over_t)
-    check_instance("pretrained", pretrained, bool, "a bool (True when fine-tuning)")
     scoring = predicted_speedup(1.0, keep, f_over_t, data_over_t)
     cost = (
         f"the scoring pass costs {f_over_t:.2f} of a training step per sample, so keeping "
@@ -262,18 +246,6 @@ def advise_mode(
             f"{reuse:.2f}x faster per epoch and the scoring pass {scoring:.2f}x, {threshold}."
         )
         return ModeAdvice("none", reason, scoring, reuse, run, keep, epochs)
-    hybrid = hybrid_run_speedup(epochs, keep, f_over_t) if pretrained else None
-    if hybrid is not None and hybrid > run:
-        reason = (
-            f"Use the hybrid mode (ss.SiftingDataLoader around a DataLoader over ss.ReuseSampler,"
-            f" sift_delay=0): the model is pretrained, so its losses are informative from the "
-            f"first step; the scoring pass, which costs {f_over_t:.2f} of a training step per "
-            f"sample, sifts the first epoch (and later the stale samples) where loss reuse "
-            f"trains it whole, for {hybrid:.2f}x over the {epochs} epochs against {run:.2f}x."
-        )
-        return ModeAdvice(
-            "hybrid", reason, scoring, reuse, run, keep, epochs, hybrid_run_speedup=hybrid
-        )
     work = ""
     if samples is not None:
         trained = samples * (1 + (epochs - 1) * keep)
@@ -285,19 +257,7 @@ def advise_mode(
         f"{epochs} epochs{work}), while the scoring pass, which costs {f_over_t:.2f} of a "
         f"training step per sample, would give only {scoring:.2f}x per epoch."
     )
-    return ModeAdvice("reuse", reason, scoring, reuse, run, keep, epochs, hybrid_run_speedup=hybrid)
-
-
-def hybrid_run_speedup(epochs: int, keep: float, f_over_t: float) -> float:
-    """The hybrid mode's speedup over a run from pretrained weights:
-    ``epochs / (F/T + keep + (epochs - 1) * keep)``: its first epoch is scored and sifted, the
-    later ones decided from the table (their stale samples, scored again, left out).
-
-    Example:
-        >>> round(hybrid_run_speedup(4, 0.3, 0.25), 2), round(reuse_run_speedup(4, 0.3), 2)
-        (2.76, 2.11)
-    """
-    return epochs / (f_over_t + keep + (epochs - 1) * keep)
+    return ModeAdvice("reuse", reason, scoring, reuse, run, keep, epochs)
 
 
 def reuse_run_speedup(epochs: int, keep: float) -> float:
@@ -369,8 +329,6 @@ class ProfileReport:
         epochs: the epochs the run will train, when given: ``str(report)`` then advises a mode
             (:meth:`advise_mode`).
         keep: the kept fraction the mode advice assumes (:data:`ADVICE_KEEP` by default).
-        pretrained: whether the model starts from weights fit to related data (fine-tuning),
-            as the mode advice assumes.
 
     Example:
         >>> report = ProfileReport(data_s=0.0, scoring_s=1.0, selection_s=0.0, forward_s=1.0,
@@ -397,7 +355,6 @@ class ProfileReport:
     map_style: bool | None = None
     epochs: int | None = None
     keep: float = ADVICE_KEEP
-    pretrained: bool = False
 
     @property
     def too_early(self) -> bool:
@@ -540,7 +497,6 @@ class ProfileReport:
         *,
         samples: int | None = None,
         map_style: bool | None = None,
-        pretrained: bool | None = None,
     ) -> ModeAdvice:
         """Which mode to sift with, if any: :func:`advise_mode` with this pilot's costs.
 
@@ -554,8 +510,6 @@ class ProfileReport:
             keep: the kept fraction, in (0, 1].
             samples: the dataset's size.
             map_style: whether the dataset is map-style.
-            pretrained: whether the model starts from weights fit to related data (default:
-                the report's, as given to :func:`profile`).
 
         Raises:
             ValueError: when ``epochs`` or ``map_style`` is neither given nor known, or an
@@ -595,7 +549,6 @@ class ProfileReport:
             keep=self.keep if keep is None else keep,
             samples=self.dataset_size if samples is None else samples,
             data_over_t=self.data_s / self.step_s,
-            pretrained=self.pretrained if pretrained is None else pretrained,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -690,7 +643,6 @@ def profile(
     num_classes: int | None = None,
     epochs: int | None = None,
     keep: float = ADVICE_KEEP,
-    pretrained: bool = False,
     reference: ReferenceLike | None = None,
     id_key: IdKey | None = None,
 ) -> ProfileReport:
@@ -729,8 +681,6 @@ def profile(
         epochs: the epochs the run will train, if known: the report then advises a mode
             (loss reuse, the scoring pass or none; :meth:`ProfileReport.advise_mode`).
         keep: the kept fraction that advice assumes, in (0, 1].
-        pretrained: whether the model starts from weights fit to related data (fine-tuning),
-            for that advice (the hybrid mode can then sift the first epoch).
         reference, id_key: the loader options of those names (a reducible score,
             ``loss - reference``): the reference's cost is timed as part of the scoring pass,
             and the machinery ranks the scores, as the loader does.
@@ -758,7 +708,6 @@ def profile(
     if num_classes is not None:
         check_int("num_classes", num_classes, 2)
     check_optional_int("epochs", epochs, 1)
-    check_instance("pretrained", pretrained, bool, "a bool (True when fine-tuning)")
     check_fraction("keep", keep, low_open=True)
     ref = None if reference is None else Reference(reference, id_key)
     policy = RelativeProbabilistic() if policy is None else policy
@@ -819,7 +768,6 @@ def profile(
         map_style=_is_map_style(dataloader),
         epochs=epochs,
         keep=keep,
-        pretrained=pretrained,
     )
 
 
