@@ -475,6 +475,7 @@ def test_many_epochs_of_map_style_data_get_loss_reuse_with_its_figures() -> None
     assert advice.reuse_speedup == pytest.approx(1 / 0.3)
     assert advice.reuse_run_speedup == pytest.approx(12 / (1 + 11 * 0.3))
     assert advice.scoring_speedup == pytest.approx(1 / 0.55)
+    assert "hybrid mode" in advice.reason  # why it is not the advice
     for figure in ("seen 12 times", "3.33x faster", "2.79x over the 12 epochs", "only 1.82x"):
         assert figure in advice.reason
     # The first epoch trains all 16 000, the 11 after it 30 % of them.
