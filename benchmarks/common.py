@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import math
 import multiprocessing
@@ -32,6 +33,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -46,6 +48,7 @@ __all__ = [
     "ROOT",
     "Section",
     "Target",
+    "benchmark_main",
     "fmt_ratio",
     "fmt_spread",
     "machine",
@@ -186,3 +189,30 @@ def main_as_module(name: str) -> None:
     its own ``main()``.
     """
     importlib.import_module(name).main()
+
+
+def benchmark_main(
+    run: Callable[..., Section],
+    doc: str | None,
+    argv: list[str] | None,
+    smoke_figures: str | None = None,
+) -> None:
+    """A benchmark's command line: ``--smoke`` (a tiny configuration) and ``--jobs N`` (worker
+    processes); prints the section ``run`` returns.
+
+    Args:
+        run: the benchmark's ``run(smoke, [img_dir,] jobs=...)``.
+        doc: the module's docstring (its first line describes the command).
+        argv: the arguments (None: the process's).
+        smoke_figures: for a benchmark that draws figures, the prefix of a fresh temporary
+            folder a smoke run writes them to, so that it never overwrites docs/img.
+    """
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="a tiny, fast configuration")
+    parser.add_argument("--jobs", type=int, default=None, help="worker processes")
+    args = parser.parse_args(argv)
+    if smoke_figures is None:
+        print(run(args.smoke, jobs=args.jobs).markdown())
+        return
+    img_dir = Path(tempfile.mkdtemp(prefix=f"{smoke_figures}-smoke-")) if args.smoke else None
+    print(run(args.smoke, img_dir=img_dir, jobs=args.jobs).markdown())

@@ -54,7 +54,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import math
@@ -62,7 +61,6 @@ import os
 import pickle
 import random
 import statistics
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -78,6 +76,7 @@ from benchmarks.common import (
     IMG_DIR,
     Section,
     Target,
+    benchmark_main,
     fmt_spread,
     main_as_module,
     markdown_table,
@@ -1518,12 +1517,7 @@ def run(smoke: bool = False, img_dir: Path | None = None, jobs: int | None = Non
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="a tiny, fast configuration")
-    parser.add_argument("--jobs", type=int, default=None, help="worker processes")
-    args = parser.parse_args(argv)
-    img_dir = Path(tempfile.mkdtemp(prefix="finetune-smoke-")) if args.smoke else None
-    print(run(args.smoke, img_dir=img_dir, jobs=args.jobs).markdown())
+    benchmark_main(run, __doc__, argv, smoke_figures="finetune")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,6 @@ there, and a later run with the file present renders the report from them withou
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import itertools
@@ -71,6 +70,7 @@ from benchmarks.common import (
     IMG_DIR,
     Section,
     Target,
+    benchmark_main,
     fmt_spread,
     main_as_module,
     markdown_table,
@@ -1257,11 +1257,7 @@ def _run(smoke: bool, img_dir: Path, jobs: int) -> Section:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="a tiny, fast configuration")
-    parser.add_argument("--jobs", type=int, default=None, help="worker processes")
-    args = parser.parse_args(argv)
-    print(run(args.smoke, jobs=args.jobs).markdown())
+    benchmark_main(run, __doc__, argv)
 
 
 if __name__ == "__main__":

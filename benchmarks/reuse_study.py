@@ -46,14 +46,12 @@ a later run with the file present renders the report from them without training.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import math
 import os
 import pickle
 import statistics
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -70,6 +68,7 @@ from benchmarks.common import (
     IMG_DIR,
     Section,
     Target,
+    benchmark_main,
     fmt_spread,
     main_as_module,
     markdown_table,
@@ -1069,12 +1068,7 @@ def run(smoke: bool = False, img_dir: Path | None = None, jobs: int | None = Non
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="a tiny, fast configuration")
-    parser.add_argument("--jobs", type=int, default=None, help="worker processes")
-    args = parser.parse_args(argv)
-    img_dir = Path(tempfile.mkdtemp(prefix="reuse-study-smoke-")) if args.smoke else None
-    print(run(args.smoke, img_dir=img_dir, jobs=args.jobs).markdown())
+    benchmark_main(run, __doc__, argv, smoke_figures="reuse-study")
 
 
 if __name__ == "__main__":

@@ -39,14 +39,12 @@ and a later run with the file present renders the report from them without train
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import math
 import os
 import pickle
 import statistics
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +58,7 @@ from benchmarks.common import (
     IMG_DIR,
     Section,
     Target,
+    benchmark_main,
     fmt_spread,
     main_as_module,
     markdown_table,
@@ -890,12 +889,7 @@ def run(smoke: bool = False, img_dir: Path | None = None, jobs: int | None = Non
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="a tiny, fast configuration")
-    parser.add_argument("--jobs", type=int, default=None, help="worker processes")
-    args = parser.parse_args(argv)
-    img_dir = Path(tempfile.mkdtemp(prefix="reuse-tasks-smoke-")) if args.smoke else None
-    print(run(args.smoke, img_dir=img_dir, jobs=args.jobs).markdown())
+    benchmark_main(run, __doc__, argv, smoke_figures="reuse-tasks")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import math
@@ -63,7 +62,15 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import smartsift as ss
-from benchmarks.common import Section, Target, fmt_spread, main_as_module, markdown_table, run_jobs
+from benchmarks.common import (
+    Section,
+    Target,
+    benchmark_main,
+    fmt_spread,
+    main_as_module,
+    markdown_table,
+    run_jobs,
+)
 from benchmarks.demo import ConvNet, evaluate, make_mnist1d
 from benchmarks.frontier import frontier_at
 from benchmarks.harness import Task, TrainingRun, seeded, train_side_by_side
@@ -825,11 +832,7 @@ def run(smoke: bool = False, jobs: int | None = None) -> Section:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="a tiny, fast configuration")
-    parser.add_argument("--jobs", type=int, default=None, help="worker processes")
-    args = parser.parse_args(argv)
-    print(run(args.smoke, jobs=args.jobs).markdown())
+    benchmark_main(run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import functools
 import math
 import os
@@ -48,7 +47,15 @@ import torch
 from torch.utils.data import TensorDataset
 
 import smartsift as ss
-from benchmarks.common import Section, Target, fmt_spread, main_as_module, markdown_table, run_jobs
+from benchmarks.common import (
+    Section,
+    Target,
+    benchmark_main,
+    fmt_spread,
+    main_as_module,
+    markdown_table,
+    run_jobs,
+)
 from benchmarks.demo import make_mnist1d, mnist1d_task
 from benchmarks.harness import Reuse, Task, TrainingRun, train_side_by_side
 from benchmarks.noise import NOISE, flip_labels
@@ -648,11 +655,7 @@ def run(smoke: bool = False, jobs: int | None = None) -> Section:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="a tiny, fast configuration")
-    parser.add_argument("--jobs", type=int, default=None, help="worker processes")
-    args = parser.parse_args(argv)
-    print(run(args.smoke, jobs=args.jobs).markdown())
+    benchmark_main(run, __doc__, argv)
 
 
 if __name__ == "__main__":
