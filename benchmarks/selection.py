@@ -758,7 +758,7 @@ def lossless_sentence(key: str, candidates: Sequence[Lossless], spread: float) -
         )
     return (
         f"On {title}: **no candidate is lossless** (at most {LOSSLESS_SHARE:.0%} of plain's "
-        f"work and within the spread, {_pts(spread, False)}); the nearest plain's final: "
+        f"work and within the spread, {_pts(spread, False)}); the nearest to plain's final: "
         f"{best.describe()}."
     )
 
