@@ -316,6 +316,7 @@ class Reuse:
     score: Any = "loss"
     reference: Sequence[float] | torch.Tensor | None = None
     hybrid: bool = False
+    explore: float | Callable[[int], float] = 0.0
 
 
 @dataclass(frozen=True)
@@ -764,6 +765,7 @@ def _reuse_sampler(
         max_weight=reuse.max_weight,
         epochs=epochs,
         anneal=reuse.anneal,
+        explore=reuse.explore,
         seed=seed,
     )
 

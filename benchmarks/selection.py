@@ -15,8 +15,14 @@ own complete schedule); at keep 0.3 and 0.5, loss-reuse arms with ``max_age=3``:
 - ``Uniform``: ``Uniform(keep=k)``, a fresh random subset each epoch (the control);
 - ``TopK``: ``TopK(keep=k)``, a hard cut instead of a soft one;
 - ``change``: ``RelativeProbabilistic(keep=k)`` on how far the loss moved (``score="change"``);
+- ``trend``: ``RelativeProbabilistic(keep=k)`` on which way the loss moved (``score="trend"``:
+  rising losses, samples being forgotten, first);
 - ``class``: ``RelativeProbabilistic(keep=k)`` on the loss over its class's median
   (``score=ss.ClassNormalised(labels)``);
+- ``explore``: ``loss`` with an exploration share: a random fifth of the decided candidates is
+  trained undecided each epoch (``explore=0.2``), so some randomness is never sifted away;
+- ``keep early`` and ``keep late``: ``loss`` with a keep schedule, an exploration share ramping
+  from 0.6 down to 0 over the run (more kept early) or from 0 up to 0.6 (more kept late);
 
 the lossless candidates: ``RelativeProbabilistic`` at keep 0.3 and 0.4 with ``anneal=0.1``,
 ``InfoBatch(prune=0.7)`` with its own sampler settings (``InfoBatch.reuse_kwargs``: ``1/p``
@@ -92,9 +98,13 @@ SEEDS = (0, 1, 2)
 KEEPS = (0.3, 0.5)
 BASE = "loss"
 UNIFORM = "Uniform"
-CHOICES = (BASE, "TopK", "change", "class")
+CHOICES = (BASE, "TopK", "change", "trend", "class", "explore", "keep early", "keep late")
 """The ways of choosing compared with ``Uniform`` and with each other; the first is the
-baseline."""
+baseline. ``explore``, ``keep early`` and ``keep late`` decide on the last loss as ``loss``
+does, with an exploration share (:data:`EXPLORE`, :data:`RAMP`) trained undecided."""
+EXPLORE = 0.2  # the exploration share of `explore`: decided candidates trained at random
+RAMP = 0.6  # `keep early` trains this share undecided in its first sifted epoch, down to 0;
+# `keep late` from 0 up to it in the last epoch
 INFOBATCH = "InfoBatch"
 LOSSLESS_SHARE = 0.5  # a lossless candidate trains at most this share of plain's samples
 RESULTS_ENV = "SMARTSIFT_SELECTION_RESULTS"
@@ -153,11 +163,36 @@ class Arm:
             kwargs.pop("epochs")  # the run passes its own
             return Reuse(**kwargs)
         score: Any = "loss"
-        if self.kind == "change":
-            score = "change"
+        if self.kind in ("change", "trend"):
+            score = self.kind
         elif self.kind == "class":
             score = ss.ClassNormalised(labels)
-        return Reuse(max_age=self.max_age, anneal=self.anneal, score=score)
+        explore: Any = 0.0
+        if self.kind == "explore":
+            explore = EXPLORE
+        elif self.kind in ("keep early", "keep late"):
+            start, end = (RAMP, 0.0) if self.kind == "keep early" else (0.0, RAMP)
+            explore = Ramp(start, end, epochs)
+        return Reuse(max_age=self.max_age, anneal=self.anneal, score=score, explore=explore)
+
+
+@dataclass(frozen=True)
+class Ramp:
+    """An exploration share by epoch, linear from ``start`` at epoch 1 (the first that decides)
+    to ``end`` at the last epoch: a keep schedule for ``ReuseSampler(explore=...)``.
+
+    Example:
+        >>> [round(Ramp(0.6, 0.0, 4)(e), 2) for e in range(1, 4)]
+        [0.6, 0.3, 0.0]
+    """
+
+    start: float
+    end: float
+    epochs: int
+
+    def __call__(self, epoch: int) -> float:
+        span = max(1, self.epochs - 2)
+        return self.start + (self.end - self.start) * min(1.0, max(0, epoch - 1) / span)
 
 
 ARMS: tuple[Arm, ...] = (

@@ -335,3 +335,15 @@ def test_the_length_counts_the_decided_samples_whole_and_the_undecided_at_the_ke
     assert stats is not None and stats.epoch == 1 and stats.passed == 0
     steps = _train(model, opt, table, loader, scorer)
     assert second == len(steps) == -(-stats.kept // BS)
+
+
+def test_the_exploration_share_is_trained_not_scored() -> None:
+    data = _data()
+    model, opt, table, sampler, loader, scorer = _build(data, max_age=None, explore=0.5)
+    _train(model, opt, table, loader, scorer)  # epoch 0: all scored by the pass
+    scorer.scored.clear()
+    trained = [i for step in _train(model, opt, table, loader, scorer) for i in step]
+    stats = sampler.stats
+    assert stats is not None and stats.epoch == 1 and stats.explored > N // 4
+    assert scorer.scored == []  # nothing stale or new; the explored pass through unscored
+    assert len(trained) == stats.trained == stats.explored + stats.kept

@@ -865,3 +865,56 @@ def test_loss_reuse_trains_a_model_sharded_with_fsdp() -> None:
     r0, r1 = run_ranks(_fsdp_job, 2, timeout=120)
     assert r0 == r1  # the same steps, table and decisions on both ranks
     assert r0["steps"][0] == 6 and r0["steps"][1] == r0["steps"][2] == 3  # half skipped
+
+
+# ---------------------------------------------------------------- exploration and trend
+
+
+def _explored_epoch(explore: Any, seed: int = 0) -> tuple[ReuseSampler, list[int]]:
+    table = ScoreTable(N)
+    sampler = ReuseSampler(
+        SequentialSampler(range(N)), table, ss.TopK(keep=0.25), explore=explore, seed=seed
+    )
+    table.update(torch.tensor(list(sampler)), _losses(torch.arange(N), 0))  # epoch 0: all
+    return sampler, list(sampler)  # epoch 1: decided from the table
+
+
+def test_an_exploration_share_of_the_decided_is_trained_undecided() -> None:
+    _, plain = _explored_epoch(0.0)
+    sampler, explored = _explored_epoch(0.5)
+    stats = sampler.stats
+    assert stats is not None and stats.epoch == 1
+    # About half of the candidates skip the decision and are trained; TopK(0.25) decides the
+    # rest, so the epoch trains about 0.5 + 0.5 * 0.25 of them.
+    assert 0.3 * N < stats.explored < 0.7 * N and stats.passed == stats.explored
+    assert stats.decided == N - stats.explored and stats.trained == len(explored)
+    assert len(plain) == N // 4 and len(explored) > len(plain) + stats.explored // 2
+    # the same seed draws the same share: every rank decides alike
+    assert _explored_epoch(0.5)[1] == explored and _explored_epoch(0.5, seed=1)[1] != explored
+
+
+def test_a_keep_schedule_is_an_exploration_share_by_epoch() -> None:
+    epochs_seen: list[int] = []
+
+    def schedule(epoch: int) -> float:
+        epochs_seen.append(epoch)
+        return 0.0 if epoch < 1 else 0.9
+
+    sampler, trained = _explored_epoch(schedule)
+    assert len(trained) == sampler.stats.trained  # type: ignore[union-attr]
+    assert epochs_seen == [1]  # asked only when something is decided
+    assert sampler.stats is not None and sampler.stats.explored > 0.7 * N
+    with pytest.raises(ValueError, match=r"explore\(1\)"):
+        _explored_epoch(lambda epoch: 1.5)
+    with pytest.raises(ValueError, match="explore"):
+        ReuseSampler(range(4), ScoreTable(4), explore=1.0)
+
+
+def test_the_trend_score_keeps_what_is_being_forgotten() -> None:
+    table = ScoreTable(4)
+    sampler = ReuseSampler(
+        SequentialSampler(range(4)), table, ss.TopK(keep=0.5), score="trend", chunk_size=4
+    )
+    table.update(torch.tensor(list(sampler)), torch.tensor([1.0, 1.0, 1.0, 1.0]))
+    table.update(torch.tensor(list(sampler)), torch.tensor([0.2, 1.5, 0.9, 3.0]))
+    assert list(sampler) == [1, 3]  # the two whose loss rose

@@ -24,7 +24,9 @@ a finite score is decided by the selector; the rest pass: never-scored samples, 
 losses or scores, and stale losses are always trained (the refresh rule: a sample is skipped at
 most ``max_age`` epochs in a row, then trained and so re-scored). Scores reach the selector in
 the epoch's order, in chunks of ``chunk_size``, as a ``SiftingDataLoader`` hands it raw batches.
-In the last ``anneal`` fraction of ``epochs`` every candidate is trained.
+In the last ``anneal`` fraction of ``epochs`` every candidate is trained. With ``explore``, a
+random share of the decided candidates is trained without being decided each epoch (an
+exploration share that is never sifted; a function of the epoch gives a keep schedule).
 
 **Scores.** ``score="loss"`` decides on the last loss. ``"change"`` decides on how far the loss
 moved between its last two records, ``|last - previous|``: a learnt sample and one the model
@@ -72,7 +74,7 @@ import copy
 import math
 import warnings
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -129,6 +131,8 @@ class ReuseEpochStats:
             reference).
         auto_reason: with ``ss.Auto``, why the epoch sifts or trains every candidate (empty
             for other policies).
+        explored: of ``passed``, those with a usable score trained undecided at random (the
+            ``explore`` share).
     """
 
     epoch: int
@@ -143,6 +147,7 @@ class ReuseEpochStats:
     dropped: int = 0
     unscorable: int = 0
     auto_reason: str = ""
+    explored: int = 0
 
     @property
     def skipped(self) -> int:
@@ -303,6 +308,10 @@ class ReuseSampler(Sampler[int]):
             docs/reuse.md); a float >= 1; None: unbounded ``1 / p`` (unbiased, high variance).
         epochs: the number of epochs of the run (needed by ``anneal``).
         anneal: the last ``ceil(anneal * epochs)`` epochs train on every candidate.
+        explore: the share of the candidates with a usable score that each epoch trains
+            undecided, drawn at random (never sifted, so their losses stay fresh); a float in
+            [0, 1), or a function of the epoch returning one (a keep schedule: the epoch
+            trains about ``explore + (1 - explore) * keep`` of them). 0: none.
         chunk_size: how many scores the selector decides at once (a raw batch's worth).
         seed: seed of the selector's private generator (the same on every rank).
         num_replicas, rank: shard the pruned list over ranks; taken from a
@@ -327,6 +336,7 @@ class ReuseSampler(Sampler[int]):
         max_weight: float | str | None = "auto",
         epochs: int | None = None,
         anneal: float = 0.0,
+        explore: float | Callable[[int], float] = 0.0,
         chunk_size: int = 256,
         seed: int = 0,
         num_replicas: int | None = None,
@@ -371,6 +381,8 @@ class ReuseSampler(Sampler[int]):
         check_optional_int("epochs", epochs, 1, words=False)
         check_int("chunk_size", chunk_size, 1, words=False)
         check_fraction("anneal", anneal, high_open=True)
+        if not callable(explore):
+            check_fraction("explore", explore, high_open=True)
         if anneal > 0 and epochs is None:
             raise ValueError(
                 f"anneal={anneal} needs `epochs` (the run's number of epochs) to know which "
@@ -394,6 +406,7 @@ class ReuseSampler(Sampler[int]):
         self.max_weight: float | None = None if max_weight is None else float(max_weight)
         self.epochs = epochs
         self.anneal = float(anneal)
+        self.explore = explore
         self.chunk_size = chunk_size
         self._ledger = Ledger(audit)
         self.num_replicas, self.rank, self.drop_last = _sharding(
@@ -495,6 +508,9 @@ class ReuseSampler(Sampler[int]):
         )
         if not sifts:
             decided = decided[:0]
+        undecided = np.unique(order[~fresh]) if sifts and not anneals else order[:0]
+        decided, explored = self._explore(epoch, decided)
+        fresh[explored] = False  # trained undecided, as the passed ones
         for start in range(0, decided.size, self.chunk_size):
             pos = decided[start : start + self.chunk_size]
             decision = self.selector.decide(
@@ -529,14 +545,28 @@ class ReuseSampler(Sampler[int]):
             dropped=dropped,
             unscorable=int(np.count_nonzero(unscorable)),
             auto_reason=reason,
+            explored=int(explored.size),
         )
         self._record(epoch, order, scores, fresh, keep, trained_pos)
         self._saved = None
         self._updates_at_decision = table.updates
-        # What a sifting loader around this sampler scores (hybrid mode): the undecided, unless
-        # the epoch trains everything on purpose (annealing, or the policy judged it so).
-        undecided = np.unique(order[~fresh]) if sifts and not anneals else order[:0]
+        # `undecided`: what a sifting loader around this sampler scores (the hybrid mode): never
+        # scored or stale, unless the epoch trains all on purpose; never the explored ones.
         return _Epoch(epoch, share, weights, undecided=undecided)
+
+    def _explore(self, epoch: int, decided: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Splits the decided positions into those the selector decides and a random
+        ``explore`` share trained undecided (drawn from the selector's generator: the same on
+        every rank)."""
+        if decided.size == 0:
+            return decided, decided[:0]
+        share = self.explore(epoch) if callable(self.explore) else self.explore
+        if callable(self.explore):
+            check_fraction(f"explore({epoch})", share, high_open=True)
+        if share <= 0:
+            return decided, decided[:0]
+        drawn = torch.rand(decided.size, generator=self.selector.generator).numpy() < share
+        return decided[~drawn], decided[drawn]
 
     @staticmethod
     def _context(table: ScoreTable) -> RankContext | None:

@@ -27,8 +27,10 @@ table. :meth:`ScoreTable.set_reference` all-gathers at once (two collectives per
 The sampler decides from a *score* per index, read from the table (:data:`SCORES`): the last
 loss (``"loss"``); how much it moved since the loss before (``"change"``, :func:`loss_change`),
 which is small both for learnt samples and for samples the model cannot learn (mislabeled
-ones), and large for samples being learnt or forgotten; or the last loss less the reference
-model's (``"reducible"``, :func:`reducible_loss`, RHO-LOSS's reducible holdout loss).
+ones), and large for samples being learnt or forgotten; its sign (``"trend"``,
+:func:`loss_trend`), high for samples being forgotten and low for those being learnt; or the last
+loss less the reference model's (``"reducible"``, :func:`reducible_loss`, RHO-LOSS's reducible
+holdout loss).
 
 Example:
     >>> import torch
@@ -60,6 +62,7 @@ __all__ = [
     "ScoreTable",
     "fold_records",
     "loss_change",
+    "loss_trend",
     "reducible_loss",
     "repeated_records",
 ]
@@ -106,6 +109,19 @@ def loss_change(last: np.ndarray, previous: np.ndarray) -> np.ndarray:
         array([0. , 0.1, 1. , nan])
     """
     return np.abs(np.asarray(last, np.float64) - np.asarray(previous, np.float64))
+
+
+def loss_trend(last: np.ndarray, previous: np.ndarray) -> np.ndarray:
+    """Which way each loss moved between its last two records: ``last - previous``.
+
+    Positive where the loss rose (the sample is being forgotten), negative where it fell (it is
+    being learnt); NaN where either record is missing.
+
+    Example:
+        >>> loss_trend(np.array([0.5, 1.0, 2.0]), np.array([1.5, 0.25, np.nan])).tolist()
+        [-1.0, 0.75, nan]
+    """
+    return np.asarray(last, np.float64) - np.asarray(previous, np.float64)
 
 
 def reducible_loss(last: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -688,6 +704,10 @@ def _change(table: ScoreTable, indices: np.ndarray) -> np.ndarray:
     return loss_change(table.losses[indices], table.previous[indices])
 
 
+def _trend(table: ScoreTable, indices: np.ndarray) -> np.ndarray:
+    return loss_trend(table.losses[indices], table.previous[indices])
+
+
 def _reducible(table: ScoreTable, indices: np.ndarray) -> np.ndarray:
     return reducible_loss(table.losses[indices], table.reference[indices])
 
@@ -696,5 +716,10 @@ ScoreFn = Callable[[ScoreTable, np.ndarray], np.ndarray]
 """``score(table, indices) -> np.ndarray``: one real score per index (higher: more worth
 training); a non-finite score leaves the sample undecided (trained)."""
 
-SCORES: dict[str, ScoreFn] = {"loss": _last_loss, "change": _change, "reducible": _reducible}
+SCORES: dict[str, ScoreFn] = {
+    "loss": _last_loss,
+    "change": _change,
+    "trend": _trend,
+    "reducible": _reducible,
+}
 """The scores a :class:`~smartsift.modes.reuse.ReuseSampler` accepts by name."""
