@@ -112,8 +112,8 @@ def check_hybrid_setting(saved: bool, hybrid: bool) -> None:
         raise ValueError(
             "The state was saved by a SiftingDataLoader without a ReuseSampler in its wrapped "
             "loader, but this one's wrapped loader draws from one (the hybrid mode): the state "
-            "holds no "
-            "sampler decision to resume from. Resume with a loader like the one that saved it."
+            "holds no sampler decision to resume from. Resume with a loader like the one that "
+            "saved it."
         )
     raise ValueError(
         "The state was saved by a hybrid SiftingDataLoader (its wrapped loader drew from a "
