@@ -108,6 +108,9 @@ RAMP = 0.6  # `keep early` trains this share undecided in its first sifted epoch
 INFOBATCH = "InfoBatch"
 LOSSLESS_SHARE = 0.5  # a lossless candidate trains at most this share of plain's samples
 RESULTS_ENV = "SMARTSIFT_SELECTION_RESULTS"
+GAIN = "above"
+"""What choices are compared on: each run's final less the train-less frontier at its own work
+(the ``above`` measure), so that arms of unequal work compare fairly."""
 
 
 @dataclass(frozen=True)
@@ -528,7 +531,7 @@ def versus_table(summary: Summary) -> str:
                 if other == kind:
                     cells += ["", "", ""]
                     continue
-                d = summary.less(name, _name(other, keep))
+                d = summary.less(name, _name(other, keep), GAIN)
                 cells += [
                     f"{100 * _median(d) + 0.0:+.2f}",
                     _per_seed(d),
@@ -659,14 +662,15 @@ def lossless_table(key: str, candidates: Sequence[Lossless], summary: Summary) -
 def leads_over_uniform(
     summaries: Mapping[str, Summary], spreads: bool = False
 ) -> dict[str, list[float]]:
-    """Each choice's median paired final less ``Uniform``'s, per task and keep (in points, or
+    """Each choice's median paired gain over the frontier less ``Uniform``'s, per task and keep
+    (in points, or
     with ``spreads`` in each task's seed spreads)."""
     leads: dict[str, list[float]] = {c: [] for c in CHOICES}
     for summary in summaries.values():
         for keep in KEEPS:
             for kind in CHOICES:
                 if _name(kind, keep) in summary.per:
-                    d = _median(summary.less(_name(kind, keep), _name(UNIFORM, keep)))
+                    d = _median(summary.less(_name(kind, keep), _name(UNIFORM, keep), GAIN))
                     leads[kind].append(in_spreads(d, summary.spread) if spreads else d)
     return leads
 
@@ -680,10 +684,12 @@ def cross_task_table(summaries: Mapping[str, Summary]) -> tuple[str, dict[str, l
         for keep in KEEPS:
             name, base = _name(kind, keep), _name(BASE, keep)
             present = [s for s in summaries.values() if name in s.per]
-            won = sum(_median(s.less(name, base)) > s.spread for s in present)
-            lost = sum(_median(s.less(name, base)) < -s.spread for s in present)
+            won = sum(_median(s.less(name, base, GAIN)) > s.spread for s in present)
+            lost = sum(_median(s.less(name, base, GAIN)) < -s.spread for s in present)
             wins[kind].append(won)
-            per = ", ".join(f"{100 * _median(s.less(name, base)) + 0.0:+.2f}" for s in present)
+            per = ", ".join(
+                f"{100 * _median(s.less(name, base, GAIN)) + 0.0:+.2f}" for s in present
+            )
             note = f"; worse on {lost}" if lost else ""
             cells.append(f"{cross_task(won, len(present))} ({per}{note})")
         rows.append(cells)
@@ -731,7 +737,9 @@ def report_task(key: str, seeds: Sequence[SeedRuns], img_dir: Path) -> tuple[str
         f"plain's final): {_pts(summary.spread, False)}.",
         arms_table(summary),
         "Each choice less `Uniform` (the same sampler keeping a random subset of the same "
-        "size) and less `loss`, final accuracy paired per seed:",
+        "size) and less `loss`, paired per seed, in gain over the train-less frontier at each "
+        "run's own work (so that a run that trains more, as `explore` and the keep schedules "
+        "do, is judged at its work; for runs of equal work it is the difference of the finals):",
         versus_table(summary),
         f"![{bench.title}: accuracy against work units](img/{image.name})",
     ]
@@ -744,7 +752,7 @@ def chance_target(keep: float, summaries: Mapping[str, Summary]) -> Target:
     for kind in CHOICES:
         name, twin = _name(kind, keep), _name(UNIFORM, keep)
         if all(name in s.per for s in summaries.values()):
-            margins[kind] = [_median(s.less(name, twin)) for s in summaries.values()]
+            margins[kind] = [_median(s.less(name, twin, GAIN)) for s in summaries.values()]
     spreads = [s.spread for s in summaries.values()]
     best = max(margins, key=lambda c: min(d - s for d, s in zip(margins[c], spreads, strict=True)))
     met = all(d > s for d, s in zip(margins[best], spreads, strict=True))
@@ -756,7 +764,7 @@ def chance_target(keep: float, summaries: Mapping[str, Summary]) -> Target:
     measured += "; met by " + (", ".join(f"`{c}`" for c in winners) or "none")
     return Target(
         f"A loss-reuse choice beats its random-subset control on both tasks, keep {keep:g} "
-        "(median paired final)",
+        "(median paired gain over the frontier at its own work)",
         "by more than the seed spread on each task",
         f"best: {measured}",
         met=met,
@@ -851,9 +859,13 @@ def run(smoke: bool = False, img_dir: Path | None = None, jobs: int | None = Non
         "`loss` (`RelativeProbabilistic(keep=k)` on the last loss, the baseline), `Uniform` "
         "(`Uniform(keep=k)`, a fresh random subset each epoch: the control for the choice "
         "itself), `TopK` (`TopK(keep=k)`, a hard cut), `change` (`RelativeProbabilistic` on "
-        '|last - previous| loss, `score="change"`), `class` (`RelativeProbabilistic` on '
-        "the loss over its class's median, `score=ss.ClassNormalised(labels)`); the lossless "
-        "candidates "
+        '|last - previous| loss, `score="change"`), `trend` (on last - previous, '
+        '`score="trend"`: rising losses first), `class` (`RelativeProbabilistic` on '
+        "the loss over its class's median, `score=ss.ClassNormalised(labels)`), `explore` "
+        f"(`loss` with a random {EXPLORE:.0%} of the decided candidates trained undecided, "
+        f"`explore={EXPLORE:g}`), `keep early` and `keep late` (`loss` with an exploration "
+        f"share ramping from {RAMP:g} to 0 over the run, or from 0 to {RAMP:g}: keep "
+        "schedules); the lossless candidates "
         + ", ".join(f"`{a.name}`" for a in arms_for(lossless=True))
         + " (InfoBatch through `InfoBatch.reuse_kwargs`: `1/p` weights, `anneal=0.125`, "
         "`max_age=None`; its history is the training set); and after those, plain at the "
@@ -873,7 +885,8 @@ def run(smoke: bool = False, img_dir: Path | None = None, jobs: int | None = Non
     table, wins = cross_task_table(summaries)
     body += [
         "### Across tasks",
-        "Each choice against `loss` at the same keep (median paired final, per task: "
+        "Each choice against `loss` at the same keep (median paired gain over the frontier at "
+        "its own work, per task: "
         + ", ".join(BENCHES[k].title for k in TASKS)
         + "), counted where it is better by more than that task's seed spread:",
         table,
