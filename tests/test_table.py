@@ -19,6 +19,7 @@ from smartsift.modes.table import (
     ScoreTable,
     fold_records,
     loss_change,
+    loss_trend,
     reducible_loss,
     repeated_records,
 )
@@ -219,7 +220,8 @@ def test_the_pure_scores() -> None:
     table = ScoreTable(2)
     with pytest.raises(ValueError, match=r"one score per index, shape \(2,\).*\(1,\)"):
         table.scores(lambda t, i: np.zeros(1), np.arange(2))
-    assert sorted(SCORES) == ["change", "loss", "reducible"]
+    assert loss_trend(np.array([1.0, 0.5]), np.array([0.25, 0.75])).tolist() == [0.75, -0.25]
+    assert sorted(SCORES) == ["change", "loss", "reducible", "trend"]
 
 
 # ---------------------------------------------------------------- epochs and pending rows

@@ -16,7 +16,7 @@ picks them up) and every call returns it, multiplied by the sampler's weights wi
 ``rescale=True`` (so that ``.mean()`` is the weighted loss). A training batch that ends without
 a call raises, naming the fix. The sampler's options (:func:`reuse_option_names`: ``score``,
 ``max_age``, ``rescale``, ``max_weight``, ``anneal`` with the Trainer's ``max_epochs`` as
-``epochs``, ``chunk_size``, ``audit``) and ``seed`` pass through.
+``epochs``, ``explore``, ``chunk_size``, ``audit``) and ``seed`` pass through.
 
 Epochs:
     The reuse loader has a ``len()``: the current epoch's batches on this rank (the
@@ -120,7 +120,7 @@ def reuse_option_names() -> list[str]:
 
     Example:
         >>> reuse_option_names()
-        ['anneal', 'audit', 'chunk_size', 'max_age', 'max_weight', 'rescale', 'score']
+        ['anneal', 'audit', 'chunk_size', 'explore', 'max_age', 'max_weight', 'rescale', 'score']
     """
     params = inspect.signature(ReuseSampler).parameters.values()
     return sorted(p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name not in _REUSE_SETS)

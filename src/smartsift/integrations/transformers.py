@@ -161,8 +161,8 @@ def enable_sifting(
             itself decide which samples the next epoch skips, with no extra pass; see
             :mod:`smartsift.integrations.hf_reuse`). In ``"reuse"`` the further keyword
             arguments are :class:`~smartsift.ReuseSampler`'s (``score``, ``max_age``,
-            ``rescale``, ``max_weight``, ``anneal``, ``chunk_size``, ``audit``), and the
-            scoring options (``loss_fn``, ``sift_delay``, ``padding``) do not apply.
+            ``rescale``, ``max_weight``, ``anneal``, ``explore``, ``chunk_size``, ``audit``),
+            and the scoring options (``loss_fn``, ``sift_delay``, ``padding``) do not apply.
         sift_delay: raw batches (per rank) trained unsifted before sifting starts.
         padding: a :class:`~smartsift.Padding` spec to join kept samples of batches padded to
             different lengths (a collator padding each batch to its longest sequence). The
