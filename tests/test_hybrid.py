@@ -347,3 +347,22 @@ def test_the_exploration_share_is_trained_not_scored() -> None:
     assert stats is not None and stats.epoch == 1 and stats.explored > N // 4
     assert scorer.scored == []  # nothing stale or new; the explored pass through unscored
     assert len(trained) == stats.trained == stats.explored + stats.kept
+
+
+def test_a_reference_ranks_the_scored_rows_and_unreferenced_ones_pass() -> None:
+    data = _data()
+    _, _, _, sampler, _, scorer = _build(data)
+    raw = DataLoader(data, sampler=sampler, batch_size=BS)
+    model = torch.nn.Linear(6, 2)
+
+    def reference(batch: Any) -> torch.Tensor:  # known for even ids only
+        ids = batch[0]
+        return torch.where(ids % 2 == 0, torch.zeros(len(ids)), torch.full((len(ids),), np.nan))
+
+    loader = ss.SiftingDataLoader(raw, model, scorer, reference=reference, seed=0)
+    trained = [i for batch in loader for i in batch[0].tolist()]
+    assert len(trained) == len(set(trained))
+    odd = [i for i in range(N) if i % 2]
+    assert set(odd) <= set(trained)  # no reference: passed unsifted
+    assert loader.stats.samples_passed == len(odd)
+    assert loader.stats.samples_sifted > 0  # the referenced (even) ones were sifted
