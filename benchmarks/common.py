@@ -49,6 +49,8 @@ __all__ = [
     "Section",
     "Target",
     "benchmark_main",
+    "fmt_per_seed",
+    "fmt_points",
     "fmt_ratio",
     "fmt_spread",
     "machine",
@@ -173,6 +175,26 @@ def fmt_spread(values: Sequence[float], fmt: str = "{:.2f}", unit: str = "") -> 
     if len(values) <= 1 or lo == hi:
         return f(med)
     return f"{f(med)} ({f(lo)}–{f(hi)})"
+
+
+def fmt_points(value: float, signed: bool = True) -> str:
+    """An accuracy difference (a fraction) in points, signed unless told otherwise.
+
+    Example:
+        >>> fmt_points(0.0057), fmt_points(0.0028, signed=False)
+        ('+0.57 points', '0.28 points')
+    """
+    return f"{100 * value + 0.0:{'+' if signed else ''}.2f} points"
+
+
+def fmt_per_seed(values: Sequence[float]) -> str:
+    """Per-seed accuracy differences (fractions) in signed points, or ``n/a`` without any.
+
+    Example:
+        >>> fmt_per_seed([0.0088, -0.0002]), fmt_per_seed([])
+        ('+0.88, -0.02', 'n/a')
+    """
+    return ", ".join(f"{100 * v + 0.0:+.2f}" for v in values) or "n/a"
 
 
 def fmt_ratio(values: Sequence[float]) -> str:

@@ -77,6 +77,8 @@ from benchmarks.common import (
     Section,
     Target,
     benchmark_main,
+    fmt_per_seed,
+    fmt_points,
     fmt_spread,
     main_as_module,
     markdown_table,
@@ -826,14 +828,6 @@ def summarise(measures: Sequence[Mapping[str, Measures]], seeds: Sequence[int]) 
     return Summary(per, max(finals) - min(finals) if len(finals) > 1 else 0.0, list(seeds))
 
 
-def _pts(value: float, signed: bool = True) -> str:
-    return f"{100 * value + 0.0:{'+' if signed else ''}.2f} points"
-
-
-def _per_seed(values: Sequence[float]) -> str:
-    return ", ".join(f"{100 * v + 0.0:+.2f}" for v in values) or "n/a"
-
-
 def _is_sifting_setting(arm: Arm, modes: Sequence[str]) -> bool:
     return arm.mode in modes and not arm.uniform
 
@@ -891,7 +885,7 @@ def arm_table(summary: Summary, arm_list: Sequence[Arm]) -> str:
         "work units",
         "frontier at its work (%)",
         "gain over the frontier (points)",
-        f"above by more than the spread ({_pts(summary.spread, False)})?",
+        f"above by more than the spread ({fmt_points(summary.spread, False)})?",
         "plain at the matched work: epochs: final (%)",
         "run less that plain run (points)",
         "kept of the decided",
@@ -914,7 +908,7 @@ def pair_table(summary: Summary, arm_list: Sequence[Arm]) -> str:
         rows.append(
             [
                 f"`{arm.name}` less `{twin}`",
-                _per_seed(d),
+                fmt_per_seed(d),
                 _ahead(d),
                 fmt_spread([100 * v for v in d], "{:+.2f}"),
                 _beat_word(med, summary.spread),
@@ -926,7 +920,7 @@ def pair_table(summary: Summary, arm_list: Sequence[Arm]) -> str:
         "final accuracy, per seed (points)",
         "seeds ahead",
         "median (min–max)",
-        f"against the seed spread ({_pts(summary.spread, False)})",
+        f"against the seed spread ({fmt_points(summary.spread, False)})",
         "gain over the frontier, each at its own work (points)",
     ]
     return markdown_table(headers, rows)
@@ -960,7 +954,7 @@ def _median_pair(summary: Summary, name: str, twin: str) -> float:
 def verdicts(summary: Summary, arm_list: Sequence[Arm]) -> list[str]:
     """Plain sentences from the numbers: what beat training less, whether the scoring pass
     paid, and whether the loss-based choice beat chance."""
-    spread = _pts(summary.spread, False)
+    spread = fmt_points(summary.spread, False)
     present = [a for a in arm_list if a.name in summary.per]
     out = []
     above = {
@@ -972,14 +966,14 @@ def verdicts(summary: Summary, arm_list: Sequence[Arm]) -> list[str]:
     if winners:
         out.append(
             "**Beats training less:** "
-            + ", ".join(f"`{n}` ({_pts(above[n])})" for n in winners)
+            + ", ".join(f"`{n}` ({fmt_points(above[n])})" for n in winners)
             + f" end above the frontier by more than the seed spread ({spread})."
         )
     elif above:
         best = max(above, key=above.__getitem__)
         out.append(
             f"**No arm beats training less by more than the seed spread ({spread}).** The "
-            f"best, `{best}`, ends {_pts(above[best])} against the frontier at its work."
+            f"best, `{best}`, ends {fmt_points(above[best])} against the frontier at its work."
         )
     for label, modes in (("The scoring pass", ("scoring", "hybrid")), ("Loss reuse", ("reuse",))):
         best_arm = best_of(summary, present, modes)
@@ -987,9 +981,10 @@ def verdicts(summary: Summary, arm_list: Sequence[Arm]) -> list[str]:
             continue
         gain = summary.median(best_arm.name, "above")
         out.append(
-            f"**{label}:** its best setting, `{best_arm.name}`, ends {_pts(gain)} against the "
+            f"**{label}:** its best setting, `{best_arm.name}`, ends {fmt_points(gain)} "
+            "against the "
             f"frontier at its work ({summary.median(best_arm.name, 'work'):.2f} work units; "
-            f"per seed {_per_seed(summary.per[best_arm.name]['above'])}): "
+            f"per seed {fmt_per_seed(summary.per[best_arm.name]['above'])}): "
             + (
                 "above it by more than the seed spread."
                 if gain > summary.spread
@@ -1001,7 +996,7 @@ def verdicts(summary: Summary, arm_list: Sequence[Arm]) -> list[str]:
         d = _median_pair(summary, arm.name, twin)
         what = "its random control" if arm.mode != "hybrid" else "loss reuse at the same keep"
         chance.append(
-            f"`{arm.name}` less {what} `{twin}`: {_pts(d)} (median paired seed; ahead in "
+            f"`{arm.name}` less {what} `{twin}`: {fmt_points(d)} (median paired seed; ahead in "
             f"{_ahead(summary.paired(arm.name, twin))} seeds), "
             f"{_beat_word(d, summary.spread).strip('*')}"
         )
@@ -1176,7 +1171,7 @@ def targets(summary: Summary, arm_list: Sequence[Arm], label: str = "") -> list[
     """On one task (``label``, e.g. "the mild shift"): the scoring pass above the frontier;
     the hybrid's scoring pass above loss reuse at the same keep; loss reuse above its random
     control, per keep."""
-    spread = _pts(summary.spread, False)
+    spread = fmt_points(summary.spread, False)
     on = f"{label or 'a shifted variant'}, "
     present = [a for a in arm_list if a.name in summary.per]
     best = best_of(summary, present, ("scoring", "hybrid"))
@@ -1189,8 +1184,8 @@ def targets(summary: Summary, arm_list: Sequence[Arm], label: str = "") -> list[
             "the frontier by more than the seed spread",
             "n/a"
             if best is None
-            else f"best `{best.name}` {_pts(gain)} (per seed "
-            f"{_per_seed(summary.per[best.name]['above'])}; seed spread {spread})",
+            else f"best `{best.name}` {fmt_points(gain)} (per seed "
+            f"{fmt_per_seed(summary.per[best.name]['above'])}; seed spread {spread})",
             met=best is not None and gain > summary.spread,
         )
     ]
@@ -1205,7 +1200,8 @@ def targets(summary: Summary, arm_list: Sequence[Arm], label: str = "") -> list[
                 "reuse at the same keep (MNIST-1D, paired final accuracy, median seed)",
                 f"on {on}some hybrid setting beats loss reuse at the same keep "
                 "by more than the seed spread",
-                f"best `{arm.name}` less `{twin}` {_pts(med)} (per seed {_per_seed(d)}; seed "
+                f"best `{arm.name}` less `{twin}` {fmt_points(med)} "
+                f"(per seed {fmt_per_seed(d)}; seed "
                 f"spread {spread})",
                 met=med > summary.spread,
             )
@@ -1222,7 +1218,7 @@ def targets(summary: Summary, arm_list: Sequence[Arm], label: str = "") -> list[
                 f"{keep:g}, MNIST-1D, paired final accuracy, median seed)",
                 f"on {on}loss reuse beats its Uniform twin by more than the seed "
                 f"spread at keep {keep:g}",
-                f"`{arm.name}` less `{twin}` {_pts(med)} (per seed {_per_seed(d)}; seed "
+                f"`{arm.name}` less `{twin}` {fmt_points(med)} (per seed {fmt_per_seed(d)}; seed "
                 f"spread {spread})",
                 met=med > summary.spread,
             )
@@ -1327,7 +1323,7 @@ def _listing(names: Sequence[str]) -> str:
 def _task_paid_sentence(t: Paid) -> str:
     """One task's facts in a sentence: the pass against loss reuse, the first epoch, the
     frontier."""
-    spread = _pts(t.spread, False)
+    spread = fmt_points(t.spread, False)
     parts = [
         f"On {t.label} (the pretrained model starts at {100 * t.start:.1f} %, plain "
         f"fine-tuning ends at {100 * t.plain:.1f} %; seed spread {spread}),"
@@ -1338,7 +1334,7 @@ def _task_paid_sentence(t: Paid) -> str:
             [n for n, d in t.against_reuse.items() if d < -t.spread],
         )
         diffs = "; ".join(
-            f"`{n}` {_pts(d)} (scoring {t.scored.get(n, 0.0):.2f} training sets' worth)"
+            f"`{n}` {fmt_points(d)} (scoring {t.scored.get(n, 0.0):.2f} training sets' worth)"
             for n, d in t.against_reuse.items()
         )
         parts.append(
@@ -1351,7 +1347,7 @@ def _task_paid_sentence(t: Paid) -> str:
     if t.first_epoch:
         parts.append(
             "Sifting the first epoch (no sift delay) less sifting after it: "
-            + ", ".join(f"{_pts(d)} at keep {k:g}" for k, d in t.first_epoch.items())
+            + ", ".join(f"{fmt_points(d)} at keep {k:g}" for k, d in t.first_epoch.items())
             + "."
         )
     if t.best_pass is not None:
@@ -1359,14 +1355,15 @@ def _task_paid_sentence(t: Paid) -> str:
         verdict = "above it" if gain > t.spread else "not above it"
         line = (
             f"Against the frontier the scoring pass's best setting, `{name}`, ends "
-            f"{_pts(gain)} ({verdict} by more than the spread)"
+            f"{fmt_points(gain)} ({verdict} by more than the spread)"
         )
         if t.best_scoring is not None and t.best_scoring[0] != name:
-            line += f", the scoring mode's best, `{t.best_scoring[0]}`, {_pts(t.best_scoring[1])}"
+            scoring_name, scoring_gain = t.best_scoring
+            line += f", the scoring mode's best, `{scoring_name}`, {fmt_points(scoring_gain)}"
         if t.best_reuse is not None:
             line += (
-                f"; loss reuse's best, `{t.best_reuse[0]}`, {_pts(t.best_reuse[1])} (the "
-                f"scoring pass's best less it: {_pts(gain - t.best_reuse[1])})"
+                f"; loss reuse's best, `{t.best_reuse[0]}`, {fmt_points(t.best_reuse[1])} (the "
+                f"scoring pass's best less it: {fmt_points(gain - t.best_reuse[1])})"
             )
         parts.append(line + ".")
     return " ".join(parts)

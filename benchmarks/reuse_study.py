@@ -69,6 +69,8 @@ from benchmarks.common import (
     Section,
     Target,
     benchmark_main,
+    fmt_per_seed,
+    fmt_points,
     fmt_spread,
     main_as_module,
     markdown_table,
@@ -584,10 +586,6 @@ def summarise(seeds: Sequence[SeedRuns]) -> Summary:
     return Summary(per, max(finals) - min(finals) if len(finals) > 1 else 0.0)
 
 
-def _pts(value: float, signed: bool = True) -> str:
-    return f"{100 * value + 0.0:{'+' if signed else ''}.2f} points"
-
-
 def _pct(values: Sequence[float]) -> str:
     return fmt_spread([100 * v for v in values], "{:.0f}", " %")
 
@@ -631,7 +629,7 @@ def budget_table(key: str, summary: Summary, arms: Sequence[Arm]) -> str:
         "run",
         "final clean test accuracy (%)",
         "work units",
-        f"above the frontier at its work (points; spread {_pts(summary.spread, False)})",
+        f"above the frontier at its work (points; spread {fmt_points(summary.spread, False)})",
         "above by more than the spread?",
         "decided keep (stated): within 2 points?",
         "trained undecided per epoch",
@@ -677,7 +675,10 @@ def compare(summary: Summary, name: str, base: str = BASE) -> tuple[float, str]:
 
 def _versus(summary: Summary, name: str, label: str) -> str:
     d, word = compare(summary, name)
-    return f"{label} is {word} the last loss ({_pts(d)} against the frontier, median paired seed)"
+    return (
+        f"{label} is {word} the last loss ({fmt_points(d)} against the frontier, median "
+        "paired seed)"
+    )
 
 
 @dataclass(frozen=True)
@@ -725,10 +726,6 @@ def versus_chance(summary: Summary, arm: Arm, twin: Arm) -> Versus:
     )
 
 
-def _per_seed(values: Sequence[float]) -> str:
-    return ", ".join(f"{100 * v + 0.0:+.2f}" for v in values) or "n/a"
-
-
 def chance_table(versus: Sequence[Versus], summary: Summary) -> str:
     """Per keep: the loss-based arm, its Uniform twin, and the paired differences."""
     rows = []
@@ -741,7 +738,7 @@ def chance_table(versus: Sequence[Versus], summary: Summary) -> str:
                 fmt_spread([100 * x for x in a["final"]]),
                 fmt_spread([100 * x for x in u["final"]]),
                 f"{fmt_spread(a['work'], '{:.2f}')} / {fmt_spread(u['work'], '{:.2f}')}",
-                _per_seed(v.final),
+                fmt_per_seed(v.final),
                 fmt_spread([100 * x for x in v.final], "{:+.2f}"),
                 "**yes**" if v.beats else "no" if v.median >= -v.spread else "no: Uniform ahead",
                 fmt_spread([100 * x for x in v.above], "{:+.2f}"),
@@ -755,7 +752,7 @@ def chance_table(versus: Sequence[Versus], summary: Summary) -> str:
         "work units (loss-based / Uniform)",
         "loss-based less Uniform, per seed (points)",
         "median (min–max)",
-        f"beats chance by more than the spread ({_pts(summary.spread, False)})?",
+        f"beats chance by more than the spread ({fmt_points(summary.spread, False)})?",
         "loss-based less Uniform, each against the frontier at its own work (points)",
     ]
     return markdown_table(headers, rows)
@@ -774,7 +771,7 @@ def matched_table(names: Sequence[str], summary: Summary) -> str:
                 fmt_spread([100 * x for x in rec["frontier"]]),
                 fmt_spread(rec["matched_work"], "{:.0f}"),
                 fmt_spread([100 * x for x in rec["matched_final"]]),
-                _per_seed(paired_differences(rec["final"], rec["matched_final"])),
+                fmt_per_seed(paired_differences(rec["final"], rec["matched_final"])),
                 fmt_spread([100 * x for x in rec["above"]], "{:+.2f}"),
             ]
         )
@@ -794,15 +791,15 @@ def matched_table(names: Sequence[str], summary: Summary) -> str:
 def chance_verdicts(versus: Sequence[Versus], summary: Summary) -> list[str]:
     """A plain sentence per keep on the loss-based choice against chance, and one on the plain
     runs at the matched work."""
-    spread = _pts(summary.spread, False)
+    spread = fmt_points(summary.spread, False)
     parts = []
     for v in versus:
         above = statistics.median(v.above) if v.above else math.nan
         parts.append(
-            f"at keep {v.keep:g}, `{v.arm}` ends {_pts(v.median)} against `{v.twin}` (median "
-            f"paired seed; per seed {_per_seed(v.final)}): the loss-based choice {v.verdict} "
+            f"at keep {v.keep:g}, `{v.arm}` ends {fmt_points(v.median)} against `{v.twin}` (median "
+            f"paired seed; per seed {fmt_per_seed(v.final)}): the loss-based choice {v.verdict} "
             f"({spread}); each against the frontier at its own work, the difference is "
-            f"{_pts(above)}"
+            f"{fmt_points(above)}"
         )
     out = ["**Against chance (Uniform at the same keep):** " + "; ".join(parts) + "."]
     matched = []
@@ -813,9 +810,9 @@ def chance_verdicts(versus: Sequence[Versus], summary: Summary) -> list[str]:
             epochs = summary.median(v.arm, "matched_work")
             matched.append(
                 f"`{v.arm}` ({summary.median(v.arm, 'work'):.2f} work units) ends "
-                f"{_pts(float(statistics.median(d)))} against plain for {epochs:.0f} "
+                f"{fmt_points(float(statistics.median(d)))} against plain for {epochs:.0f} "
                 f"epoch{'' if epochs == 1 else 's'} (median paired seed), "
-                f"{_pts(summary.median(v.arm, 'above'))} against the interpolated frontier"
+                f"{fmt_points(summary.median(v.arm, 'above'))} against the interpolated frontier"
             )
     if matched:
         out.append("**Plain at the matched work:** " + "; ".join(matched) + ".")
@@ -824,7 +821,7 @@ def chance_verdicts(versus: Sequence[Versus], summary: Summary) -> list[str]:
 
 def verdicts(key: str, summary: Summary) -> list[str]:
     """A plain sentence per question, from the numbers."""
-    spread = _pts(summary.spread, False)
+    spread = fmt_points(summary.spread, False)
     above = {
         n: summary.median(n, "above")
         for n in summary.per
@@ -841,7 +838,7 @@ def verdicts(key: str, summary: Summary) -> list[str]:
     elif best is not None:
         out.append(
             f"**No arm beats training less by more than the seed spread ({spread}).** The best, "
-            f"`{best}`, ends {_pts(above[best])} against the frontier at its work units."
+            f"`{best}`, ends {fmt_points(above[best])} against the frontier at its work units."
         )
     parts = [_versus(summary, "change", "The change of the loss")]
     parts.append(_versus(summary, "reducible", "the reducible loss"))
@@ -938,9 +935,9 @@ def report_task(key: str, seeds: Sequence[SeedRuns], img_dir: Path) -> tuple[str
         f"arithmetic, included in its work. It took {fmt_spread(cpu, '{:.1f}')} CPU s, "
         f"{fmt_spread(epochs, '{:.2f}')} plain epochs' worth (a narrow model uses a CPU less "
         "efficiently than its arithmetic says); charged so, `reducible` would end "
-        f"{_pts(summary.median('reducible', 'above_cpu_charge'))} against the frontier "
+        f"{fmt_points(summary.median('reducible', 'above_cpu_charge'))} against the frontier "
         "(median seed) instead of "
-        f"{_pts(summary.median('reducible', 'above'))}.",
+        f"{fmt_points(summary.median('reducible', 'above'))}.",
         budget_table(key, summary, arms),
         *verdicts(key, summary),
     ]
@@ -1044,7 +1041,7 @@ def run(smoke: bool = False, img_dir: Path | None = None, jobs: int | None = Non
             "Loss reuse above the train-less frontier (MNIST-1D demo setting, work units, "
             "median seed)",
             "some arm by more than the seed spread",
-            f"{best} {_pts(above[best])} (seed spread {_pts(clean.spread, False)})",
+            f"{best} {fmt_points(above[best])} (seed spread {fmt_points(clean.spread, False)})",
             met=above[best] > clean.spread,
         )
     ]
@@ -1055,8 +1052,9 @@ def run(smoke: bool = False, img_dir: Path | None = None, jobs: int | None = Non
                 f"Loss-based reuse beats Uniform at the same keep (keep {v.keep:g}, MNIST-1D "
                 "demo setting, paired final accuracy, median seed)",
                 "by more than the seed spread",
-                f"`{v.arm}` less `{v.twin}` {_pts(v.median)} (per seed {_per_seed(v.final)}; "
-                f"seed spread {_pts(clean.spread, False)})",
+                f"`{v.arm}` less `{v.twin}` {fmt_points(v.median)} "
+                f"(per seed {fmt_per_seed(v.final)}; "
+                f"seed spread {fmt_points(clean.spread, False)})",
                 met=v.beats,
             )
         )

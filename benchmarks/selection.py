@@ -65,6 +65,8 @@ from benchmarks.common import (
     Section,
     Target,
     benchmark_main,
+    fmt_per_seed,
+    fmt_points,
     fmt_spread,
     main_as_module,
     markdown_table,
@@ -471,14 +473,6 @@ def in_spreads(difference: float, spread: float) -> float:
     return difference / (spread if spread > 0 else 0.01)
 
 
-def _pts(value: float, signed: bool = True) -> str:
-    return f"{100 * value + 0.0:{'+' if signed else ''}.2f} points"
-
-
-def _per_seed(values: Sequence[float]) -> str:
-    return ", ".join(f"{100 * v + 0.0:+.2f}" for v in values) or "n/a"
-
-
 def _name(kind: str, keep: float) -> str:
     return Arm.choice(kind, keep).name
 
@@ -500,8 +494,8 @@ def arms_table(summary: Summary) -> str:
                 else fmt_spread([100 * v for v in rec["above"]], "{:+.2f}"),
                 "" if on_frontier(name) else "**yes**" if above > summary.spread else "no",
                 "" if name.startswith(PLAIN) else fmt_spread(rec["matched_work"], "{:.0f}"),
-                _per_seed(summary.less(name, PLAIN)),
-                _per_seed(paired_differences(rec["final"], rec["matched_final"])),
+                fmt_per_seed(summary.less(name, PLAIN)),
+                fmt_per_seed(paired_differences(rec["final"], rec["matched_final"])),
             ]
         )
     headers = [
@@ -510,7 +504,7 @@ def arms_table(summary: Summary) -> str:
         "work units",
         "decided keep",
         "gain over the frontier at its work (points)",
-        f"above by more than the spread ({_pts(summary.spread, False)})?",
+        f"above by more than the spread ({fmt_points(summary.spread, False)})?",
         "plain at the matched work: epochs",
         "less plain, per seed (points)",
         "less plain at the matched work, per seed (points)",
@@ -534,7 +528,7 @@ def versus_table(summary: Summary) -> str:
                 d = summary.less(name, _name(other, keep), GAIN)
                 cells += [
                     f"{100 * _median(d) + 0.0:+.2f}",
-                    _per_seed(d),
+                    fmt_per_seed(d),
                     compare_word(_median(d), summary.spread),
                 ]
             rows.append(cells)
@@ -543,7 +537,7 @@ def versus_table(summary: Summary) -> str:
         "choice",
         "less `Uniform`: median (points)",
         "per seed",
-        f"against the spread ({_pts(summary.spread, False)})",
+        f"against the spread ({fmt_points(summary.spread, False)})",
         "less `loss`: median (points)",
         "per seed",
         "against the spread",
@@ -614,8 +608,8 @@ class Lossless:
 
     def describe(self) -> str:
         return (
-            f"`{self.name}` {100 * self.share:.0f} % of plain's work, {_pts(self.median)} "
-            f"(per seed {_per_seed(self.difference)})"
+            f"`{self.name}` {100 * self.share:.0f} % of plain's work, {fmt_points(self.median)} "
+            f"(per seed {fmt_per_seed(self.difference)})"
         )
 
 
@@ -641,8 +635,8 @@ def lossless_table(key: str, candidates: Sequence[Lossless], summary: Summary) -
             f"`{c.name}`",
             f"{100 * c.share:.0f} %",
             f"{100 * c.median + 0.0:+.2f}",
-            _per_seed(c.difference),
-            _pts(summary.spread, False),
+            fmt_per_seed(c.difference),
+            fmt_points(summary.spread, False),
             "**lossless**" if c.lossless else "no",
         ]
         for c in candidates
@@ -706,7 +700,7 @@ def default_sentence(summaries: Mapping[str, Summary], wins: Mapping[str, list[i
         f"**Best overall:** `{best}`, with the largest mean lead over `Uniform` across tasks "
         "and keeps, each in its task's seed spreads (mean over tasks and keeps: "
         + ", ".join(
-            f"`{c}` {statistics.fmean(v):+.2f} spreads ({_pts(statistics.fmean(points[c]))})"
+            f"`{c}` {statistics.fmean(v):+.2f} spreads ({fmt_points(statistics.fmean(points[c]))})"
             for c, v in leads.items()
             if v
         )
@@ -734,7 +728,7 @@ def report_task(key: str, seeds: Sequence[SeedRuns], img_dir: Path) -> tuple[str
         f"### {bench.title}",
         f"{bench.about} Setting: {bench.setting_for(False).epochs} epochs in the full run, "
         f"steps of {bench.setting_for(False).batch_size} samples. Seed spread (range of "
-        f"plain's final): {_pts(summary.spread, False)}.",
+        f"plain's final): {fmt_points(summary.spread, False)}.",
         arms_table(summary),
         "Each choice less `Uniform` (the same sampler keeping a random subset of the same "
         "size) and less `loss`, paired per seed, in gain over the train-less frontier at each "
@@ -757,7 +751,7 @@ def chance_target(keep: float, summaries: Mapping[str, Summary]) -> Target:
     best = max(margins, key=lambda c: min(d - s for d, s in zip(margins[c], spreads, strict=True)))
     met = all(d > s for d, s in zip(margins[best], spreads, strict=True))
     measured = "; ".join(
-        f"{BENCHES[k].title}: `{best}` {_pts(d)} (spread {_pts(s, False)})"
+        f"{BENCHES[k].title}: `{best}` {fmt_points(d)} (spread {fmt_points(s, False)})"
         for k, d, s in zip(summaries, margins[best], spreads, strict=True)
     )
     winners = [c for c, m in margins.items() if all(d > s for d, s in zip(m, spreads, strict=True))]
@@ -797,11 +791,11 @@ def lossless_sentence(key: str, candidates: Sequence[Lossless], spread: float) -
         return (
             f"On {title}: lossless "
             + "; ".join(c.describe() for c in winners)
-            + f" (spread {_pts(spread, False)}); the least work: `{best.name}`."
+            + f" (spread {fmt_points(spread, False)}); the least work: `{best.name}`."
         )
     return (
         f"On {title}: **no candidate is lossless** (at most {LOSSLESS_SHARE:.0%} of plain's "
-        f"work and within the spread, {_pts(spread, False)}); the nearest to plain's final: "
+        f"work and within the spread, {fmt_points(spread, False)}); the nearest to plain's final: "
         f"{best.describe()}."
     )
 
@@ -814,7 +808,7 @@ def lossless_target(key: str, candidates: Sequence[Lossless], spread: float) -> 
         f">= {1 - LOSSLESS_SHARE:.0%} of plain's work saved, final within plain's seed spread",
         ("lossless: " if winners else "none lossless: ")
         + "; ".join(c.describe() for c in shown)
-        + f" (spread {_pts(spread, False)})",
+        + f" (spread {fmt_points(spread, False)})",
         met=bool(winners),
     )
 
