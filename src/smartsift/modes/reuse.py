@@ -96,7 +96,7 @@ from smartsift.engine.distributed import comm_device
 from smartsift.engine.ledger import Ledger
 from smartsift.engine.rounds import RankContext
 from smartsift.engine.selector import Selector
-from smartsift.modes.table import SCORES, ScoreFn, ScoreTable
+from smartsift.modes.table import SCORES, ScoreFn, ScoreTable, ids_array
 from smartsift.policies import Policy, RelativeProbabilistic
 
 __all__ = [
@@ -273,7 +273,8 @@ class _Epoch:
     indices: np.ndarray
     weights: np.ndarray | None
     started: bool = False
-    undecided: np.ndarray | None = None  # sorted ids trained undecided (the hybrid's to score)
+    undecided: np.ndarray | None = None  # ids trained undecided (the hybrid's to score)
+    undecided_sorted: bool = False  # sorted on the hybrid loader's first query, not before
 
 
 class ReuseSampler(Sampler[int]):
@@ -508,7 +509,7 @@ class ReuseSampler(Sampler[int]):
         )
         if not sifts:
             decided = decided[:0]
-        undecided = np.unique(order[~fresh]) if sifts and not anneals else order[:0]
+        undecided = order[~fresh] if sifts and not anneals else order[:0]
         decided, explored = self._explore(epoch, decided)
         fresh[explored] = False  # trained undecided, as the passed ones
         for start in range(0, decided.size, self.chunk_size):
@@ -742,12 +743,12 @@ class ReuseSampler(Sampler[int]):
             >>> sampler.undecided([0, 3]).tolist()
             [True, True]
         """
-        ids_np = (
-            ids.detach().to("cpu").numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
-        ).astype(np.int64, copy=False)
+        ids_np = ids_array(ids).astype(np.int64, copy=False)
         current = self._current
         if current is None or current.undecided is None or current.undecided.size == 0:
             return np.zeros(ids_np.shape, dtype=bool)
+        if not current.undecided_sorted:  # a new array: saved states share the old one
+            current.undecided, current.undecided_sorted = np.sort(current.undecided), True
         found = np.searchsorted(current.undecided, ids_np)
         found = np.minimum(found, current.undecided.size - 1)
         return current.undecided[found] == ids_np
@@ -758,11 +759,8 @@ class ReuseSampler(Sampler[int]):
         Returns a float32 tensor on the device of ``ids`` (if a tensor); multiply the
         per-sample losses by it: ``loss = (per_sample * sampler.weights(ids)).mean()``.
         """
-        if isinstance(ids, torch.Tensor):
-            device = ids.device
-            ids_np = ids.detach().to("cpu").numpy()
-        else:
-            device, ids_np = torch.device("cpu"), np.asarray(ids)
+        device = ids.device if isinstance(ids, torch.Tensor) else torch.device("cpu")
+        ids_np = ids_array(ids)
         current = self._current
         if current is None or current.weights is None:
             return torch.ones(ids_np.shape, dtype=torch.float32, device=device)

@@ -61,6 +61,7 @@ __all__ = [
     "ScoreFn",
     "ScoreTable",
     "fold_records",
+    "ids_array",
     "loss_change",
     "loss_trend",
     "reducible_loss",
@@ -71,7 +72,13 @@ _NO_HEADER = np.zeros(0, dtype=np.float64)
 _COUNTED_EPOCHS = 8  # how many of the latest epochs epoch_counts() remembers
 
 
-def _ids_array(value: Any) -> np.ndarray:
+def ids_array(value: Any) -> np.ndarray:
+    """Sample ids given as a tensor (any device), an array or a sequence, as a CPU array.
+
+    Example:
+        >>> ids_array(torch.tensor([3, 1])).tolist(), ids_array([2]).tolist()
+        ([3, 1], [2])
+    """
     if isinstance(value, torch.Tensor):
         return value.detach().to("cpu").numpy()
     return np.asarray(value)
@@ -445,7 +452,7 @@ class ScoreTable:
 
     def _check(self, ids: Any, values: Any) -> tuple[np.ndarray, np.ndarray]:
         """Validated ``(ids as a new int64 array, values as a new float32 array)``."""
-        ids_np = _ids_array(ids)
+        ids_np = ids_array(ids)
         loss_np = _float32_losses(values)
         if ids_np.ndim != 1 or loss_np.shape != ids_np.shape:
             raise ValueError(
@@ -593,7 +600,7 @@ class ScoreTable:
             >>> table.recorded([1, 2], 3).tolist(), table.recorded([2], 2).tolist()
             ([False, True], [False])
         """
-        ids_np = self._checked_ids(_ids_array(ids).reshape(-1))
+        ids_np = self._checked_ids(ids_array(ids).reshape(-1))
         out = self.scored_epoch[ids_np] == epoch
         waiting = [r.ids for r in self._pending if r.epoch == epoch]
         if waiting:
