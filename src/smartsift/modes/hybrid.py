@@ -162,12 +162,11 @@ class Hybrid:
         """Writes the pass's losses of the rows it scored and sifted (finite ones) to the table,
         so that the next epoch decides them from it; the kept ones are trained and recorded by
         the training step."""
-        rows = self._undecided & ~kept & np.isfinite(losses) if kept.size else kept
+        # A rank without a raw batch this round has all three empty (rows() was not called).
+        rows = self._undecided & ~kept & np.isfinite(losses)
         # Called on every rank in every sifted round, empty or not: under DDP the table's
         # exchange follows the count of update() calls, which must agree across ranks.
-        ids = self._ids[rows] if kept.size else self._ids[:0]
-        values = losses[rows] if kept.size else np.empty(0)
-        self.sampler.table.update(torch.from_numpy(ids), torch.from_numpy(values))
+        self.sampler.table.update(torch.from_numpy(self._ids[rows]), torch.from_numpy(losses[rows]))
         self._ids, self._undecided = self._ids[:0], self._undecided[:0]
 
     def state_dict(self, in_epoch: bool) -> dict[str, Any]:
