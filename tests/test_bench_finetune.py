@@ -20,6 +20,7 @@ import torch
 
 pytest.importorskip("mnist1d")
 
+from _results import made_up_result
 from mnist1d.data import get_dataset_args, get_templates
 
 import smartsift as ss
@@ -238,15 +239,8 @@ def test_matched_plan_trains_only_runs_that_are_no_control() -> None:
 
 
 def _result(name: str, epochs: int, final: float, trained: int, scored: int = 0) -> RunResult:
-    return RunResult(
-        name,
-        values=[final],
-        trained=[trained],
-        scored=[scored],
-        epoch_ends=[0.0] * epochs,
-        planned_samples=epochs * 100,
-        decided_keep=math.nan if name.startswith(ft.PLAIN) else 0.5,
-    )
+    keep = math.nan if name.startswith(ft.PLAIN) else 0.5
+    return made_up_result(name, epochs, final, trained, keep=keep, scored=scored)
 
 
 def _seed(seed: int, plain: float, reuse: float, uniform: float) -> ft.SeedRuns:

@@ -14,6 +14,8 @@ import pytest
 
 pytest.importorskip("mnist1d")
 
+from _results import made_up_result
+
 import smartsift as ss
 from benchmarks import reuse_tasks as rt
 from benchmarks.frontier import BENCHES, PLAIN, Costs
@@ -101,15 +103,8 @@ def test_reuse_curve_interpolates_extends_below_and_holds_beyond() -> None:
 
 
 def _result(name: str, epochs: int, final: float, trained: int, scored: int = 0) -> RunResult:
-    return RunResult(
-        name,
-        values=[final],
-        trained=[trained],
-        scored=[scored],
-        epoch_ends=[0.0] * epochs,
-        planned_samples=epochs * 100,
-        decided_keep=math.nan if name.startswith(PLAIN) else 0.4,
-    )
+    keep = math.nan if name.startswith(PLAIN) else 0.4
+    return made_up_result(name, epochs, final, trained, keep=keep, scored=scored)
 
 
 def _seed(key: str, seed: int, plain: float, chance: float, hybrid: float) -> rt.SeedRuns:

@@ -15,10 +15,11 @@ from torch.utils.data import TensorDataset
 
 pytest.importorskip("mnist1d")
 
+from _results import made_up_result as _result
+
 import smartsift as ss
 from benchmarks import selection as sel
 from benchmarks.frontier import BENCHES, PLAIN
-from benchmarks.harness import RunResult
 
 
 def test_smoke_run_reports_every_arm_of_both_tasks(tmp_path: Path) -> None:
@@ -108,20 +109,6 @@ def test_pure_verdicts() -> None:
     assert sel.in_spreads(-0.02, 0.0) == pytest.approx(-2.0)  # a single seed: in points
 
 
-def _result(
-    name: str, epochs: int, final: float, trained: int, keep: float = math.nan
-) -> RunResult:
-    return RunResult(
-        name,
-        values=[final],
-        trained=[trained],
-        scored=[0],
-        epoch_ends=[0.0] * epochs,
-        planned_samples=epochs * 100,
-        decided_keep=keep,
-    )
-
-
 def _seed(key: str, seed: int, plain: float, finals: dict[str, float]) -> sel.SeedRuns:
     """Plain (4 epochs of 100 samples), a control of 2, and every arm at 3 work units, with
     each arm's matched plain run (3 epochs) at 0.87."""
@@ -130,7 +117,7 @@ def _seed(key: str, seed: int, plain: float, finals: dict[str, float]) -> sel.Se
         _result(PLAIN, 4, plain, 400),
         _result("plain, 2/4 epochs (0.50x)", 2, 0.80, 200),
     ]
-    results += [_result(a.name, 4, finals.get(a.name, 0.85), 300, a.keep) for a in sel.ARMS]
+    results += [_result(a.name, 4, finals.get(a.name, 0.85), 300, keep=a.keep) for a in sel.ARMS]
     results.append(_result(matched, 3, 0.87, 300))
     return sel.SeedRuns(key, seed, results, {a.name: matched for a in sel.ARMS})
 

@@ -16,11 +16,13 @@ import torch
 
 pytest.importorskip("mnist1d")
 
+from _results import made_up_result as _result
+
 import smartsift as ss
 from benchmarks import reuse_study as rs
 from benchmarks.demo import ConvNet
 from benchmarks.frontier import BENCHES, PLAIN
-from benchmarks.harness import Reuse, RunResult
+from benchmarks.harness import Reuse
 
 
 def test_smoke_run_reports_every_arm_of_both_tasks(tmp_path: Path) -> None:
@@ -71,20 +73,6 @@ def test_reference_losses_leave_the_held_out_slice_without_a_reference() -> None
 def test_macs_are_counted_layer_by_layer() -> None:
     # width 4: conv1 4x19 outputs x 5, conv2 4x10 x (4x3), conv3 4x5 x (4x3), head 20 x 10
     assert rs.macs_per_sample(ConvNet(4), torch.zeros(40)) == 380 + 480 + 240 + 200
-
-
-def _result(
-    name: str, epochs: int, final: float, trained: int, keep: float = math.nan
-) -> RunResult:
-    return RunResult(
-        name,
-        values=[final],
-        trained=[trained],
-        scored=[0],
-        epoch_ends=[0.0] * epochs,
-        planned_samples=epochs * 100,
-        decided_keep=keep,
-    )
 
 
 def _seed(seed: int, plain_final: float, arm_final: float) -> rs.SeedRuns:
